@@ -1,0 +1,337 @@
+"""Batched multi-channel 2-D convolutions with symmetric borders, their exact adjoints and
+their kernel gradients (CPU, Numba).
+
+Every linear operator of the network is ``K = C_valid ∘ P`` where ``P`` pads each channel
+symmetrically by ``r = (ks - 1) // 2`` pixels (NumPy's ``mode="symmetric"``: the border
+pixel is repeated, ``x[-1] = x[0]``) and ``C_valid`` is a "valid" cross-correlation
+with the filter bank.  The adjoint is therefore ``K^T = P^T ∘ C_valid^T``:
+
+* ``C_valid^T`` scatters every output pixel back through the filter ("full" convolution),
+  producing a padded-size image;
+* ``P^T`` folds the padding back onto the pixels it was copied from.
+
+Both pieces have public ``forward``/``adjoint`` functions and a dot-product test; the
+composite :func:`conv_forward` / :func:`conv_adjoint` is what the network uses.
+
+Shapes: images ``(N, C, H, W)``, filter banks ``(O, C, ks, ks)`` (output channel first),
+features ``(N, O, H, W)``.  float32 and float64 are supported; the kernel and the image
+must share one dtype.
+
+Notes
+-----
+Correlation convention: ``y[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] * P(x)[n, c, p + i, q + j]``.
+The kernel gradient of ``<ybar, K x>`` is
+``kbar[o, c, i, j] = sum_{n,p,q} ybar[n, o, p, q] * P(x)[n, c, p + i, q + j]`` (see
+``docs/gradients.md`` §1).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "pad_symmetric", "pad_symmetric_adjoint",
+    "corr_valid", "corr_valid_adjoint", "corr_valid_kernel_grad",
+    "conv_forward", "conv_adjoint", "conv_kernel_grad",
+]
+
+_FLOATS = (np.float32, np.float64)
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_array(name, x, ndim, dtype=None):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    if x.dtype.type not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but must match {dtype}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+
+
+def _check_kernel(k, C=None):
+    _check_array("kernel", k, 4)
+    O, Ck, kh, kw = k.shape
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"kernel must be square with odd size, got shape {k.shape}")
+    if C is not None and Ck != C:
+        raise ValueError(f"kernel has {Ck} input channels but the image has {C}")
+    return O, Ck, kh
+
+
+# ----------------------------------------------------------------------------- padding
+@njit(cache=True, parallel=True)
+def _pad_sym_cpu(x, r, out):
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for p in range(H + 2 * r):
+            sp = p - r
+            if sp < 0:
+                sp = -sp - 1
+            elif sp >= H:
+                sp = 2 * H - sp - 1
+            for q in range(r):
+                out[n, c, p, q] = x[n, c, sp, r - 1 - q]
+                out[n, c, p, r + W + q] = x[n, c, sp, W - 1 - q]
+            for q in range(W):
+                out[n, c, p, r + q] = x[n, c, sp, q]
+
+
+@njit(cache=True, parallel=True)
+def _pad_sym_adj_cpu(xp, r, out):
+    N, C, Hp, Wp = xp.shape
+    H = Hp - 2 * r
+    W = Wp - 2 * r
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for p in range(H):
+            for q in range(W):
+                out[n, c, p, q] = xp[n, c, p + r, q + r]
+        # Each padded row/column is a copy of one interior row/column: add it back there.
+        for p in range(Hp):
+            sp = p - r
+            if sp < 0:
+                sp = -sp - 1
+            elif sp >= H:
+                sp = 2 * H - sp - 1
+            if p < r or p >= r + H:
+                for q in range(W):
+                    out[n, c, sp, q] += xp[n, c, p, r + q]
+            for q in range(r):
+                out[n, c, sp, r - 1 - q] += xp[n, c, p, q]
+                out[n, c, sp, W - 1 - q] += xp[n, c, p, r + W + q]
+
+
+def pad_symmetric(x, r):
+    """Pad every channel symmetrically (``numpy.pad(mode="symmetric")``).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64, C-contiguous
+    r : int
+        Pad width, ``0 <= r <= min(H, W)``.
+
+    Returns
+    -------
+    ndarray, shape (N, C, H + 2r, W + 2r), dtype of ``x``
+    """
+    _check_array("x", x, 4)
+    N, C, H, W = x.shape
+    r = int(r)
+    if r < 0 or r > H or r > W:
+        raise ValueError(f"pad width {r} must be in [0, min(H, W)] for an image of {H}x{W}")
+    out = np.empty((N, C, H + 2 * r, W + 2 * r), dtype=x.dtype)
+    _pad_sym_cpu(x, r, out)
+    return out
+
+
+def pad_symmetric_adjoint(xp, r):
+    """Adjoint of :func:`pad_symmetric`: fold the padding back onto its source pixels.
+
+    Parameters
+    ----------
+    xp : ndarray, shape (N, C, H + 2r, W + 2r), float32 or float64, C-contiguous
+    r : int
+
+    Returns
+    -------
+    ndarray, shape (N, C, H, W)
+    """
+    _check_array("xp", xp, 4)
+    N, C, Hp, Wp = xp.shape
+    r = int(r)
+    H, W = Hp - 2 * r, Wp - 2 * r
+    if r < 0 or H < max(r, 1) or W < max(r, 1):
+        raise ValueError(f"padded image {Hp}x{Wp} too small for pad width {r}")
+    out = np.empty((N, C, H, W), dtype=xp.dtype)
+    _pad_sym_adj_cpu(xp, r, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- valid correlation
+@njit(cache=True, parallel=True, fastmath=True)
+def _corr_valid_fwd_cpu(xp, k, out):
+    N, C, Hp, Wp = xp.shape
+    O = k.shape[0]
+    ks = k.shape[2]
+    H = out.shape[2]
+    W = out.shape[3]
+    for no in prange(N * O):
+        n = no // O
+        o = no % O
+        for p in range(H):
+            acc = out[n, o, p]
+            acc[:] = 0.0
+            for c in range(C):
+                for i in range(ks):
+                    row = xp[n, c, p + i]
+                    for j in range(ks):
+                        kv = k[o, c, i, j]
+                        for q in range(W):
+                            acc[q] += kv * row[q + j]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _corr_valid_adj_cpu(y, k, out):
+    N, O, H, W = y.shape
+    C = k.shape[1]
+    ks = k.shape[2]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        out[n, c, :, :] = 0.0
+        for p in range(H):
+            for i in range(ks):
+                acc = out[n, c, p + i]
+                for o in range(O):
+                    yrow = y[n, o, p]
+                    for j in range(ks):
+                        kv = k[o, c, i, j]
+                        for q in range(W):
+                            acc[q + j] += kv * yrow[q]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _corr_valid_kgrad_cpu(y, xp, out):
+    N, O, H, W = y.shape
+    C = xp.shape[1]
+    ks = out.shape[2]
+    for oc in prange(O * C):
+        o = oc // C
+        c = oc % C
+        for i in range(ks):
+            for j in range(ks):
+                s = 0.0
+                for n in range(N):
+                    for p in range(H):
+                        yrow = y[n, o, p]
+                        xrow = xp[n, c, p + i]
+                        for q in range(W):
+                            s += yrow[q] * xrow[q + j]
+                out[o, c, i, j] = s
+
+
+def corr_valid(xp, k):
+    """Valid cross-correlation of a padded batch with a filter bank.
+
+    Parameters
+    ----------
+    xp : ndarray, shape (N, C, H + ks - 1, W + ks - 1), float32/float64, C-contiguous
+    k : ndarray, shape (O, C, ks, ks), same dtype
+
+    Returns
+    -------
+    ndarray, shape (N, O, H, W)
+    """
+    _check_array("xp", xp, 4)
+    O, C, ks = _check_kernel(k, xp.shape[1])
+    _check_array("kernel", k, 4, xp.dtype)
+    N, _, Hp, Wp = xp.shape
+    if Hp < ks or Wp < ks:
+        raise ValueError(f"padded image {Hp}x{Wp} smaller than the kernel {ks}x{ks}")
+    out = np.empty((N, O, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
+    _corr_valid_fwd_cpu(xp, k, out)
+    return out
+
+
+def corr_valid_adjoint(y, k):
+    """Adjoint of :func:`corr_valid` in its first argument ("full" convolution).
+
+    Parameters
+    ----------
+    y : ndarray, shape (N, O, H, W), float32/float64, C-contiguous
+    k : ndarray, shape (O, C, ks, ks), same dtype
+
+    Returns
+    -------
+    ndarray, shape (N, C, H + ks - 1, W + ks - 1)
+    """
+    _check_array("y", y, 4)
+    O, C, ks = _check_kernel(k)
+    _check_array("kernel", k, 4, y.dtype)
+    if y.shape[1] != O:
+        raise ValueError(f"y has {y.shape[1]} channels but the kernel has {O} outputs")
+    N, _, H, W = y.shape
+    out = np.empty((N, C, H + ks - 1, W + ks - 1), dtype=y.dtype)
+    _corr_valid_adj_cpu(y, k, out)
+    return out
+
+
+def corr_valid_kernel_grad(y, xp, ks):
+    """Gradient of ``<y, corr_valid(xp, k)>`` with respect to ``k``.
+
+    Parameters
+    ----------
+    y : ndarray, shape (N, O, H, W)
+    xp : ndarray, shape (N, C, H + ks - 1, W + ks - 1), same dtype
+    ks : int
+
+    Returns
+    -------
+    ndarray, shape (O, C, ks, ks)
+    """
+    _check_array("y", y, 4)
+    _check_array("xp", xp, 4, y.dtype)
+    N, O, H, W = y.shape
+    if xp.shape[0] != N or xp.shape[2] != H + ks - 1 or xp.shape[3] != W + ks - 1:
+        raise ValueError(f"xp shape {xp.shape} does not match y {y.shape} and ks={ks}")
+    out = np.empty((O, xp.shape[1], ks, ks), dtype=y.dtype)
+    _corr_valid_kgrad_cpu(y, xp, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- composites
+def conv_forward(x, k):
+    """``K x``: symmetric padding then valid correlation ("same" output size).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32/float64, C-contiguous
+    k : ndarray, shape (O, C, ks, ks), same dtype, ks odd
+
+    Returns
+    -------
+    ndarray, shape (N, O, H, W)
+    """
+    _check_array("x", x, 4)
+    _, _, ks = _check_kernel(k, x.shape[1])
+    return corr_valid(pad_symmetric(x, ks // 2), k)
+
+
+def conv_adjoint(y, k):
+    """``K^T y``, the exact adjoint of :func:`conv_forward` including the border.
+
+    Parameters
+    ----------
+    y : ndarray, shape (N, O, H, W)
+    k : ndarray, shape (O, C, ks, ks), same dtype
+
+    Returns
+    -------
+    ndarray, shape (N, C, H, W)
+    """
+    _, _, ks = _check_kernel(k)
+    return pad_symmetric_adjoint(corr_valid_adjoint(y, k), ks // 2)
+
+
+def conv_kernel_grad(y, x, ks):
+    """Gradient of ``<y, K x>`` with respect to the filter bank of ``K``.
+
+    Parameters
+    ----------
+    y : ndarray, shape (N, O, H, W)
+    x : ndarray, shape (N, C, H, W), same dtype
+    ks : int, odd
+
+    Returns
+    -------
+    ndarray, shape (O, C, ks, ks)
+    """
+    _check_array("x", x, 4)
+    return corr_valid_kernel_grad(y, pad_symmetric(x, ks // 2), ks)

@@ -1,0 +1,336 @@
+"""The coupled variational network: one step, the unrolled forward pass, the loss and the
+hand-derived backward pass (CPU).
+
+Notation follows the article (eq. 1–3) and ``docs/gradients.md``, which derives every line of
+:func:`step_backward`.  One step ``t`` with parameters ``θ_t = (K^u, w^u, K^m, w^m, K, w, λ)``:
+
+.. code-block:: text
+
+    a = K^u u,  b = K^m m                      feature extraction
+    f = (φ^u(a), φ^m(b))                       pointwise RBF functions, concatenated
+    z = K f,  r = ψ(z)                         coupling; ψ = φ_t' parameterised by w
+    g = K^T r = (g_u, g_m)
+    ∇_u E = (K^u)^T (φ^u'(a) ⊙ g_u) + λ (u − u_0),   ∇_m E = (K^m)^T (φ^m'(b) ⊙ g_m)
+    u ← clip(u − ∇_u E, 0, 1),  m ← clip(m − ∇_m E, 0, 1)
+
+Parameters are a dict ``name -> array`` stacked over steps (see
+:func:`vnumba.config.param_shapes`); ``step_params(params, t)`` views one step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import ModelConfig, PARAM_NAMES, param_shapes
+from .conv import conv_adjoint, conv_forward, conv_kernel_grad
+from .rbf import RBFGrid, rbf_apply, rbf_weight_grad, rbf_basis
+
+__all__ = [
+    "init_params", "step_params", "step_forward", "step_backward", "forward",
+    "loss_and_grad", "batch_metrics", "check_params",
+]
+
+
+# ----------------------------------------------------------------------------- parameters
+def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> dict:
+    """Initial parameters: random feasible filters, near-linear functions.
+
+    ``φ^u``, ``φ^m`` start close to the identity and ``ψ`` close to a small multiple of the
+    identity (a quadratic energy, i.e. linear diffusion), plus small random perturbations so
+    that the channels differ.  Filters are drawn at random and projected onto the
+    constraint sets.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+    rng : numpy.random.Generator
+    dtype : numpy dtype, float32 or float64
+
+    Returns
+    -------
+    dict of ndarray
+        Shapes as :func:`vnumba.config.param_shapes`.
+    """
+    from .projections import project_params
+
+    grid = RBFGrid(cfg)
+    shapes = param_shapes(cfg)
+    mu = grid.centres
+    # Sum_j mu_j G_j(x) ≈ (sqrt(2π) σ / h) x for x inside the grid: divide to get ≈ x.
+    ident = mu / (np.sqrt(2.0 * np.pi) * grid.sigma / grid.h)
+    p = {}
+    for name in ("Ku", "Km", "K"):
+        k = rng.standard_normal(shapes[name])
+        k /= np.abs(k).sum(axis=(-3, -2, -1), keepdims=True)
+        p[name] = k
+    T = cfg.n_steps
+    p["wu"] = np.broadcast_to(ident, shapes["wu"]) * (1.0 + 0.1 * rng.standard_normal(shapes["wu"]))
+    p["wm"] = np.broadcast_to(ident, shapes["wm"]) * (1.0 + 0.1 * rng.standard_normal(shapes["wm"]))
+    p["w"] = 0.1 * np.broadcast_to(ident, shapes["w"]) * (1.0 + 0.1 * rng.standard_normal(shapes["w"]))
+    p["lam"] = np.full((T,), 0.05)
+    p = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in p.items()}
+    project_params(p, cfg)
+    return p
+
+
+def check_params(params: dict, cfg: ModelConfig, dtype=None) -> np.dtype:
+    """Validate names, shapes, dtype and finiteness of a parameter dict; return its dtype."""
+    shapes = param_shapes(cfg)
+    missing = [k for k in PARAM_NAMES if k not in params]
+    extra = [k for k in params if k not in shapes]
+    if missing or extra:
+        raise KeyError(f"parameter dict: missing {missing}, unknown {extra}")
+    dt = np.dtype(dtype) if dtype is not None else params["K"].dtype
+    for k, shp in shapes.items():
+        v = params[k]
+        if v.shape != shp:
+            raise ValueError(f"parameter {k} has shape {v.shape}, expected {shp}")
+        if v.dtype != dt:
+            raise TypeError(f"parameter {k} has dtype {v.dtype}, expected {dt}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"parameter {k} contains NaN or inf")
+    return dt
+
+
+def step_params(params: dict, t: int) -> dict:
+    """Views of the parameters of step ``t`` (``lam`` as a Python float)."""
+    p = {k: params[k][t] for k in PARAM_NAMES if k != "lam"}
+    p["lam"] = float(params["lam"][t])
+    return p
+
+
+# ----------------------------------------------------------------------------- one step
+def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep: bool = False):
+    """One projected gradient step (article eq. 1).
+
+    Parameters
+    ----------
+    p : dict
+        One step's parameters (:func:`step_params`).
+    cfg : ModelConfig
+    u, u0 : ndarray, shape (N, C, H, W)
+    m : ndarray, shape (N, H, W)
+    keep : bool
+        Also return the intermediate quantities needed by :func:`step_backward`.
+
+    Returns
+    -------
+    u_next : ndarray, shape (N, C, H, W)
+    m_next : ndarray, shape (N, H, W)
+    cache : dict, only if ``keep``
+    """
+    grid = RBFGrid(cfg)
+    Fu = cfg.nf_u
+    a = conv_forward(u, p["Ku"])
+    b = conv_forward(m[:, None], p["Km"])
+    # The second derivatives are only needed by the backward pass.
+    order = 2 if keep else 1
+    fa, fa1, *fa2 = rbf_apply(a, p["wu"], grid, order=order)
+    fb, fb1, *fb2 = rbf_apply(b, p["wm"], grid, order=order)
+    fa2 = fa2[0] if fa2 else None
+    fb2 = fb2[0] if fb2 else None
+    f = np.concatenate([fa, fb], axis=1)
+    z = conv_forward(f, p["K"])
+    r, r1 = rbf_apply(z, p["w"], grid, order=1)
+    g = conv_adjoint(r, p["K"])
+    gu_ = np.ascontiguousarray(g[:, :Fu])
+    gm_ = np.ascontiguousarray(g[:, Fu:])
+    grad_u = conv_adjoint(fa1 * gu_, p["Ku"])
+    grad_u += p["lam"] * (u - u0)
+    grad_m = conv_adjoint(fb1 * gm_, p["Km"])[:, 0]
+    un = u - grad_u
+    mn = m - grad_m
+    u_next = np.clip(un, 0.0, 1.0)
+    m_next = np.clip(mn, 0.0, 1.0)
+    if not keep:
+        return u_next, m_next
+    cache = dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
+                 gu=gu_, gm=gm_,
+                 active_u=(un > 0.0) & (un < 1.0), active_m=(mn > 0.0) & (mn < 1.0))
+    return u_next, m_next, cache
+
+
+def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar):
+    """Backward pass through one step: the Hessian-vector product and parameter gradients.
+
+    Parameters
+    ----------
+    p : dict
+        One step's parameters.
+    cfg : ModelConfig
+    u, u0 : ndarray, shape (N, C, H, W)
+        The step's input state and the network input.
+    m : ndarray, shape (N, H, W)
+    ubar : ndarray, shape (N, C, H, W)
+        Gradient of the loss with respect to the step's output image.
+    mbar : ndarray, shape (N, H, W)
+        Gradient of the loss with respect to the step's output mask.
+
+    Returns
+    -------
+    ubar_in : ndarray, shape (N, C, H, W)
+    mbar_in : ndarray, shape (N, H, W)
+        Gradients with respect to the step's inputs ``u``, ``m``.
+    grads : dict
+        Gradients with respect to this step's parameters (``lam`` as a 0-d array).
+
+    Notes
+    -----
+    With ``v = (ubar, mbar)`` masked by the clip's active set and the symmetric Hessian
+    ``H = ∇²E_t``, the input gradient is ``v − H v``; the parameter gradient is
+    ``−∂_θ S`` with ``S(θ) = <v, ∇E(x; θ)> = <r, dz> + λ <v_u, u − u_0>``
+    (``docs/gradients.md`` §3–4).
+    """
+    grid = RBFGrid(cfg)
+    Fu = cfg.nf_u
+    _, _, c = step_forward(p, cfg, u, m, u0, keep=True)
+    v_u = np.where(c["active_u"], ubar, 0.0).astype(u.dtype)
+    v_m = np.where(c["active_m"], mbar, 0.0).astype(u.dtype)
+    da = conv_forward(v_u, p["Ku"])
+    db = conv_forward(np.ascontiguousarray(v_m[:, None]), p["Km"])
+    df = np.concatenate([c["fa1"] * da, c["fb1"] * db], axis=1)
+    dz = conv_forward(df, p["K"])
+    dr = c["r1"] * dz
+    dg = conv_adjoint(dr, p["K"])
+    dgu = dg[:, :Fu]
+    dgm = dg[:, Fu:]
+    abar = np.ascontiguousarray(c["fa1"] * dgu + c["fa2"] * da * c["gu"])
+    dabar = np.ascontiguousarray(c["fa1"] * c["gu"])
+    bbar = np.ascontiguousarray(c["fb1"] * dgm + c["fb2"] * db * c["gm"])
+    dbbar = np.ascontiguousarray(c["fb1"] * c["gm"])
+    hv_u = conv_adjoint(abar, p["Ku"])
+    hv_u += p["lam"] * v_u
+    hv_m = conv_adjoint(bbar, p["Km"])[:, 0]
+    ubar_in = v_u - hv_u
+    mbar_in = v_m - hv_m
+
+    mm = np.ascontiguousarray(m[:, None])
+    vm = np.ascontiguousarray(v_m[:, None])
+    grads = {
+        "K": -(conv_kernel_grad(dr, c["f"], cfg.ks) + conv_kernel_grad(c["r"], df, cfg.ks)),
+        "w": -rbf_weight_grad(c["z"], dz, None, grid),
+        "wu": -rbf_weight_grad(c["a"], np.ascontiguousarray(dgu),
+                               np.ascontiguousarray(da * c["gu"]), grid),
+        "wm": -rbf_weight_grad(c["b"], np.ascontiguousarray(dgm),
+                               np.ascontiguousarray(db * c["gm"]), grid),
+        "Ku": -(conv_kernel_grad(abar, u, cfg.ks_u) + conv_kernel_grad(dabar, v_u, cfg.ks_u)),
+        "Km": -(conv_kernel_grad(bbar, mm, cfg.ks_m) + conv_kernel_grad(dbbar, vm, cfg.ks_m)),
+        "lam": -np.asarray(np.sum(v_u * (u - u0), dtype=np.float64), dtype=u.dtype),
+    }
+    return ubar_in, mbar_in, grads
+
+
+# ----------------------------------------------------------------------------- network
+def _check_batch(name, x, ndim, dtype, shape=None):
+    if not isinstance(x, np.ndarray) or x.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d array, got {getattr(x, 'shape', type(x))}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} (the parameters' dtype)")
+    if shape is not None and x.shape != shape:
+        raise ValueError(f"{name} has shape {x.shape}, expected {shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = False):
+    """Unrolled forward pass of ``cfg.n_steps`` steps.
+
+    Parameters
+    ----------
+    params : dict
+        Stacked parameters (:func:`vnumba.config.param_shapes`).
+    cfg : ModelConfig
+    u0 : ndarray, shape (N, C, H, W), the parameters' dtype, values in [0, 1]
+    m0 : ndarray, shape (N, H, W), optional
+        Initial mask (article: zeros).
+    return_states : bool
+        Also return the list of states ``[(u_0, m_0), ..., (u_T, m_T)]``.
+
+    Returns
+    -------
+    u_T : ndarray, shape (N, C, H, W)
+    m_T : ndarray, shape (N, H, W)
+    states : list, only if ``return_states``
+    """
+    dt = check_params(params, cfg)
+    _check_batch("u0", u0, 4, dt)
+    N, C, H, W = u0.shape
+    if C != cfg.n_channels:
+        raise ValueError(f"u0 has {C} channels, the model expects {cfg.n_channels}")
+    r = max(cfg.ks_u, cfg.ks_m, cfg.ks) // 2
+    if H < r or W < r:
+        raise ValueError(f"image {H}x{W} smaller than the largest kernel radius {r}")
+    u0 = np.ascontiguousarray(u0)
+    m = np.zeros((N, H, W), dt) if m0 is None else np.ascontiguousarray(m0)
+    _check_batch("m0", m, 3, dt, (N, H, W))
+    u = u0
+    states = [(u, m)]
+    for t in range(cfg.n_steps):
+        u, m = step_forward(step_params(params, t), cfg, u, m, u0)
+        if return_states:
+            states.append((u, m))
+    if return_states:
+        return u, m, states
+    return u, m
+
+
+def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None):
+    """Training loss and its exact gradient for every parameter of every step.
+
+    Parameters
+    ----------
+    params : dict
+    cfg : ModelConfig
+    u0, gu : ndarray, shape (N, C, H, W)
+        Input and clean target image.
+    gm : ndarray, shape (N, H, W)
+        Target mask.
+    m0 : ndarray, shape (N, H, W), optional
+
+    Returns
+    -------
+    loss : float
+        ``mean_s [ 1/6 ||u_T - g_u||² + 1/2 ||m_T - g_m||² ] / (H W)`` (article eq. 3,
+        divided by the batch size and the pixel count so it does not scale with either).
+    grads : dict
+        Same keys and shapes as ``params``.
+    u_T : ndarray, shape (N, C, H, W)
+    m_T : ndarray, shape (N, H, W)
+
+    Notes
+    -----
+    Only the states ``(u_t, m_t)`` are stored; every other quantity of step ``t`` is
+    recomputed in its backward step (memory ∝ ``N_t (C + 1) H W``).
+    """
+    dt = check_params(params, cfg)
+    u_T, m_T, states = forward(params, cfg, u0, m0, return_states=True)
+    _check_batch("gu", gu, 4, dt, u0.shape)
+    _check_batch("gm", gm, 3, dt, u_T.shape[:1] + u_T.shape[2:])
+    N, C, H, W = u0.shape
+    scale = 1.0 / (N * H * W)
+    du = u_T - gu
+    dm = m_T - gm
+    loss = scale * (np.sum(du.astype(np.float64) ** 2) / 6.0 + np.sum(dm.astype(np.float64) ** 2) / 2.0)
+    ubar = (du * (scale / 3.0)).astype(dt)
+    mbar = (dm * scale).astype(dt)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    for t in range(cfg.n_steps - 1, -1, -1):
+        u, m = states[t]
+        ubar, mbar, g = step_backward(step_params(params, t), cfg, u, m, u0, ubar, mbar)
+        for k, v in g.items():
+            grads[k][t] = v
+    return float(loss), grads, u_T, m_T
+
+
+def batch_metrics(u_T, m_T, gu, gm):
+    """Monitoring figures of the article's Fig. 3.
+
+    Returns
+    -------
+    dict
+        ``accuracy``: fraction of pixels where ``m_T > 1/2`` equals ``g_m > 1/2``;
+        ``psnr``: PSNR of ``u_T`` against ``g_u`` in dB (peak 1), averaged over the batch.
+    """
+    acc = float(np.mean((m_T > 0.5) == (gm > 0.5)))
+    mse = np.mean((u_T.astype(np.float64) - gu) ** 2, axis=(1, 2, 3))
+    psnr = float(np.mean(10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))))
+    return {"accuracy": acc, "psnr": psnr}

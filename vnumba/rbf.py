@@ -1,0 +1,218 @@
+"""Gaussian radial-basis pointwise functions (CPU, Numba).
+
+Each feature channel ``c`` has its own function
+
+    phi_c(x) = sum_j w[c, j] * G_j(x),   G_j(x) = exp(-(x - mu_j)^2 / (2 sigma^2)),
+
+with ``n_w`` centres ``mu_j = rbf_min + j * h`` equally spaced on ``[rbf_min, rbf_max]`` and
+``sigma = rbf_sigma_factor * h`` (article, section 2; 31 centres on [-1.2, 1.2]).
+
+Only the ``2 * radius + 1`` centres nearest to ``x`` are evaluated: the others are below
+``exp(-radius^2 / (2 f^2))`` (f = sigma factor), and evaluating them blindly costs time
+and produces denormal floats (``docs/method`` §5).  Along equally spaced centres the Gaussians
+obey a two-term recursion, so each value needs two ``exp`` calls, not ``2 radius + 1``:
+with ``d_j = (x - mu_j) / sigma`` and ``s = h / sigma``,
+
+    G_{j+1} = G_j * exp(s d_j - s^2 / 2),   exp(s d_{j+1}) = exp(s d_j) * exp(-s^2).
+
+Derivatives: ``G_j' = -G_j d_j / sigma``, ``G_j'' = G_j (d_j^2 - 1) / sigma^2``.
+
+Shapes: values ``(N, F, H, W)``, weights ``(F, n_w)``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["RBFGrid", "rbf_apply", "rbf_weight_grad", "rbf_basis"]
+
+
+class RBFGrid:
+    """Centres and width of the RBF expansion taken from a :class:`~vnumba.config.ModelConfig`."""
+
+    def __init__(self, cfg):
+        self.mu0 = float(cfg.rbf_min)
+        self.h = float(cfg.rbf_spacing)
+        self.sigma = float(cfg.rbf_sigma)
+        self.n_w = int(cfg.n_w)
+        self.radius = int(min(cfg.rbf_radius, cfg.n_w))
+
+    @property
+    def centres(self):
+        return self.mu0 + self.h * np.arange(self.n_w)
+
+
+@njit(cache=True, inline="always")
+def _window(x, mu0, h, n_w, radius):
+    t = (x - mu0) / h
+    if not (t >= -radius - 1.0 and t <= n_w + radius):
+        return 0, -1
+    j0 = int(math.floor(t + 0.5))
+    lo = j0 - radius
+    hi = j0 + radius
+    if lo < 0:
+        lo = 0
+    if hi > n_w - 1:
+        hi = n_w - 1
+    return lo, hi
+
+
+@njit(cache=True, parallel=True)
+def _rbf_apply_cpu(x, w, mu0, h, sigma, radius, order, v0, v1, v2):
+    # order: 0 -> value only; 1 -> value and first derivative; 2 -> up to the second.
+    N, F, H, W = x.shape
+    n_w = w.shape[1]
+    inv_s = 1.0 / sigma
+    inv_s2 = inv_s * inv_s
+    s = h / sigma
+    shift = math.exp(-s * s)
+    for nf in prange(N * F):
+        n = nf // F
+        c = nf % F
+        for p in range(H):
+            for q in range(W):
+                xv = x[n, c, p, q]
+                lo, hi = _window(xv, mu0, h, n_w, radius)
+                a0 = 0.0
+                a1 = 0.0
+                a2 = 0.0
+                if hi >= lo:
+                    d = (xv - (mu0 + lo * h)) * inv_s
+                    g = math.exp(-0.5 * d * d)
+                    e = math.exp(s * d - 0.5 * s * s)
+                    for j in range(lo, hi + 1):
+                        wg = w[c, j] * g
+                        a0 += wg
+                        if order >= 1:
+                            a1 -= wg * d
+                        if order >= 2:
+                            a2 += wg * (d * d - 1.0)
+                        g *= e
+                        e *= shift
+                        d -= s
+                v0[n, c, p, q] = a0
+                if order >= 1:
+                    v1[n, c, p, q] = a1 * inv_s
+                if order >= 2:
+                    v2[n, c, p, q] = a2 * inv_s2
+
+
+@njit(cache=True, parallel=True)
+def _rbf_wgrad_cpu(x, c0, c1, mu0, h, sigma, radius, use_c1, out):
+    # out[c, j] = sum_{n,p,q} c0 * G_j(x) + c1 * G_j'(x); parallel over channels so that
+    # every thread owns its rows of ``out``.
+    N, F, H, W = x.shape
+    n_w = out.shape[1]
+    inv_s = 1.0 / sigma
+    s = h / sigma
+    shift = math.exp(-s * s)
+    for c in prange(F):
+        for j in range(n_w):
+            out[c, j] = 0.0
+        for n in range(N):
+            for p in range(H):
+                for q in range(W):
+                    xv = x[n, c, p, q]
+                    lo, hi = _window(xv, mu0, h, n_w, radius)
+                    if hi < lo:
+                        continue
+                    k0 = c0[n, c, p, q]
+                    k1 = 0.0
+                    if use_c1:
+                        k1 = c1[n, c, p, q] * inv_s
+                    d = (xv - (mu0 + lo * h)) * inv_s
+                    g = math.exp(-0.5 * d * d)
+                    e = math.exp(s * d - 0.5 * s * s)
+                    for j in range(lo, hi + 1):
+                        out[c, j] += g * (k0 - k1 * d)
+                        g *= e
+                        e *= shift
+                        d -= s
+
+
+def _check(name, a, ndim, dtype=None):
+    if not isinstance(a, np.ndarray) or a.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d ndarray, got {getattr(a, 'shape', type(a))}")
+    if a.dtype.type not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+def rbf_apply(x, w, grid, order=2):
+    """Evaluate the per-channel RBF functions and derivatives.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, F, H, W), float32/float64, C-contiguous
+    w : ndarray, shape (F, n_w), same dtype
+    grid : RBFGrid
+    order : {0, 1, 2}
+        Highest derivative returned.
+
+    Returns
+    -------
+    tuple of ndarray, shape (N, F, H, W) each
+        ``(phi(x),)``, ``(phi, phi')`` or ``(phi, phi', phi'')``.
+    """
+    _check("x", x, 4)
+    _check("w", w, 2, x.dtype)
+    if w.shape != (x.shape[1], grid.n_w):
+        raise ValueError(f"weights shape {w.shape} != (channels {x.shape[1]}, n_w {grid.n_w})")
+    if order not in (0, 1, 2):
+        raise ValueError("order must be 0, 1 or 2")
+    v0 = np.empty_like(x)
+    v1 = np.empty_like(x) if order >= 1 else v0
+    v2 = np.empty_like(x) if order >= 2 else v0
+    _rbf_apply_cpu(x, w, grid.mu0, grid.h, grid.sigma, grid.radius, order, v0, v1, v2)
+    return (v0, v1, v2)[: order + 1]
+
+
+def rbf_weight_grad(x, c0, c1, grid):
+    """Gradient of ``sum(c0 * phi(x) + c1 * phi'(x))`` with respect to the weights.
+
+    Parameters
+    ----------
+    x, c0 : ndarray, shape (N, F, H, W), same dtype
+    c1 : ndarray of the same shape, or None (treated as zero)
+    grid : RBFGrid
+
+    Returns
+    -------
+    ndarray, shape (F, n_w)
+        ``out[c, j] = sum_{n,p,q} c0 G_j(x) + c1 G_j'(x)``.
+    """
+    _check("x", x, 4)
+    _check("c0", c0, 4, x.dtype)
+    if c0.shape != x.shape:
+        raise ValueError("c0 must have the shape of x")
+    use_c1 = c1 is not None
+    if use_c1:
+        _check("c1", c1, 4, x.dtype)
+        if c1.shape != x.shape:
+            raise ValueError("c1 must have the shape of x")
+    else:
+        c1 = c0
+    out = np.empty((x.shape[1], grid.n_w), dtype=x.dtype)
+    _rbf_wgrad_cpu(x, c0, c1, grid.mu0, grid.h, grid.sigma, grid.radius, use_c1, out)
+    return out
+
+
+def rbf_basis(x, grid):
+    """All Gaussians ``G_j(x)`` (a slow, exact helper for initialisation and tests).
+
+    Parameters
+    ----------
+    x : array_like
+    grid : RBFGrid
+
+    Returns
+    -------
+    ndarray, shape ``x.shape + (n_w,)``, float64
+    """
+    x = np.asarray(x, dtype=np.float64)[..., None]
+    return np.exp(-0.5 * ((x - grid.centres) / grid.sigma) ** 2)
