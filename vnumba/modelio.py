@@ -1,0 +1,209 @@
+"""Model files: one HDF5 container for every architecture.
+
+Layout (format ``vnumba-model``, version :data:`FORMAT_VERSION`)::
+
+    /                 attrs: format, format_version, arch ("vn" | "unet"),
+                             config (JSON of the architecture's config dataclass),
+                             meta (JSON: scenario, mpp, reinhard_mean/std, training info)
+    /params/NAME      one dataset per parameter array, stacked over steps for "vn"
+
+Files are written atomically (temporary file in the same folder, then ``os.replace``), so a
+killed save never leaves a half-written model behind.  :func:`load_model` checks the format
+tag, the version, the config keys and every parameter's shape, and names the file in each
+error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .config import ModelConfig, from_dict
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Model", "save_model", "load_model", "shipped_model_path",
+           "atomic_h5"]
+
+FORMAT = "vnumba-model"
+FORMAT_VERSION = 1
+MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+SHIPPED = ("scenario1", "scenario2", "scenario3")
+
+
+def _arch_api(arch):
+    if arch == "vn":
+        from . import model as api
+        from .projections import project_params
+        return ModelConfig, api.init_params, project_params
+    if arch == "unet":
+        from . import unet as api
+        return api.UNetConfig, api.init_params, api.project
+    raise ValueError(f"unknown architecture {arch!r} (expected 'vn' or 'unet')")
+
+
+@dataclass
+class Model:
+    """A trained network: architecture, config, parameters and metadata.
+
+    Attributes
+    ----------
+    arch : str
+        ``"vn"`` (coupled variational network) or ``"unet"``.
+    config : ModelConfig or UNetConfig
+    params : dict of ndarray
+    meta : dict
+        ``scenario`` (str), ``mpp`` (µm per pixel the model was trained at, or None),
+        ``reinhard_mean`` / ``reinhard_std`` (Lab statistics of the colour-normalisation
+        target, lists of 3 floats, H&E only), ``channels`` (int), ``train`` (dict).
+    """
+
+    arch: str
+    config: object
+    params: dict
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels of context one output pixel depends on (for tiled prediction)."""
+        return int(self.config.receptive_radius)
+
+    @property
+    def dtype(self):
+        return next(iter(self.params.values())).dtype
+
+    def apply(self, u0, m0=None):
+        """Run the network.
+
+        Parameters
+        ----------
+        u0 : ndarray, shape (N, C, H, W), values in [0, 1]
+            Converted to the parameters' dtype.
+
+        Returns
+        -------
+        u : ndarray, shape (N, C, H, W)
+        m : ndarray, shape (N, H, W)
+        """
+        u0 = np.ascontiguousarray(u0, dtype=self.dtype)
+        if self.arch == "vn":
+            from .backend import get_backend
+            return get_backend("cpu").forward(self.params, self.config, u0, m0)
+        from . import unet
+        return unet.forward(self.params, self.config, u0)
+
+
+def atomic_h5(path, write):
+    """Call ``write(h5file)`` on a temporary HDF5 file, then move it to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_model_group(f, model: Model):
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["arch"] = model.arch
+    f.attrs["config"] = json.dumps(model.config.to_dict())
+    f.attrs["meta"] = json.dumps(model.meta, default=_json_default)
+    g = f.create_group("params")
+    for k, v in model.params.items():
+        g.create_dataset(k, data=np.asarray(v))
+
+
+def save_model(path, model: Model) -> Path:
+    """Write ``model`` to ``path`` (HDF5), atomically.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    atomic_h5(path, lambda f: write_model_group(f, model))
+    return Path(path)
+
+
+def shipped_model_path(name: str) -> Path:
+    """Path of a shipped default model (``scenario2``, ``scenario3``, ...)."""
+    return MODELS_DIR / f"{name}.h5"
+
+
+def read_model_group(f, where) -> Model:
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT:
+        raise ValueError(f"{where}: not a vnumba model file (format attribute {fmt!r})")
+    ver = int(f.attrs.get("format_version", -1))
+    if ver != FORMAT_VERSION:
+        raise ValueError(f"{where}: model format version {ver}, this vnumba reads {FORMAT_VERSION}")
+    arch = str(f.attrs.get("arch", "vn"))
+    cfg_cls, _, _ = _arch_api(arch)
+    try:
+        cfg = from_dict(cfg_cls, json.loads(f.attrs["config"]), where=f"{where}: config")
+        meta = json.loads(f.attrs.get("meta", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{where}: invalid model config: {e}") from None
+    if "params" not in f:
+        raise ValueError(f"{where}: model file has no 'params' group (truncated?)")
+    params = {k: np.array(f["params"][k]) for k in f["params"]}
+    model = Model(arch=arch, config=cfg, params=params, meta=meta)
+    if arch == "vn":
+        from .model import check_params
+        try:
+            check_params(params, cfg)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+    return model
+
+
+def load_model(path_or_name) -> Model:
+    """Read a model file, or a shipped model by name.
+
+    Parameters
+    ----------
+    path_or_name : str or path-like
+        A path to an HDF5 model file, or one of ``scenario1``, ``scenario2``, ``scenario3``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file (or shipped model).
+    ValueError
+        A foreign, truncated or incompatible file; the message names the file.
+    """
+    p = Path(path_or_name)
+    if not p.exists() and str(path_or_name) in SHIPPED:
+        p = shipped_model_path(str(path_or_name))
+        if not p.exists():
+            raise FileNotFoundError(f"no shipped model for {path_or_name!r} (expected {p})")
+    if not p.exists():
+        raise FileNotFoundError(f"model file not found: {p}")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise ValueError(f"{p}: cannot be read as HDF5 (truncated or not a model file): {e}") from None
+    with f:
+        try:
+            return read_model_group(f, str(p))
+        except (OSError, KeyError) as e:
+            raise ValueError(f"{p}: damaged model file: {e}") from None

@@ -1,0 +1,245 @@
+"""Train a coupled variational network (or the U-Net baseline) on a synthetic dataset.
+
+Usage::
+
+    python -m vnumba.train DATA.h5 [--iters 1500] [--batch 8] [--lr 1e-4] [--crop 96]
+                                   [--out model.h5] [--log train.csv] [--resume] ...
+
+Batches stream from the HDF5 file (one sample read at a time).  Every iteration prints the
+loss, the mask accuracy at threshold 1/2, the PSNR of ``u_T``, iterations per second and
+the ETA, and appends the same figures to the CSV log.  A checkpoint (parameters, Adam
+moments, iteration, elapsed time) is written atomically every ``--checkpoint-every``
+iterations; ``--resume`` continues from it and reproduces an uninterrupted run exactly,
+because the batch of iteration ``i`` depends only on ``(seed, i)``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .config import ModelConfig
+from .data import SyntheticDataset, batch_plan
+from .backend import BackendUnavailable
+from .modelio import Model, atomic_h5, read_model_group, save_model, write_model_group
+
+__all__ = ["main", "train", "build_parser"]
+
+LOG_COLUMNS = ["iter", "loss", "accuracy", "psnr", "seconds", "lr"]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m vnumba.train",
+        description="Train a coupled variational network on a synthetic HDF5 dataset "
+                    "(datasets u0, gu, gm; see README).")
+    p.add_argument("data", help="training dataset (HDF5, written by `python -m synth generate`)")
+    p.add_argument("--arch", choices=("vn", "unet"), default="vn",
+                   help="vn: coupled variational network (default); unet: the article's U-Net baseline")
+    p.add_argument("--steps", type=int, default=10, help="unrolled steps N_t (default 10)")
+    p.add_argument("--iters", type=int, default=1500, help="Adam iterations (default 1500)")
+    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam step size (default 1e-4; the article uses 5e-5 for scenario 3 and the U-Net)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="train on random square crops of this size (default: whole images)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch draws")
+    p.add_argument("--out", default="model.h5", help="trained model file (default model.h5)")
+    p.add_argument("--log", default=None, help="CSV log (default: OUT with suffix .csv)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT with suffix .ckpt.h5)")
+    p.add_argument("--checkpoint-every", type=int, default=25, help="iterations between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if one exists")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--nf-u", type=int, default=20, help="image features (default 20)")
+    p.add_argument("--nf-m", type=int, default=4, help="mask features (default 4)")
+    p.add_argument("--ks-u", type=int, default=11, help="image kernel size (default 11)")
+    p.add_argument("--ks-m", type=int, default=5, help="mask kernel size (default 5)")
+    p.add_argument("--ks", type=int, default=5, help="coupling kernel size (default 5)")
+    p.add_argument("--zero-mean-u", choices=("auto", "on", "off"), default="auto",
+                   help="zero-mean constraint on K^u (auto: off for scenario 1, as the article)")
+    p.add_argument("--unet-width", type=int, default=32, help="U-Net feature channels (default 32)")
+    p.add_argument("--quiet", action="store_true", help="print a progress line every 10 iterations only")
+    return p
+
+
+def _model_config(args, ds):
+    if args.arch == "unet":
+        from .unet import UNetConfig
+        return UNetConfig(n_channels=ds.channels, width=args.unet_width)
+    zm = {"on": True, "off": False}.get(args.zero_mean_u, ds.attrs.get("scenario") != "scenario1")
+    return ModelConfig(n_steps=args.steps, n_channels=ds.channels, nf_u=args.nf_u, nf_m=args.nf_m,
+                       ks_u=args.ks_u, ks_m=args.ks_m, ks=args.ks, zero_mean_u=zm)
+
+
+def _meta(ds, args, lr):
+    meta = {"channels": ds.channels, "dataset": str(ds.path)}
+    for k in ("scenario", "mpp", "seed", "reinhard_mean", "reinhard_std"):
+        if k in ds.attrs:
+            v = ds.attrs[k]
+            meta[k if k != "seed" else "dataset_seed"] = v.tolist() if isinstance(v, np.ndarray) else v
+    meta["train"] = {"iters": args.iters, "batch": args.batch, "lr": lr, "crop": args.crop,
+                     "seed": args.seed, "device": args.device, "dtype": args.dtype}
+    return meta
+
+
+def _fmt_time(s):
+    s = int(max(s, 0))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _write_checkpoint(path, model, opt_state, iteration, elapsed, run_key):
+    def write(f):
+        write_model_group(f, model)
+        g = f.create_group("optimizer")
+        for k, v in opt_state.items():
+            g.create_dataset(k, data=np.asarray(v))
+        f.attrs["iteration"] = iteration
+        f.attrs["elapsed"] = elapsed
+        f.attrs["run_key"] = run_key
+    atomic_h5(path, write)
+
+
+def _read_checkpoint(path):
+    with h5py.File(path, "r") as f:
+        model = read_model_group(f, str(path))
+        opt = {}
+        f["optimizer"].visititems(lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
+        return model, opt, int(f.attrs["iteration"]), float(f.attrs["elapsed"]), str(f.attrs["run_key"])
+
+
+def _rewrite_log(path, rows):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(LOG_COLUMNS)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _read_log(path, upto):
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as fh:
+        r = csv.reader(fh)
+        next(r, None)
+        return [row for row in r if row and int(row[0]) <= upto]
+
+
+def train(args) -> Model:
+    """Run training as configured by the parsed command line ``args``; return the model."""
+    from .backend import get_backend
+    from .model import batch_metrics
+
+    if args.iters < 0 or args.batch < 1 or args.checkpoint_every < 1:
+        raise SystemExit("error: --iters must be >= 0, --batch and --checkpoint-every >= 1")
+    out = Path(args.out)
+    log_path = Path(args.log) if args.log else out.with_suffix(".csv")
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.h5")
+    dtype = np.dtype(args.dtype)
+    ds = SyntheticDataset(args.data)
+    scenario = ds.attrs.get("scenario", "")
+    lr = args.lr if args.lr is not None else (5e-5 if args.arch == "unet" else 1e-4)
+    cfg = _model_config(args, ds)
+    crop = args.crop
+    if crop is not None and (crop > ds.height or crop > ds.width):
+        raise SystemExit(f"error: --crop {crop} is larger than the images ({ds.height}x{ds.width})")
+    if args.arch == "unet":
+        from . import unet
+        side = crop or min(ds.height, ds.width)
+        if side % (2 ** (cfg.scales - 1)):
+            raise SystemExit(f"error: the U-Net needs image/crop sizes divisible by {2 ** (cfg.scales - 1)}")
+        init = unet.init_params
+    else:
+        from .model import init_params as init
+    run_key = json.dumps({"data": str(Path(args.data).resolve()), "arch": args.arch, "cfg": cfg.to_dict(),
+                          "seed": args.seed, "batch": args.batch, "crop": crop, "lr": lr, "dtype": args.dtype},
+                         sort_keys=True)
+    backend = get_backend(args.device)
+
+    start_it, elapsed0, rows = 0, 0.0, []
+    params = opt_state = None
+    if args.resume and ckpt_path.exists():
+        model, opt_state, start_it, elapsed0, key = _read_checkpoint(ckpt_path)
+        if key != run_key:
+            raise SystemExit(f"error: checkpoint {ckpt_path} belongs to a different run "
+                             f"(data, architecture, seed, batch, crop, lr or dtype differ)")
+        params = model.params
+        rows = _read_log(log_path, start_it)
+        print(f"resuming from {ckpt_path} at iteration {start_it}", flush=True)
+    elif args.resume:
+        print(f"no checkpoint at {ckpt_path}; starting from scratch", flush=True)
+    if params is None:
+        rng = np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(0,)))
+        params = init(cfg, rng, dtype)
+    trainer = backend.trainer(args.arch, cfg, params, lr)
+    if opt_state is not None:
+        trainer.load_optimizer_state(opt_state)
+    _rewrite_log(log_path, rows)
+
+    meta = _meta(ds, args, lr)
+    n_params = sum(v.size for v in params.values())
+    print(f"training {args.arch} on {ds.path} ({ds.n} samples {ds.height}x{ds.width}, scenario "
+          f"{scenario or '?'}): {n_params} parameters, {args.iters} iterations, batch {args.batch}, "
+          f"crop {crop or 'none'}, lr {lr:g}, device {args.device}", flush=True)
+    t0 = time.perf_counter()
+    last_ckpt = start_it
+    with open(log_path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        for it in range(start_it, args.iters):
+            plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
+            u0, gu, gm = ds.batch(plan, dtype)
+            loss, u_T, m_T = trainer.step(u0, gu, gm)
+            met = batch_metrics(u_T, m_T, gu, gm)
+            elapsed = elapsed0 + time.perf_counter() - t0
+            done = it + 1
+            w.writerow([done, f"{loss:.8g}", f"{met['accuracy']:.6f}", f"{met['psnr']:.4f}",
+                        f"{elapsed:.2f}", f"{lr:g}"])
+            fh.flush()
+            rate = (done - start_it) / max(time.perf_counter() - t0, 1e-9)
+            if not args.quiet or done % 10 == 0 or done == args.iters:
+                print(f"iter {done:5d}/{args.iters}  loss {loss:.5g}  acc {100 * met['accuracy']:6.2f}%  "
+                      f"psnr {met['psnr']:6.2f} dB  {rate:.3g} it/s  ETA {_fmt_time((args.iters - done) / rate)}",
+                      flush=True)
+            if done % args.checkpoint_every == 0 or done == args.iters:
+                mdl = Model(args.arch, cfg, trainer.params(), dict(meta, iterations=done))
+                _write_checkpoint(ckpt_path, mdl, trainer.optimizer_state(), done, elapsed, run_key)
+                last_ckpt = done
+    elapsed = elapsed0 + time.perf_counter() - t0
+    meta.update(iterations=args.iters, train_seconds=round(elapsed, 2))
+    model = Model(args.arch, cfg, {k: np.array(v) for k, v in trainer.params().items()}, meta)
+    save_model(out, model)
+    ds.close()
+    print(f"saved {out} after {args.iters} iterations ({_fmt_time(elapsed)}); log {log_path}; "
+          f"checkpoint {ckpt_path} (iteration {last_ckpt})", flush=True)
+    return model
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
