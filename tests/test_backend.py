@@ -1,0 +1,43 @@
+"""The backend is chosen in one place; asking for CUDA without a GPU is a clear error."""
+import subprocess
+import sys
+
+import pytest
+
+from vnumba.backend import BackendUnavailable, get_backend
+
+
+def test_cpu_backend_is_always_available():
+    assert get_backend("cpu").name == "cpu"
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_backend("tpu")
+
+
+def test_cuda_without_a_gpu_raises_a_clear_error_not_a_crash():
+    code = (
+        "import os; os.environ.pop('NUMBA_ENABLE_CUDASIM', None)\n"
+        "from vnumba.backend import get_backend, BackendUnavailable\n"
+        "try:\n"
+        "    b = get_backend('cuda')\n"
+        "    print('AVAILABLE', b.name)\n"
+        "except BackendUnavailable as e:\n"
+        "    print('UNAVAILABLE', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.strip()
+    if out.startswith("AVAILABLE"):
+        pytest.skip("a GPU is present on this machine")
+    assert out.startswith("UNAVAILABLE") and ("GPU" in out or "cuda" in out), out
+
+
+def test_cpu_training_path_does_not_import_cuda():
+    code = ("import sys, numpy as np\n"
+            "from vnumba import model, train, backend, modelio\n"
+            "backend.get_backend('cpu')\n"
+            "print([m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda', 'vnumba.cuda'))])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
