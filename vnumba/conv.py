@@ -155,66 +155,8 @@ def pad_symmetric_adjoint(xp, r):
 
 
 # ----------------------------------------------------------------------------- valid correlation
-@njit(cache=True, parallel=True, fastmath=True)
-def _corr_valid_fwd_cpu(xp, k, out):
-    N, C, Hp, Wp = xp.shape
-    O = k.shape[0]
-    ks = k.shape[2]
-    H = out.shape[2]
-    W = out.shape[3]
-    for no in prange(N * O):
-        n = no // O
-        o = no % O
-        for p in range(H):
-            acc = out[n, o, p]
-            acc[:] = 0.0
-            for c in range(C):
-                for i in range(ks):
-                    row = xp[n, c, p + i]
-                    for j in range(ks):
-                        kv = k[o, c, i, j]
-                        for q in range(W):
-                            acc[q] += kv * row[q + j]
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _corr_valid_adj_cpu(y, k, out):
-    N, O, H, W = y.shape
-    C = k.shape[1]
-    ks = k.shape[2]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        out[n, c, :, :] = 0.0
-        for p in range(H):
-            for i in range(ks):
-                acc = out[n, c, p + i]
-                for o in range(O):
-                    yrow = y[n, o, p]
-                    for j in range(ks):
-                        kv = k[o, c, i, j]
-                        for q in range(W):
-                            acc[q + j] += kv * yrow[q]
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _corr_valid_kgrad_cpu(y, xp, out):
-    N, O, H, W = y.shape
-    C = xp.shape[1]
-    ks = out.shape[2]
-    for oc in prange(O * C):
-        o = oc // C
-        c = oc % C
-        for i in range(ks):
-            for j in range(ks):
-                s = 0.0
-                for n in range(N):
-                    for p in range(H):
-                        yrow = y[n, o, p]
-                        xrow = xp[n, c, p + i]
-                        for q in range(W):
-                            s += yrow[q] * xrow[q + j]
-                out[o, c, i, j] = s
+# The kernels live in vnumba.fused (register-blocked, see its docstring for the why).
+from .fused import corr_valid_adjoint_fast, corr_valid_fast, kernel_grad_fast  # noqa: E402
 
 
 def corr_valid(xp, k):
@@ -235,9 +177,7 @@ def corr_valid(xp, k):
     N, _, Hp, Wp = xp.shape
     if Hp < ks or Wp < ks:
         raise ValueError(f"padded image {Hp}x{Wp} smaller than the kernel {ks}x{ks}")
-    out = np.empty((N, O, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
-    _corr_valid_fwd_cpu(xp, k, out)
-    return out
+    return np.ascontiguousarray(corr_valid_fast(xp, k))
 
 
 def corr_valid_adjoint(y, k):
@@ -257,10 +197,7 @@ def corr_valid_adjoint(y, k):
     _check_array("kernel", k, 4, y.dtype)
     if y.shape[1] != O:
         raise ValueError(f"y has {y.shape[1]} channels but the kernel has {O} outputs")
-    N, _, H, W = y.shape
-    out = np.empty((N, C, H + ks - 1, W + ks - 1), dtype=y.dtype)
-    _corr_valid_adj_cpu(y, k, out)
-    return out
+    return np.ascontiguousarray(corr_valid_adjoint_fast(y, k))
 
 
 def corr_valid_kernel_grad(y, xp, ks):
@@ -281,9 +218,10 @@ def corr_valid_kernel_grad(y, xp, ks):
     N, O, H, W = y.shape
     if xp.shape[0] != N or xp.shape[2] != H + ks - 1 or xp.shape[3] != W + ks - 1:
         raise ValueError(f"xp shape {xp.shape} does not match y {y.shape} and ks={ks}")
-    out = np.empty((O, xp.shape[1], ks, ks), dtype=y.dtype)
-    _corr_valid_kgrad_cpu(y, xp, out)
-    return out
+    # The two-tap loop of the kernel reads one column past the last tap: give it one.
+    xw = np.zeros(xp.shape[:3] + (W + ks,), dtype=xp.dtype)
+    xw[..., :W + ks - 1] = xp
+    return kernel_grad_fast(y, xw, ks)
 
 
 # ----------------------------------------------------------------------------- composites

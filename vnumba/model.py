@@ -130,7 +130,9 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep: bool = False):
     fb2 = fb2[0] if fb2 else None
     f = np.concatenate([fa, fb], axis=1)
     z = conv_forward(f, p["K"])
-    r, r1 = rbf_apply(z, p["w"], grid, order=1)
+    # ψ' is needed only by the backward pass.
+    r, *r1 = rbf_apply(z, p["w"], grid, order=1 if keep else 0)
+    r1 = r1[0] if r1 else None
     g = conv_adjoint(r, p["K"])
     gu_ = np.ascontiguousarray(g[:, :Fu])
     gm_ = np.ascontiguousarray(g[:, Fu:])
@@ -183,8 +185,9 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar):
     grid = RBFGrid(cfg)
     Fu = cfg.nf_u
     _, _, c = step_forward(p, cfg, u, m, u0, keep=True)
-    v_u = np.where(c["active_u"], ubar, 0.0).astype(u.dtype)
-    v_m = np.where(c["active_m"], mbar, 0.0).astype(u.dtype)
+    # multiplying by the boolean mask keeps the dtype (np.where with 0.0 would not)
+    v_u = np.multiply(ubar, c.pop("active_u"), dtype=u.dtype)
+    v_m = np.multiply(mbar, c.pop("active_m"), dtype=u.dtype)
     da = conv_forward(v_u, p["Ku"])
     db = conv_forward(np.ascontiguousarray(v_m[:, None]), p["Km"])
     df = np.concatenate([c["fa1"] * da, c["fb1"] * db], axis=1)

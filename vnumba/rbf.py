@@ -10,10 +10,14 @@ with ``n_w`` centres ``mu_j = rbf_min + j * h`` equally spaced on ``[rbf_min, rb
 Only the ``2 * radius + 1`` centres nearest to ``x`` are evaluated: the others are below
 ``exp(-radius^2 / (2 f^2))`` (f = sigma factor), and evaluating them blindly costs time
 and produces denormal floats (``docs/method`` §5).  Along equally spaced centres the Gaussians
-obey a two-term recursion, so each value needs two ``exp`` calls, not ``2 radius + 1``:
+obey a two-term recursion, so each value needs two exponentials, not ``2 radius + 1``:
 with ``d_j = (x - mu_j) / sigma`` and ``s = h / sigma``,
 
     G_{j+1} = G_j * exp(s d_j - s^2 / 2),   exp(s d_{j+1}) = exp(s d_j) * exp(-s^2).
+
+The kernels (:mod:`vnumba.fused`) start at the nearest centre, where both exponentials have
+arguments in ``[-1/2, 1/2]`` (after squarings for narrow Gaussians) and are evaluated by a
+Taylor polynomial exact to double rounding.
 
 Derivatives: ``G_j' = -G_j d_j / sigma``, ``G_j'' = G_j (d_j^2 - 1) / sigma^2``.
 
@@ -21,10 +25,9 @@ Shapes: values ``(N, F, H, W)``, weights ``(F, n_w)``.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numba import njit, prange
+
+from .fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_padded_weights
 
 __all__ = ["RBFGrid", "rbf_apply", "rbf_weight_grad", "rbf_basis"]
 
@@ -42,94 +45,6 @@ class RBFGrid:
     @property
     def centres(self):
         return self.mu0 + self.h * np.arange(self.n_w)
-
-
-@njit(cache=True, inline="always")
-def _window(x, mu0, h, n_w, radius):
-    t = (x - mu0) / h
-    if not (t >= -radius - 1.0 and t <= n_w + radius):
-        return 0, -1
-    j0 = int(math.floor(t + 0.5))
-    lo = j0 - radius
-    hi = j0 + radius
-    if lo < 0:
-        lo = 0
-    if hi > n_w - 1:
-        hi = n_w - 1
-    return lo, hi
-
-
-@njit(cache=True, parallel=True)
-def _rbf_apply_cpu(x, w, mu0, h, sigma, radius, order, v0, v1, v2):
-    # order: 0 -> value only; 1 -> value and first derivative; 2 -> up to the second.
-    N, F, H, W = x.shape
-    n_w = w.shape[1]
-    inv_s = 1.0 / sigma
-    inv_s2 = inv_s * inv_s
-    s = h / sigma
-    shift = math.exp(-s * s)
-    for nf in prange(N * F):
-        n = nf // F
-        c = nf % F
-        for p in range(H):
-            for q in range(W):
-                xv = x[n, c, p, q]
-                lo, hi = _window(xv, mu0, h, n_w, radius)
-                a0 = 0.0
-                a1 = 0.0
-                a2 = 0.0
-                if hi >= lo:
-                    d = (xv - (mu0 + lo * h)) * inv_s
-                    g = math.exp(-0.5 * d * d)
-                    e = math.exp(s * d - 0.5 * s * s)
-                    for j in range(lo, hi + 1):
-                        wg = w[c, j] * g
-                        a0 += wg
-                        if order >= 1:
-                            a1 -= wg * d
-                        if order >= 2:
-                            a2 += wg * (d * d - 1.0)
-                        g *= e
-                        e *= shift
-                        d -= s
-                v0[n, c, p, q] = a0
-                if order >= 1:
-                    v1[n, c, p, q] = a1 * inv_s
-                if order >= 2:
-                    v2[n, c, p, q] = a2 * inv_s2
-
-
-@njit(cache=True, parallel=True)
-def _rbf_wgrad_cpu(x, c0, c1, mu0, h, sigma, radius, use_c1, out):
-    # out[c, j] = sum_{n,p,q} c0 * G_j(x) + c1 * G_j'(x); parallel over channels so that
-    # every thread owns its rows of ``out``.
-    N, F, H, W = x.shape
-    n_w = out.shape[1]
-    inv_s = 1.0 / sigma
-    s = h / sigma
-    shift = math.exp(-s * s)
-    for c in prange(F):
-        for j in range(n_w):
-            out[c, j] = 0.0
-        for n in range(N):
-            for p in range(H):
-                for q in range(W):
-                    xv = x[n, c, p, q]
-                    lo, hi = _window(xv, mu0, h, n_w, radius)
-                    if hi < lo:
-                        continue
-                    k0 = c0[n, c, p, q]
-                    k1 = 0.0
-                    if use_c1:
-                        k1 = c1[n, c, p, q] * inv_s
-                    d = (xv - (mu0 + lo * h)) * inv_s
-                    g = math.exp(-0.5 * d * d)
-                    e = math.exp(s * d - 0.5 * s * s)
-                    for j in range(lo, hi + 1):
-                        out[c, j] += g * (k0 - k1 * d)
-                        g *= e
-                        e *= shift
-                        d -= s
 
 
 def _check(name, a, ndim, dtype=None):
@@ -168,7 +83,9 @@ def rbf_apply(x, w, grid, order=2):
     v0 = np.empty_like(x)
     v1 = np.empty_like(x) if order >= 1 else v0
     v2 = np.empty_like(x) if order >= 2 else v0
-    _rbf_apply_cpu(x, w, grid.mu0, grid.h, grid.sigma, grid.radius, order, v0, v1, v2)
+    cst, m = rbf_constants(grid, x.dtype)
+    wp = rbf_padded_weights(w, grid.radius)
+    _rbf_apply_rows(x, wp, cst, m, grid.radius, order, v0, v1, v2)
     return (v0, v1, v2)[: order + 1]
 
 
@@ -197,9 +114,11 @@ def rbf_weight_grad(x, c0, c1, grid):
             raise ValueError("c1 must have the shape of x")
     else:
         c1 = c0
-    out = np.empty((x.shape[1], grid.n_w), dtype=x.dtype)
-    _rbf_wgrad_cpu(x, c0, c1, grid.mu0, grid.h, grid.sigma, grid.radius, use_c1, out)
-    return out
+    cst, m = rbf_constants(grid, x.dtype)
+    P = 2 * grid.radius + 1
+    out = np.empty((x.shape[1], grid.n_w + 2 * P), dtype=np.float64)
+    _rbf_wgrad_rows(x, c0, c1, use_c1, cst, m, grid.radius, out)
+    return out[:, P:P + grid.n_w].astype(x.dtype)
 
 
 def rbf_basis(x, grid):

@@ -1,0 +1,114 @@
+"""The fast kernels of vnumba.fused against plain NumPy references (tests/naive.py), on the
+awkward cases the blocking creates: output channels not a multiple of the block of four,
+odd kernel widths (one tap left after the tap pairs), float32 accuracy of long sums, the
+Taylor-polynomial exponentials, and the RBF window semantics."""
+import numpy as np
+import pytest
+
+from vnumba import fused
+from vnumba.config import ModelConfig
+from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+import naive
+
+
+@pytest.mark.parametrize("N,C,O,H,W,ks", [(1, 3, 5, 7, 9, 5), (2, 2, 3, 6, 5, 3), (1, 1, 8, 5, 6, 1)])
+def test_blocked_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, ks):
+    rng = np.random.default_rng(10)
+    xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
+    k = rng.standard_normal((O, C, ks, ks))
+    y = rng.standard_normal((N, O, H, W))
+    np.testing.assert_allclose(fused.corr_valid_fast(xp, k), naive.corr_valid(xp, k), rtol=1e-12, atol=1e-12)
+    # the flip identity itself, in NumPy, then the kernel that relies on it
+    np.testing.assert_allclose(naive.corr_valid_adjoint_by_flip(y, k), naive.corr_valid_adjoint(y, k),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fused.corr_valid_adjoint_fast(y, k), naive.corr_valid_adjoint(y, k),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("O,ks", [(6, 5), (4, 3), (1, 5)])
+def test_blocked_kernel_gradient_matches_reference(O, ks):
+    rng = np.random.default_rng(11)
+    N, C, H, W = 2, 3, 6, 7
+    y = rng.standard_normal((N, O, H, W))
+    xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
+    xw = np.zeros(xp.shape[:3] + (W + ks,))
+    xw[..., :-1] = xp
+    xw[..., -1] = 1e30  # the spare column must never reach the result
+    np.testing.assert_allclose(fused.kernel_grad_fast(y, xw, ks), naive.corr_valid_kernel_grad(y, xp, ks),
+                               rtol=1e-12, atol=1e-11)
+
+
+def test_float32_kernel_gradient_of_a_long_sum_stays_accurate():
+    # 8 x 64 x 64 terms per entry: rows are summed in float64, so float32 keeps ~1e-6.
+    rng = np.random.default_rng(12)
+    N, C, O, H, W, ks = 8, 2, 4, 64, 64, 5
+    y = rng.random((N, O, H, W)).astype(np.float32)
+    xp = rng.random((N, C, H + ks - 1, W + ks - 1)).astype(np.float32)
+    xw = np.zeros(xp.shape[:3] + (W + ks,), np.float32)
+    xw[..., :-1] = xp
+    got = fused.kernel_grad_fast(y, xw, ks)
+    assert got.dtype == np.float32
+    ref = naive.corr_valid_kernel_grad(y.astype(np.float64), xp.astype(np.float64), ks)
+    np.testing.assert_allclose(got, ref, rtol=2e-6)
+
+
+def test_taylor_exponential_is_exact_to_double_precision_on_its_range():
+    grid = RBFGrid(ModelConfig())
+    cst, m = fused.rbf_constants(grid, np.float64)
+    assert m == 0
+    y = np.linspace(-0.5, 0.5, 1001)
+    got = np.array([fused._exp_taylor(v, cst) for v in y])
+    np.testing.assert_allclose(got, np.exp(y), rtol=2e-15)
+
+
+@pytest.mark.parametrize("sigma_factor,radius", [(1.0, 6), (1.0, 2), (0.5, 6), (1.7, 4)])
+def test_rbf_window_matches_reference_definition(sigma_factor, radius):
+    # sigma_factor 0.5: s^2 = 4, the exponentials go through two squarings.
+    cfg = ModelConfig(nf_u=3, rbf_sigma_factor=sigma_factor, rbf_radius=radius)
+    grid = RBFGrid(cfg)
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-2.2, 2.2, size=(2, 3, 4, 11))
+    x[0, 0, 0, :5] = [-40.0, 40.0, -1.2, 1.2, np.nan]  # out of reach, on the end centres, NaN
+    w = rng.standard_normal((3, cfg.n_w))
+    got = rbf_apply(x, w, grid, order=2)
+    ref = naive.rbf_window(x, w, grid.mu0, grid.h, grid.sigma, grid.n_w, grid.radius)
+    for g, r in zip(got, ref):
+        bad = np.isnan(x)
+        assert np.all(g[bad] == 0.0)
+        np.testing.assert_allclose(g[~bad], r[~bad], rtol=1e-10, atol=1e-10 * np.nanmax(np.abs(r)))
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_rbf_orders_agree_with_the_full_evaluation(order):
+    cfg = ModelConfig(nf_u=2)
+    grid = RBFGrid(cfg)
+    rng = np.random.default_rng(14)
+    x = rng.uniform(-1.5, 1.5, size=(1, 2, 3, 10))
+    w = rng.standard_normal((2, cfg.n_w))
+    full = rbf_apply(x, w, grid, order=2)
+    part = rbf_apply(x, w, grid, order=order)
+    assert len(part) == order + 1
+    for a, b in zip(part, full):
+        # same sums; only fastmath's instruction choice differs between the variants
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.abs(b).max())
+
+
+def test_float32_rbf_and_weight_gradient_match_float64_reference():
+    cfg = ModelConfig(nf_u=4)
+    grid = RBFGrid(cfg)
+    rng = np.random.default_rng(15)
+    x = rng.uniform(-1.4, 1.4, size=(2, 4, 16, 33))
+    w = rng.standard_normal((4, cfg.n_w))
+    c0 = rng.standard_normal(x.shape)
+    c1 = rng.standard_normal(x.shape)
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    ref = naive.rbf_window(x32.astype(np.float64), w32.astype(np.float64), grid.mu0, grid.h,
+                           grid.sigma, grid.n_w, grid.radius)
+    for g, r in zip(rbf_apply(x32, w32, grid, order=2), ref):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, r, rtol=0, atol=2e-5 * np.abs(r).max())
+    g32 = rbf_weight_grad(x32, c0.astype(np.float32), c1.astype(np.float32), grid)
+    g64 = rbf_weight_grad(x32.astype(np.float64), c0.astype(np.float32).astype(np.float64),
+                          c1.astype(np.float32).astype(np.float64), grid)
+    assert g32.dtype == np.float32
+    np.testing.assert_allclose(g32, g64, rtol=0, atol=1e-5 * np.abs(g64).max())
