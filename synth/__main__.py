@@ -1,0 +1,146 @@
+"""Command line: ``python -m synth {generate,show-scenario,list,stats,preview} ...``.
+
+SCRIPT arguments are a path to a TOML scenario script or the name of a shipped script
+(``scenario1``, ``scenario2``, ``scenario3``).
+
+Other modules add subcommands: every module named in :data:`CLI_PLUGINS` that exists and
+defines ``add_cli(subparsers)`` is asked to add its subparsers (each with
+``set_defaults(func=callable(args) -> int)``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
+
+#: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
+CLI_PLUGINS = ("synth.reference", "synth.scenario3")
+
+
+def _cmd_generate(args) -> int:
+    script = load_script(args.script)
+    if args.size is not None:
+        script = script.with_size(*args.size)
+    kind = script.kind
+    reference = None
+    if args.reference is not None:
+        if kind.load_reference is None:
+            raise SystemExit(f"error: scenario kind {script.scenario!r} takes no --reference")
+        reference = kind.load_reference(args.reference)
+    from .writer import write_dataset
+    out = write_dataset(args.output, script, args.n, args.seed, workers=args.workers,
+                        reference=reference, progress=not args.quiet)
+    print(f"wrote {out} ({args.n} samples of {script.name}, {script.size[0]}x{script.size[1]}, "
+          f"seed {args.seed})")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    if args.name in SHIPPED or not Path(args.name).exists():
+        p = shipped_path(args.name)
+        if not p.exists():
+            raise SystemExit(f"error: no shipped script {args.name!r} (shipped: {', '.join(SHIPPED)})")
+    else:
+        p = Path(args.name)
+    sys.stdout.write(p.read_text(encoding="utf-8"))
+    return 0
+
+
+def _cmd_list(args) -> int:
+    for name in SHIPPED:
+        p = shipped_path(name)
+        print(f"{name:12s} {'(shipped)' if p.exists() else '(missing)'} {p}")
+    print("registered scenario kinds:", ", ".join(registered_kinds()))
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    from .stats import run_stats_cli
+    return run_stats_cli(args)
+
+
+def _cmd_preview(args) -> int:
+    from .preview import write_preview
+    script = load_script(args.script)
+    reference = None
+    if args.reference is not None:
+        if script.kind.load_reference is None:
+            raise SystemExit(f"error: scenario kind {script.scenario!r} takes no --reference")
+        reference = script.kind.load_reference(args.reference)
+    write_preview(script, args.output, n=args.n, seed=args.seed, reference=reference)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synth", description="Synthetic training data from scenario scripts "
+                                "(Effland et al. 2019).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate an HDF5 training set",
+                       description="Generate N samples of SCRIPT into an HDF5 file (atomic write).")
+    g.add_argument("script", metavar="SCRIPT", help="script path or shipped name")
+    g.add_argument("-n", type=int, required=True, help="number of samples")
+    g.add_argument("-o", "--output", required=True, type=Path, help="output .h5 file")
+    g.add_argument("--seed", type=int, required=True, help="dataset seed (>= 0)")
+    g.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
+    g.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="override the script's image size")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("show-scenario", help="print a shipped scenario script")
+    s.add_argument("name", metavar="NAME", help=f"one of {', '.join(SHIPPED)} (or a path)")
+    s.set_defaults(func=_cmd_show)
+
+    ls = sub.add_parser("list", help="list shipped scripts and registered scenario kinds")
+    ls.set_defaults(func=_cmd_list)
+
+    st = sub.add_parser("stats", help="estimate colour statistics from annotated real images",
+                        description="Estimate colour means/covariances of object categories from "
+                        "annotated real H&E images (after Reinhard normalisation) and write them "
+                        "into a scenario script's generated block.")
+    from .stats import add_stats_arguments
+    add_stats_arguments(st)
+    st.set_defaults(func=_cmd_stats)
+
+    pv = sub.add_parser("preview", help="figure of layers, noisy, clean and mask (like Fig. 2)")
+    pv.add_argument("script", metavar="SCRIPT")
+    pv.add_argument("-o", "--output", required=True, type=Path, help="output PNG")
+    pv.add_argument("--n", type=int, default=3, help="number of samples (rows)")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
+    pv.set_defaults(func=_cmd_preview)
+
+    for mod in CLI_PLUGINS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        add = getattr(m, "add_cli", None)
+        if add is not None:
+            add(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ScriptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
