@@ -1,0 +1,781 @@
+"""Evaluation on real annotated images: pixel and object-level scores against annotations.
+
+For every annotated image of a data directory (layout of ``shared/data/real/README.md``:
+``NAME.png`` next to ``NAME_labels.npz`` with ``instances`` and, where available,
+``classes``), the model's mask and a classical baseline's (:mod:`vnumba.baseline`) — plus an
+optional second model — are compared with the *target* the scenario defines:
+
+* scenario 3: tumour nuclei (``classes == 1``);
+* scenario 2: immune nuclei (``classes == 2``) whose disc of radius ``R`` (40 px at the
+  model's pixel size) has an immune-pixel fraction above ``τ`` (0.2) — the scenario's own
+  density rule applied to the real annotations (:func:`density_selection`);
+* scenario 1: immune nuclei whose disc has a tumour-pixel fraction above 0.3;
+* ``--target nuclei``: every annotated nucleus (works without ``classes``).
+
+Scores, per image and pooled over all images (sums of pixel counts and of matches):
+
+* pixel accuracy (the article's figure), Dice and IoU of the thresholded mask;
+* object detection precision, recall and F1: predicted objects (split connected components,
+  :mod:`vnumba.objects`) and target nuclei are matched one-to-one, minimising the total
+  centroid distance among pairs closer than 15 px (the PUMA challenge's rule;
+  :func:`match_points`).
+
+Command line: ``python -m vnumba.evaluate --model MODEL DATA_DIR [--baseline-model OTHER]
+[--out REPORT_DIR]``; writes ``report.md``, ``report.json`` and overlay PNGs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "confusion_counts", "scores_from_counts", "pixel_metrics", "match_points",
+    "detection_metrics", "instance_majority_class", "instance_centroids", "density_selection",
+    "DensityRule", "scenario_rule", "target_from_annotations", "find_annotated_images",
+    "nominal_mpp", "evaluate_masks", "run_evaluation", "format_report", "main",
+    "MATCH_RADIUS",
+]
+
+#: Centroid distance (pixels) within which a detection counts as the annotated nucleus (PUMA).
+MATCH_RADIUS = 15.0
+
+#: The article's density rules (radius in pixels at the model's pixel size, threshold).
+_DEFAULT_RULES = {
+    "scenario1": dict(cell_class=2, density_class=1, radius=40.0, threshold=0.3),
+    "scenario2": dict(cell_class=2, density_class=2, radius=40.0, threshold=0.2),
+}
+TUMOUR, IMMUNE, EPITHELIAL_UNKNOWN = 1, 2, 4
+
+
+# ----------------------------------------------------------------------------- pixel scores
+def confusion_counts(pred: np.ndarray, target: np.ndarray) -> dict:
+    """Pixel counts of a binary prediction against a binary target.
+
+    Parameters
+    ----------
+    pred, target : ndarray of bool, same shape
+
+    Returns
+    -------
+    dict
+        ``tp, fp, fn, tn`` as Python ints.
+    """
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}")
+    if pred.dtype != bool or target.dtype != bool:
+        raise TypeError(f"pred and target must be bool arrays, got {pred.dtype}, {target.dtype}")
+    tp = int(np.count_nonzero(pred & target))
+    fp = int(np.count_nonzero(pred & ~target))
+    fn = int(np.count_nonzero(~pred & target))
+    return dict(tp=tp, fp=fp, fn=fn, tn=int(pred.size) - tp - fp - fn)
+
+
+def scores_from_counts(c: dict) -> dict:
+    """Accuracy, Dice and IoU from pixel counts.
+
+    Dice = 2 TP / (2 TP + FP + FN), IoU = TP / (TP + FP + FN); both are 1 when prediction
+    and target are empty.  Accuracy = (TP + TN) / all.
+    """
+    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+    n = tp + fp + fn + tn
+    den = tp + fp + fn
+    return dict(accuracy=(tp + tn) / n if n else float("nan"),
+                dice=2 * tp / (2 * tp + fp + fn) if den else 1.0,
+                iou=tp / den if den else 1.0)
+
+
+def pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
+    """:func:`confusion_counts` and :func:`scores_from_counts` in one dict."""
+    c = confusion_counts(pred, target)
+    return {**c, **scores_from_counts(c)}
+
+
+# ----------------------------------------------------------------------------- object scores
+def match_points(pred: np.ndarray, gt: np.ndarray, radius: float = MATCH_RADIUS):
+    """One-to-one matching of predicted and annotated centroids.
+
+    Among all one-to-one assignments using only pairs at distance ``<= radius``, the one with
+    the most pairs and, among those, the smallest total distance (Hungarian algorithm on each
+    connected group of nearby points).
+
+    Parameters
+    ----------
+    pred : ndarray, shape (P, 2)
+    gt : ndarray, shape (G, 2)
+        Point coordinates (any consistent order, e.g. (y, x)).
+    radius : float
+
+    Returns
+    -------
+    pi, gi : ndarray of int64, shape (K,)
+        Indices of matched pairs.
+    dist : ndarray of float64, shape (K,)
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 2)
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(gt))):
+        raise ValueError("points contain NaN or inf")
+    if not radius >= 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    P, G = len(pred), len(gt)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    if P == 0 or G == 0:
+        return empty
+    pairs = cKDTree(pred).query_ball_tree(cKDTree(gt), radius)
+    rows = np.array([i for i, js in enumerate(pairs) for _ in js], dtype=np.int64)
+    cols = np.array([j for js in pairs for j in js], dtype=np.int64)
+    if rows.size == 0:
+        return empty
+    d = np.hypot(*(pred[rows] - gt[cols]).T)
+    keep = d <= radius
+    rows, cols, d = rows[keep], cols[keep], d[keep]
+    # Independent groups of mutually reachable points are solved separately: small dense
+    # problems instead of one P x G matrix.
+    graph = coo_matrix((np.ones(rows.size), (rows, P + cols)), shape=(P + G, P + G))
+    _, comp = connected_components(graph, directed=False)
+    out_p, out_g, out_d = [], [], []
+    for c in np.unique(comp[rows]):
+        sel = comp[rows] == c
+        r, q, dd = rows[sel], cols[sel], d[sel]
+        ur, ir = np.unique(r, return_inverse=True)
+        uq, iq = np.unique(q, return_inverse=True)
+        # Infeasible pairs cost more than any set of feasible ones, so the optimum first
+        # maximises the number of feasible pairs, then minimises their total distance.
+        big = radius * (min(len(ur), len(uq)) + 1) + 1.0
+        cost = np.full((len(ur), len(uq)), big)
+        cost[ir, iq] = dd
+        a, b = linear_sum_assignment(cost)
+        ok = cost[a, b] <= radius
+        out_p.append(ur[a[ok]])
+        out_g.append(uq[b[ok]])
+        out_d.append(cost[a[ok], b[ok]])
+    pi = np.concatenate(out_p).astype(np.int64)
+    order = np.argsort(pi, kind="stable")
+    return pi[order], np.concatenate(out_g).astype(np.int64)[order], np.concatenate(out_d)[order]
+
+
+def detection_metrics(pred: np.ndarray, gt: np.ndarray, radius: float = MATCH_RADIUS) -> dict:
+    """Detection counts and scores with the centroid rule of :func:`match_points`.
+
+    Returns
+    -------
+    dict
+        ``tp, fp, fn`` (ints), ``precision, recall, f1``.  With nothing to find and nothing
+        found all three scores are 1; with no detections precision is 0 if something was
+        to be found (and recall 0), likewise recall.
+    """
+    pi, _, _ = match_points(pred, gt, radius)
+    tp = int(pi.size)
+    c = dict(tp=tp, fp=int(len(np.asarray(pred).reshape(-1, 2))) - tp,
+             fn=int(len(np.asarray(gt).reshape(-1, 2))) - tp)
+    return {**c, **detection_scores(c)}
+
+
+def detection_scores(c: dict) -> dict:
+    """Precision, recall and F1 from ``tp, fp, fn`` (conventions of :func:`detection_metrics`)."""
+    tp, fp, fn = c["tp"], c["fp"], c["fn"]
+    precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
+    recall = tp / (tp + fn) if tp + fn else (1.0 if fp == 0 else 0.0)
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return dict(precision=precision, recall=recall, f1=f1)
+
+
+# ----------------------------------------------------------------------------- targets
+def instance_majority_class(instances: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class of each instance: the most frequent non-zero class over its pixels.
+
+    Returns
+    -------
+    ndarray of int64, shape (instances.max() + 1,)
+        Entry ``i`` is the class of instance ``i`` (0 for absent instances and for index 0).
+    """
+    _check_labels(instances, classes)
+    n = int(instances.max()) + 1 if instances.size else 1
+    k = int(classes.max()) + 1 if classes.size else 1
+    fg = (instances > 0) & (classes > 0)
+    counts = np.zeros((n, k), np.int64)
+    np.add.at(counts, (instances[fg].astype(np.int64), classes[fg].astype(np.int64)), 1)
+    out = counts.argmax(axis=1)
+    out[counts.sum(axis=1) == 0] = 0
+    out[0] = 0
+    return out
+
+
+def instance_centroids(instances: np.ndarray):
+    """Ids present in an instance image and their centroids.
+
+    Returns
+    -------
+    ids : ndarray of int64, shape (K,)
+    centroids : ndarray of float64, shape (K, 2)
+        ``(y, x)`` = (row, column) means.
+    """
+    from .objects import object_table
+    t = object_table(np.asarray(instances))
+    return t.id, t.centroids()
+
+
+@dataclasses.dataclass(frozen=True)
+class DensityRule:
+    """Scenario 1/2 target rule: cells of ``cell_class`` whose disc of ``radius`` pixels
+    has a fraction of ``density_class`` pixels strictly greater than ``threshold``.
+
+    The disc is the generator's (:func:`synth.masks.disc_concentration`): pixels of the image
+    whose centres lie within ``radius`` of the cell centre rounded to the nearest pixel;
+    pixels outside the image do not count.  Applied to real annotations, a cell is an
+    annotated nucleus and its centre the nucleus centroid.
+    """
+
+    cell_class: int
+    density_class: int
+    radius: float
+    threshold: float
+    source: str = "default"
+
+
+def density_selection(instances: np.ndarray, classes: np.ndarray, rule: DensityRule) -> np.ndarray:
+    """Ids of the instances a density rule selects.
+
+    Parameters
+    ----------
+    instances : ndarray of int, shape (H, W)
+    classes : ndarray of int, shape (H, W)
+    rule : DensityRule
+
+    Returns
+    -------
+    ndarray of int64
+        Selected instance ids (sorted).
+    """
+    from synth.masks import disc_concentration
+
+    _check_labels(instances, classes)
+    if not rule.radius > 0:
+        raise ValueError(f"density radius must be > 0, got {rule.radius}")
+    cls_of = instance_majority_class(instances, classes)
+    ids, cents = instance_centroids(instances)
+    cand = cls_of[ids] == rule.cell_class
+    ids, cents = ids[cand], cents[cand]
+    if ids.size == 0:
+        return ids.astype(np.int64)
+    conc = disc_concentration(classes == rule.density_class, cents, float(rule.radius))
+    return np.sort(ids[conc > rule.threshold]).astype(np.int64)
+
+
+def scenario_rule(scenario: str, model=None, image_mpp: float | None = None) -> DensityRule | None:
+    """The density rule of scenario 1 or 2 (None for other scenarios), in image pixels.
+
+    Radius and threshold come, in order, from the model's ``meta`` (``density_radius``,
+    ``density_threshold``), from the ``[mask]`` table of the shipped scenario script
+    (:func:`synth.script.load_script`), else from the article (40 px; 0.3 for scenario 1,
+    0.2 for scenario 2).  The radius is stated in pixels of the training images; it is
+    converted to the evaluated image's pixels with ``rule_mpp / image_mpp``, where
+    ``rule_mpp`` is the model's ``meta["mpp"]``, else the script's ``[scenario].mpp``
+    (no conversion if either is unknown).
+    """
+    if scenario not in _DEFAULT_RULES:
+        return None
+    d = dict(_DEFAULT_RULES[scenario])
+    source = "article default"
+    meta = (getattr(model, "meta", None) or {}) if model is not None else {}
+    script = _script_rule(scenario)
+    if meta.get("density_radius") is not None and meta.get("density_threshold") is not None:
+        d["radius"], d["threshold"] = float(meta["density_radius"]), float(meta["density_threshold"])
+        source = "model meta"
+    elif script is not None and script[0] is not None:
+        d["radius"], d["threshold"] = script[0], script[1]
+        source = f"synth script {scenario}"
+    rule_mpp = meta.get("mpp") if meta.get("mpp") is not None else (script[2] if script else None)
+    if rule_mpp is not None and image_mpp is not None:
+        d["radius"] *= float(rule_mpp) / float(image_mpp)
+        source += f", radius scaled from {float(rule_mpp):g} to {float(image_mpp):g} µm/px"
+    return DensityRule(d["cell_class"], d["density_class"], d["radius"], d["threshold"], source)
+
+
+def _script_rule(scenario: str):
+    """``(radius, threshold, mpp)`` of the shipped scenario script (radius/threshold None if
+    its mask is not a concentration rule), or None without a readable script."""
+    try:
+        from synth.script import load_script
+        script = load_script(scenario)
+    except Exception:  # the generator's scripts are optional here; failure = "not stated"
+        return None
+    mpp = getattr(script, "mpp", None)
+    try:
+        spec = script["mask"]
+        radius, threshold = float(spec.radius), float(spec.threshold)
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None, None, mpp
+    return radius, threshold, mpp
+
+
+def target_from_annotations(instances: np.ndarray, classes: np.ndarray | None, target: str,
+                            rule: DensityRule | None = None):
+    """Target mask and target instances for one annotated image.
+
+    Parameters
+    ----------
+    instances : ndarray of int, shape (H, W)
+    classes : ndarray of int, shape (H, W), or None
+    target : {"scenario1", "scenario2", "scenario3", "nuclei"}
+    rule : DensityRule, optional
+        Required for scenarios 1 and 2 (:func:`scenario_rule`).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (H, W)
+    labels : ndarray of int32, shape (H, W)
+        The target instances (others set to 0), original ids.
+
+    Raises
+    ------
+    LookupError
+        The target needs ``classes`` and there are none, or it needs tumour nuclei and the
+        annotation has class 4 (epithelial nuclei whose tumour/normal status is unknown, as in
+        CoNSeP), which makes the target undefined.
+    """
+    instances = np.asarray(instances)
+    if target == "nuclei":
+        lab = instances.astype(np.int32)
+        return lab > 0, lab
+    if classes is None:
+        raise LookupError(f"target {target!r} needs per-nucleus classes; the annotation has none")
+    classes = np.asarray(classes)
+    _check_labels(instances, classes)
+    needs_tumour = target == "scenario3" or (target == "scenario1" and rule is not None
+                                             and TUMOUR in (rule.cell_class, rule.density_class))
+    if needs_tumour and np.any(classes == EPITHELIAL_UNKNOWN):
+        raise LookupError(f"target {target!r} needs tumour nuclei, but the annotation has "
+                          f"class {EPITHELIAL_UNKNOWN} (epithelial, tumour vs normal not "
+                          "distinguished)")
+    if target == "scenario3":
+        cls_of = instance_majority_class(instances, classes)
+        keep = np.nonzero(cls_of == TUMOUR)[0]
+        mask = classes == TUMOUR
+    elif target in ("scenario1", "scenario2"):
+        if rule is None:
+            raise ValueError(f"target {target!r} needs a DensityRule")
+        keep = density_selection(instances, classes, rule)
+        mask = np.isin(instances, keep) & (classes == rule.cell_class)
+    else:
+        raise ValueError(f"unknown target {target!r}")
+    lab = np.where(np.isin(instances, keep), instances, 0).astype(np.int32)
+    return mask, lab
+
+
+def _check_labels(instances, classes):
+    for name, a in (("instances", instances), ("classes", classes)):
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be an integer array, got {getattr(a, 'dtype', type(a))}")
+        if a.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+        if a.size and a.min() < 0:
+            raise ValueError(f"{name} must be >= 0")
+    if instances.shape != classes.shape:
+        raise ValueError(f"instances {instances.shape} and classes {classes.shape} differ in shape")
+
+
+# ----------------------------------------------------------------------------- data
+def find_annotated_images(data_dir) -> list:
+    """Annotated images under ``data_dir`` (recursively): pairs ``(image, labels.npz)``.
+
+    An image ``NAME.(png|jpg|jpeg|tif|tiff)`` belongs to ``NAME_labels.npz`` in the same folder.
+    Label files without an image are reported by raising ``FileNotFoundError``.
+    """
+    from .imageio_utils import INPUT_SUFFIXES
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory not found: {data_dir}")
+    out = []
+    for lab in sorted(data_dir.rglob("*_labels.npz")):
+        stem = lab.name[: -len("_labels.npz")]
+        cands = [lab.with_name(stem + s) for s in INPUT_SUFFIXES]
+        cands += [lab.with_name(stem + s.upper()) for s in INPUT_SUFFIXES]
+        img = next((c for c in cands if c.is_file()), None)
+        if img is None:
+            raise FileNotFoundError(f"{lab}: no image {stem}.png/.jpg/.tif next to it")
+        out.append((img, lab))
+    return out
+
+
+def nominal_mpp(data_dir, image_path) -> float | None:
+    """Pixel size of an image from a ``manifest.csv`` in ``data_dir`` (or an ancestor of the
+    image up to it): ``10 / magnification`` µm/px for a ``magnification`` like ``40x`` (the
+    usual nominal 0.25 µm/px at 40×), else a single number in the ``mpp`` column; None if
+    unknown."""
+    data_dir, image_path = Path(data_dir).resolve(), Path(image_path).resolve()
+    for folder in [image_path.parent, *image_path.parent.parents]:
+        man = folder / "manifest.csv"
+        if man.is_file():
+            with open(man, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    if (folder / (row.get("file") or "")).resolve() != image_path:
+                        continue
+                    mag = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[xX]\s*", row.get("magnification") or "")
+                    if mag and float(mag.group(1)) > 0:
+                        return 10.0 / float(mag.group(1))
+                    nums = re.findall(r"\d+(?:\.\d+)?", row.get("mpp") or "")
+                    if len(nums) == 1 and float(nums[0]) > 0:
+                        return float(nums[0])
+                    return None
+        if folder == data_dir or folder == folder.parent:
+            break
+    return None
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_masks(pred_mask: np.ndarray, pred_labels: np.ndarray, target_mask: np.ndarray,
+                   target_labels: np.ndarray, radius: float = MATCH_RADIUS) -> dict:
+    """All scores of one method on one image.
+
+    Parameters
+    ----------
+    pred_mask, target_mask : ndarray of bool, shape (H, W)
+    pred_labels, target_labels : ndarray of int, shape (H, W)
+        Predicted objects and target instances (0 = background).
+    radius : float
+        Centroid matching distance.
+
+    Returns
+    -------
+    dict
+        ``pixel`` (counts, accuracy, dice, iou), ``objects`` (tp, fp, fn, precision, recall,
+        f1), ``n_pred``, ``n_target``.
+    """
+    from .objects import object_table
+    px = pixel_metrics(pred_mask, target_mask)
+    pc = object_table(np.asarray(pred_labels)).centroids()
+    tc = object_table(np.asarray(target_labels)).centroids()
+    ob = detection_metrics(pc, tc, radius)
+    return {"pixel": px, "objects": ob, "n_pred": int(len(pc)), "n_target": int(len(tc))}
+
+
+def _pool(results: list) -> dict:
+    keys = ("tp", "fp", "fn", "tn")
+    px = {k: sum(r["pixel"][k] for r in results) for k in keys}
+    ob = {k: sum(r["objects"][k] for r in results) for k in keys[:3]}
+    return {"pixel": {**px, **scores_from_counts(px)}, "objects": {**ob, **detection_scores(ob)},
+            "n_pred": sum(r["n_pred"] for r in results),
+            "n_target": sum(r["n_target"] for r in results),
+            "n_images": len(results)}
+
+
+def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", rule_model=None,
+                   mpp: float | None = None, threshold: float = 0.5, split_h: float = 2.0,
+                   min_area: int = 20, radius: float = MATCH_RADIUS, tile: int = 512,
+                   baseline_cfg=None, overlays: bool = True, say=print) -> dict:
+    """Evaluate several methods on every annotated image of ``data_dir``.
+
+    Parameters
+    ----------
+    methods : dict
+        name -> model object (with ``apply``/``receptive_radius``/``meta``) or the string
+        ``"baseline"`` for the classical pipeline.
+    data_dir, out_dir : path-like
+    target : str
+        ``scenario1|2|3`` or ``nuclei`` (:func:`target_from_annotations`).
+    rule_model
+        Model whose ``meta`` may state the density rule and whose ``mpp`` scales its radius.
+    mpp : float, optional
+        Pixel size of all images; default: ``manifest.csv`` (:func:`nominal_mpp`).
+    threshold, split_h, min_area
+        Object extraction from the models' masks (:func:`vnumba.objects.label_objects`).
+    radius : float
+        Centroid matching distance, pixels of the evaluated image.
+    tile : int
+    baseline_cfg : BaselineConfig, optional
+    overlays : bool
+        Write ``FOLDER_NAME__METHOD_overlay.png`` (prediction outlines green, target
+        magenta; FOLDER is the image's folder below ``data_dir``).
+    say : callable
+        Progress messages.
+
+    Returns
+    -------
+    dict
+        The report (also written as ``report.json`` and ``report.md`` in ``out_dir``).
+    """
+    from .baseline import BaselineConfig, segment_nuclei
+    from .figures import overlay_contours
+    from .imageio_utils import image_to_float, read_image, write_png
+    from .objects import label_objects
+    from .predict import predict_image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    baseline_cfg = baseline_cfg or BaselineConfig()
+    pairs = find_annotated_images(data_dir)
+    if not pairs:
+        raise FileNotFoundError(f"{data_dir}: no annotated images (NAME_labels.npz) found")
+    images, per_method = [], {name: [] for name in methods}
+    for k, (img_path, lab_path) in enumerate(pairs, 1):
+        rel = str(img_path.relative_to(data_dir)) if img_path.is_relative_to(data_dir) else str(img_path)
+        entry = {"image": rel, "results": {}, "skipped": {}}
+        images.append(entry)
+        try:
+            with np.load(lab_path) as z:
+                instances = np.asarray(z["instances"])
+                classes = np.asarray(z["classes"]) if "classes" in z.files else None
+        except (OSError, KeyError, ValueError) as e:
+            entry["skipped"]["all"] = f"{lab_path}: unreadable annotation ({e})"
+            say(f"[{k}/{len(pairs)}] {rel}: skipped — {entry['skipped']['all']}")
+            continue
+        try:
+            img = read_image(img_path)
+        except (OSError, ValueError) as e:
+            entry["skipped"]["all"] = str(e)
+            say(f"[{k}/{len(pairs)}] {rel}: skipped — {e}")
+            continue
+        if img.array.shape[:2] != instances.shape:
+            entry["skipped"]["all"] = (f"image {img.array.shape[:2]} and annotation "
+                                       f"{instances.shape} differ in size")
+            say(f"[{k}/{len(pairs)}] {rel}: skipped — {entry['skipped']['all']}")
+            continue
+        img_mpp = mpp if mpp is not None else nominal_mpp(data_dir, img_path)
+        entry["mpp"] = img_mpp
+        rule = scenario_rule(target, rule_model, img_mpp) if target in _DEFAULT_RULES else None
+        try:
+            t_mask, t_labels = target_from_annotations(instances, classes, target, rule)
+        except LookupError as e:
+            entry["skipped"]["all"] = str(e)
+            say(f"[{k}/{len(pairs)}] {rel}: skipped — {e}")
+            continue
+        if rule is not None:
+            entry["rule"] = dataclasses.asdict(rule)
+        say(f"[{k}/{len(pairs)}] {rel}: {img.array.shape[1]}x{img.array.shape[0]}, mpp {img_mpp}, "
+            f"{int(len(np.unique(t_labels)) - 1)} target nuclei")
+        for name, method in methods.items():
+            t0 = time.perf_counter()
+            if isinstance(method, str) and method == "baseline":
+                if img.array.shape[2] not in (3, 4):
+                    entry["skipped"][name] = "classical baseline needs an RGB (H&E) image"
+                    say(f"    {name}: skipped — {entry['skipped'][name]}")
+                    continue
+                rgb = image_to_float(img.array[:, :, :3], "dtype", img_path)
+                p_mask, p_labels, _ = segment_nuclei(rgb, baseline_cfg)
+                base = rgb
+            else:
+                try:
+                    pred = predict_image(method, img, mpp=img_mpp, tile=tile)
+                except ValueError as e:
+                    entry["skipped"][name] = str(e)
+                    say(f"    {name}: skipped — {e}")
+                    continue
+                p_mask = pred.mask > threshold
+                p_labels = label_objects(pred.mask, threshold, h=split_h, min_area=min_area)
+                base = pred.image
+            res = evaluate_masks(p_mask, p_labels, t_mask, t_labels, radius)
+            res["seconds"] = time.perf_counter() - t0
+            entry["results"][name] = res
+            per_method[name].append(res)
+            say(f"    {name}: pixel acc {res['pixel']['accuracy']:.4f}, Dice "
+                f"{res['pixel']['dice']:.3f}, F1 {res['objects']['f1']:.3f} "
+                f"({res['n_pred']} objects, {res['seconds']:.1f} s)")
+            if overlays:
+                # The image's path below DATA_DIR keeps equal names in different folders apart.
+                fn = out_dir / f"{_slug(str(Path(rel).with_suffix('')))}__{_slug(name)}_overlay.png"
+                write_png(fn, overlay_contours(base, p_labels, second=t_labels))
+                res["overlay"] = fn.name
+    report = {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "data_dir": str(data_dir),
+        "target": target,
+        "settings": dict(threshold=threshold, split_h=split_h, min_area=min_area,
+                         match_radius=radius, tile=tile, mpp=mpp,
+                         baseline=dataclasses.asdict(baseline_cfg)),
+        "methods": [_describe(n, m) for n, m in methods.items()],
+        "images": images,
+        "overall": {name: _pool(r) for name, r in per_method.items() if r},
+    }
+    from .imageio_utils import atomic_write_text
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=_jsonable))
+    atomic_write_text(out_dir / "report.md", format_report(report))
+    return report
+
+
+def _describe(name, method) -> dict:
+    if isinstance(method, str):
+        return {"name": name, "kind": "classical baseline"}
+    meta = getattr(method, "meta", None) or {}
+    return {"name": name, "kind": "model", "arch": getattr(method, "arch", None),
+            "scenario": meta.get("scenario"), "mpp": meta.get("mpp")}
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "method"
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+_TARGET_TEXT = {
+    "scenario3": "tumour nuclei (classes == 1)",
+    "scenario2": "immune nuclei in immune-rich neighbourhoods (scenario 2 density rule)",
+    "scenario1": "immune nuclei near tumour cells (scenario 1 density rule)",
+    "nuclei": "all annotated nuclei",
+}
+
+
+def format_report(report: dict) -> str:
+    """Markdown text of a report made by :func:`run_evaluation`."""
+    s = report["settings"]
+    lines = [
+        "# Evaluation on real annotated images", "",
+        f"- data: `{report['data_dir']}`",
+        f"- target: {_TARGET_TEXT.get(report['target'], report['target'])}",
+        f"- mask threshold {s['threshold']}, watershed split depth {s['split_h']} px, "
+        f"minimum object area {s['min_area']} px, centroid matching radius "
+        f"{s['match_radius']} px (one-to-one)",
+        f"- created {report['created']}",
+    ]
+    for m in report["methods"]:
+        if m["kind"] == "model":
+            lines.append(f"- `{m['name']}`: {m['arch']} model, scenario {m['scenario']}, "
+                         f"trained at {m['mpp']} µm/px")
+        else:
+            b = s["baseline"]
+            thr = "Otsu threshold" if b["threshold"] is None else f"threshold {b['threshold']}"
+            lines.append(f"- `{m['name']}`: haematoxylin by colour deconvolution (rgb2hed), "
+                         f"Gaussian σ = {b['sigma']} px, {thr}, "
+                         f"{'holes filled, ' if b['fill_holes'] else ''}distance-"
+                         f"transform watershed (depth {b['split_h']} px), objects ≥ "
+                         f"{b['min_area']} px")
+    lines += [
+        "",
+        "Pixel accuracy, Dice and IoU of the thresholded mask against the target mask; "
+        "precision / recall / F1 of object detection. *Overall* pools the pixel and match "
+        "counts of all evaluated images.", "",
+    ]
+    rules = {json.dumps(im["rule"], sort_keys=True) for im in report["images"] if "rule" in im}
+    for r in sorted(rules):
+        d = json.loads(r)
+        lines.insert(4, f"- density rule: class {d['cell_class']} nuclei whose disc of radius "
+                        f"{d['radius']:.1f} px has a class-{d['density_class']} pixel fraction "
+                        f"> {d['threshold']} ({d['source']})")
+    head = ("| image | method | pixel acc. | Dice | IoU | precision | recall | F1 | "
+            "objects | targets |")
+    sep = "|" + "---|" * 10
+    lines += ["## Overall", "", head, sep]
+    for name, r in report["overall"].items():
+        lines.append(_row(f"all ({r['n_images']})", name, r))
+    lines += ["", "## Per image", "", head, sep]
+    skipped = []
+    for im in report["images"]:
+        for name, r in im["results"].items():
+            lines.append(_row(im["image"], name, r))
+        for name, why in im["skipped"].items():
+            skipped.append(f"- `{im['image']}` ({name}): {why}")
+    if skipped:
+        lines += ["", "## Skipped", ""] + skipped
+    overlays = [(im["image"], n, r["overlay"]) for im in report["images"]
+                for n, r in im["results"].items() if "overlay" in r]
+    if overlays:
+        lines += ["", "## Overlays", "",
+                  "Green: predicted objects; magenta: target nuclei.", ""]
+        lines += [f"- `{img}` — {n}: [{fn}]({fn})" for img, n, fn in overlays]
+    return "\n".join(lines) + "\n"
+
+
+def _row(image, name, r):
+    p, o = r["pixel"], r["objects"]
+    return (f"| {image} | {name} | {100 * p['accuracy']:.2f} % | {p['dice']:.3f} | "
+            f"{p['iou']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} | {o['f1']:.3f} | "
+            f"{r['n_pred']} | {r['n_target']} |")
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    from .predict import _positive_float, _positive_int
+
+    p = argparse.ArgumentParser(
+        prog="python -m vnumba.evaluate",
+        description="Score a model (and a classical haematoxylin/Otsu/watershed baseline, and "
+                    "optionally a second model) against real annotations: pixel accuracy, "
+                    "Dice, IoU and object detection precision/recall/F1 (15-px centroid rule).")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR",
+                   help="folder with NAME.png + NAME_labels.npz (searched recursively)")
+    p.add_argument("--model", help="model file or shipped name (default: shipped --scenario)")
+    p.add_argument("--scenario", default="scenario3",
+                   choices=("scenario1", "scenario2", "scenario3"),
+                   help="shipped model when --model is omitted (default scenario3)")
+    p.add_argument("--baseline-model", help="a second model file evaluated side by side")
+    p.add_argument("--out", type=Path, default=Path("evaluation"),
+                   help="report directory (default ./evaluation)")
+    p.add_argument("--target", choices=("scenario", "nuclei"), default="scenario",
+                   help="'scenario': the model's scenario target class (default); 'nuclei': "
+                        "all annotated nuclei")
+    p.add_argument("--mpp", type=_positive_float, help="pixel size of all images in µm/px (default: "
+                                             "manifest.csv magnification, else unknown)")
+    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold (0.5)")
+    p.add_argument("--split-h", type=float, default=2.0, help="watershed split depth (2 px)")
+    p.add_argument("--min-area", type=int, default=20, help="minimum object area (20 px)")
+    p.add_argument("--radius", type=float, default=MATCH_RADIUS,
+                   help=f"centroid matching distance in pixels ({MATCH_RADIUS:g})")
+    p.add_argument("--tile", type=_positive_int, default=512, help="prediction tile (512)")
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
+    from .predict import load_model_arg
+
+    args = build_parser().parse_args(argv)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    try:
+        model = load_model_arg(args.model, args.scenario)
+        scenario = (model.meta or {}).get("scenario") or args.scenario
+        name = Path(args.model).stem if args.model else f"{args.scenario} (shipped)"
+        methods = {name: model}
+        if args.baseline_model:
+            other = load_model_arg(args.baseline_model, args.scenario)
+            oname = Path(args.baseline_model).stem
+            if oname in methods:
+                oname += " (baseline model)"
+            methods[oname] = other
+        methods["classical baseline"] = "baseline"
+        target = scenario if args.target == "scenario" else "nuclei"
+        report = run_evaluation(methods, args.data_dir, args.out, target=target, rule_model=model,
+                                mpp=args.mpp, threshold=args.threshold, split_h=args.split_h,
+                                min_area=args.min_area, radius=args.radius, tile=args.tile,
+                                overlays=not args.no_overlays, say=say)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not report["overall"]:
+        print("error: no image could be evaluated (see report.md, section Skipped)",
+              file=sys.stderr)
+        return 2
+    for name, r in report["overall"].items():
+        say(f"overall {name}: pixel acc {100 * r['pixel']['accuracy']:.2f} %, Dice "
+            f"{r['pixel']['dice']:.3f}, P {r['objects']['precision']:.3f} R "
+            f"{r['objects']['recall']:.3f} F1 {r['objects']['f1']:.3f} ({r['n_images']} images)")
+    say(f"wrote {args.out / 'report.md'} and report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

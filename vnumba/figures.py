@@ -1,0 +1,364 @@
+"""Figures: training curves (the article's Fig. 3), sample panels (Fig. 4/5) and overlays.
+
+Matplotlib is used through its object API with the Agg canvas (no pyplot state, no display
+needed).  Command line::
+
+    python -m vnumba.figures curves LOG.csv [LOG2.csv ...] -o curves.png
+    python -m vnumba.figures panels --model MODEL [--synthetic DATA.h5 --index 0,3]
+                                    [IMAGE ...] [--crop ROW COL H W] -o panels.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["overlay_contours", "read_training_log", "plot_training_curves", "plot_panels",
+           "main"]
+
+
+# ----------------------------------------------------------------------------- overlays
+def overlay_contours(image: np.ndarray, labels: np.ndarray, color=(0, 255, 0),
+                     second=None, second_color=(255, 0, 255)) -> np.ndarray:
+    """Object outlines drawn onto an image, at full resolution.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, C) or (H, W), float in [0, 1] or uint8
+        Grey or multi-channel images are shown as RGB (first three channels; one channel is
+        repeated).
+    labels : ndarray, shape (H, W), int or bool
+        Objects whose inner boundary pixels are painted ``color``.
+    color : tuple of 3 int
+    second : ndarray, shape (H, W), optional
+        A second label image (e.g. the annotation) painted ``second_color`` (under the first).
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+    """
+    from skimage.segmentation import find_boundaries
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    if img.dtype == np.uint8:
+        rgb = img.copy()
+    elif img.dtype.kind == "f":
+        rgb = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif img.dtype == np.uint16:
+        rgb = (img // 257).astype(np.uint8)
+    else:
+        raise TypeError(f"image dtype {img.dtype} not supported")
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    elif rgb.shape[2] == 2:
+        rgb = np.concatenate([rgb, np.zeros_like(rgb[:, :, :1])], axis=2)
+    rgb = np.ascontiguousarray(rgb[:, :, :3])
+    for lab, col in ((second, second_color), (labels, color)):
+        if lab is None:
+            continue
+        lab = np.asarray(lab)
+        if lab.shape != rgb.shape[:2]:
+            raise ValueError(f"labels shape {lab.shape} does not match image {rgb.shape[:2]}")
+        lab = lab.astype(np.int32) if lab.dtype == bool else lab
+        rgb[find_boundaries(lab, mode="inner")] = np.asarray(col, np.uint8)
+    return rgb
+
+
+# ----------------------------------------------------------------------------- curves
+_CURVE_COLUMNS = ("iter", "loss", "accuracy", "psnr")
+
+
+def read_training_log(path) -> dict:
+    """Read a training CSV (columns ``iter, loss, accuracy, psnr, seconds``; extra columns
+    are kept).
+
+    Returns
+    -------
+    dict
+        column name -> float64 array.  Empty cells become NaN.
+
+    Raises
+    ------
+    ValueError
+        Missing required columns or unparsable numbers (message names the file and line).
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path}: empty training log")
+        missing = [c for c in _CURVE_COLUMNS if c not in reader.fieldnames]
+        if missing:
+            raise ValueError(f"{path}: training log lacks column(s) {missing}; has "
+                             f"{reader.fieldnames}")
+        cols = {c: [] for c in reader.fieldnames}
+        for line, row in enumerate(reader, start=2):
+            for c in reader.fieldnames:
+                v = (row.get(c) or "").strip()
+                try:
+                    cols[c].append(float(v) if v else np.nan)
+                except ValueError:
+                    # Non-numeric columns (e.g. a phase name) are carried as NaN; the
+                    # required ones must parse.
+                    if c in _CURVE_COLUMNS:
+                        raise ValueError(f"{path}:{line}: column {c!r} is not a number: {v!r}")
+                    cols[c].append(np.nan)
+    out = {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}
+    if out["iter"].size == 0:
+        raise ValueError(f"{path}: training log has no rows")
+    return out
+
+
+def _smooth(y, window):
+    if window <= 1 or y.size < window:
+        return None
+    k = np.ones(window) / window
+    valid = np.isfinite(y)
+    num = np.convolve(np.where(valid, y, 0.0), k, mode="valid")
+    den = np.convolve(valid.astype(float), k, mode="valid")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def plot_training_curves(log_csv, out_png, labels=None, smooth: int | None = None,
+                         dpi: int = 150) -> Path:
+    """Loss, mask accuracy and PSNR versus iteration (the article's Fig. 3).
+
+    Parameters
+    ----------
+    log_csv : path-like or list of path-like
+        Training log(s) with columns ``iter, loss, accuracy, psnr, seconds``; several logs are
+        drawn into the same axes (e.g. scenarios).
+    out_png : path-like
+    labels : list of str, optional
+        Legend entries (default: file stems).
+    smooth : int, optional
+        Width of a moving average drawn over the raw per-iteration values (default:
+        about 2 % of the iterations; 1 = off).
+    dpi : int
+
+    Returns
+    -------
+    Path
+        ``out_png``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    logs = [log_csv] if isinstance(log_csv, (str, Path)) else list(log_csv)
+    if not logs:
+        raise ValueError("no training log given")
+    labels = list(labels) if labels is not None else [Path(p).stem for p in logs]
+    if len(labels) != len(logs):
+        raise ValueError(f"{len(labels)} labels for {len(logs)} logs")
+    data = [read_training_log(p) for p in logs]
+    fig = Figure(figsize=(12, 3.6), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    spec = (("loss", "training loss", True), ("accuracy", "mask accuracy", False),
+            ("psnr", "PSNR of $u_T$ [dB]", False))
+    for k, (d, lab) in enumerate(zip(data, labels)):
+        colour = f"C{k}"
+        it = d["iter"]
+        w = smooth if smooth is not None else max(1, it.size // 50)
+        for ax, (col, title, logy) in zip(axes, spec):
+            y = d[col]
+            s = _smooth(y, w)
+            ax.plot(it, y, color=colour, alpha=0.3 if s is not None else 1.0, lw=0.8,
+                    label=None if s is not None else lab)
+            if s is not None:
+                ax.plot(it[w - 1:], s, color=colour, lw=1.6, label=lab)
+            if col == "accuracy" and "val_accuracy" in d:
+                ok = np.isfinite(d["val_accuracy"])
+                ax.plot(it[ok], d["val_accuracy"][ok], "o", color=colour, ms=3)
+            if logy and np.all(y[np.isfinite(y)] > 0):
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_xlabel("iteration")
+            ax.grid(True, alpha=0.3)
+    if len(logs) > 1 or labels[0]:
+        axes[0].legend(fontsize=8)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    return out_png
+
+
+# ----------------------------------------------------------------------------- panels
+_PANEL_ORDER = (("input", "input $u_0$"), ("target_image", "target $g_u$"),
+                ("target_mask", "target $g_m$"), ("reconstruction", "reconstruction $u_T$"),
+                ("mask", "mask $m_T$"))
+
+
+def _as_display(a):
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
+        a = np.moveaxis(a, 0, 2)  # (C, H, W) as stored in training data
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 3 and a.shape[2] == 2:
+        a = np.concatenate([a, np.zeros_like(a[:, :, :1])], axis=2)
+    return np.clip(a, 0.0, 1.0)
+
+
+def plot_panels(samples, out_png, row_labels=None, dpi: int = 150, panel_size: float = 2.6) -> Path:
+    """Sample panels like the article's Fig. 4/5: one row per sample, one column per quantity.
+
+    Parameters
+    ----------
+    samples : list of dict
+        Keys (all optional, at least one per sample): ``input``, ``target_image``,
+        ``target_mask``, ``reconstruction``, ``mask``.  Images are (H, W, C) or (C, H, W)
+        floats in [0, 1]; masks (H, W).  A column is drawn if any sample has that key;
+        samples without it get an empty panel.
+    out_png : path-like
+    row_labels : list of str, optional
+        Shown left of each row (e.g. "synthetic", "PUMA").
+    dpi : int
+    panel_size : float
+        Inches per panel.
+
+    Returns
+    -------
+    Path
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no samples to plot")
+    unknown = sorted({k for s in samples for k in s} - {k for k, _ in _PANEL_ORDER})
+    if unknown:
+        raise KeyError(f"unknown panel key(s) {unknown}; known: {[k for k, _ in _PANEL_ORDER]}")
+    cols = [(k, t) for k, t in _PANEL_ORDER if any(k in s for s in samples)]
+    if row_labels is not None and len(row_labels) != len(samples):
+        raise ValueError(f"{len(row_labels)} row labels for {len(samples)} samples")
+    nr, nc = len(samples), len(cols)
+    # Row heights follow each sample's aspect ratio, so wide tiles leave no blank bands.
+    aspect = []
+    for s in samples:
+        a = _as_display(next(v for v in s.values() if v is not None))
+        aspect.append(a.shape[0] / a.shape[1])
+    fig = Figure(figsize=(panel_size * nc, panel_size * sum(aspect) + 0.4),
+                 constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = np.asarray(fig.subplots(nr, nc, squeeze=False,
+                                   gridspec_kw={"height_ratios": aspect}))
+    for i, s in enumerate(samples):
+        for j, (key, title) in enumerate(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=10)
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[i], fontsize=10)
+            if key not in s or s[key] is None:
+                ax.set_axis_off()
+                continue
+            a = _as_display(s[key])
+            if a.ndim == 2:
+                ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(a, interpolation="nearest")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    return out_png
+
+
+# ----------------------------------------------------------------------------- CLI
+def _index_list(s):
+    try:
+        out = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}")
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative indices, got {s!r}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vnumba.figures",
+                                description="Training curves and sample panels.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("curves", help="loss / mask accuracy / PSNR vs iteration (Fig. 3)")
+    c.add_argument("logs", nargs="+", metavar="LOG.csv", help="training log(s)")
+    c.add_argument("-o", "--out", required=True, type=Path, help="output PNG")
+    c.add_argument("--labels", nargs="+", help="legend entries, one per log")
+    c.add_argument("--smooth", type=int, help="moving-average width (1 = raw only)")
+    q = sub.add_parser("panels", help="input / reconstruction / mask panels (Fig. 4/5)")
+    q.add_argument("images", nargs="*", metavar="IMAGE", help="real images to predict on")
+    q.add_argument("--model", help="model file or shipped name (default: shipped --scenario)")
+    q.add_argument("--scenario", default="scenario3",
+                   choices=("scenario1", "scenario2", "scenario3"))
+    q.add_argument("--synthetic", type=Path, help="synthetic dataset (HDF5) to show samples of")
+    q.add_argument("--index", type=_index_list, default=[0],
+                   help="comma-separated sample indices of --synthetic (default 0)")
+    q.add_argument("--crop", type=int, nargs=4, metavar=("ROW", "COL", "H", "W"),
+                   help="show only this crop of every real image")
+    q.add_argument("--mpp", type=float, help="pixel size of the real images (µm/px)")
+    q.add_argument("-o", "--out", required=True, type=Path, help="output PNG")
+    return p
+
+
+def _panels_cli(args) -> int:
+    from .imageio_utils import read_image
+    from .predict import load_model_arg, predict_image
+
+    model = load_model_arg(args.model, args.scenario)
+    samples, names = [], []
+    if args.synthetic is not None:
+        from .data import SyntheticDataset
+        with SyntheticDataset(args.synthetic) as ds:
+            for i in args.index:
+                u0, gu, gm = ds.read(i)
+                u, m = model.apply(u0[None])
+                samples.append(dict(input=u0, target_image=gu, target_mask=gm,
+                                    reconstruction=np.asarray(u)[0], mask=np.asarray(m)[0]))
+                names.append(f"synthetic #{i}")
+    for path in args.images:
+        img = read_image(path)
+        arr = img.array
+        if args.crop is not None:
+            r, c, h, w = args.crop
+            if r < 0 or c < 0 or r + h > arr.shape[0] or c + w > arr.shape[1]:
+                raise ValueError(f"{path}: crop {args.crop} outside the {arr.shape[0]}x"
+                                 f"{arr.shape[1]} image")
+            arr = arr[r:r + h, c:c + w]
+        pred = predict_image(model, type(img)(arr, img.mpp, img.path), mpp=args.mpp)
+        samples.append(dict(input=pred.image, reconstruction=pred.reconstruction,
+                            mask=pred.mask))
+        names.append(img.name)
+    if not samples:
+        print("error: give --synthetic and/or IMAGE files", file=sys.stderr)
+        return 2
+    plot_panels(samples, args.out, row_labels=names)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "curves":
+            plot_training_curves(args.logs, args.out, labels=args.labels, smooth=args.smooth)
+            print(f"wrote {args.out}", file=sys.stderr)
+            return 0
+        return _panels_cli(args)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

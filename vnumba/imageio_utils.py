@@ -1,0 +1,362 @@
+"""Reading and writing the images users feed to and get from the network.
+
+Input: PNG, JPEG and TIFF, 8- or 16-bit (or float TIFF already in [0, 1]), grey or with
+channels last (TIFFs with channels first are transposed).  TIFFs may carry their pixel size;
+:func:`tiff_mpp` turns it into micrometres per pixel (µm/px) from the standard resolution
+tags, ImageJ or OME metadata or an Aperio ``MPP =`` description.
+
+Output: PNG files written atomically (temporary file in the target directory, then
+``os.replace``), so an interrupted run never leaves a truncated result under the final name.
+Probability masks are stored as 16-bit PNG, ``0..65535 <-> 0..1`` (:func:`encode_mask16`).
+
+Every error raised here names the offending file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ImageData", "read_image", "tiff_mpp", "match_channels", "image_to_float", "float_to_uint",
+    "encode_mask16", "decode_mask16", "write_png", "atomic_write_bytes", "atomic_write_text",
+    "INPUT_SUFFIXES",
+]
+
+#: File name endings :func:`read_image` accepts.
+INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+# Micrometres per resolution unit of the TIFF ResolutionUnit tag (2 = inch, 3 = centimetre).
+_UM_PER_RESUNIT = {2: 25400.0, 3: 10000.0}
+_UM_PER_OME_UNIT = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "micron": 1.0, "nm": 1e-3,
+                    "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """An image as read from disk.
+
+    Attributes
+    ----------
+    array : ndarray, shape (H, W, C)
+        Native dtype (uint8, uint16 or float), channels last; grey images have ``C = 1``.
+    mpp : float or None
+        Pixel size in µm/px if the file records it.
+    path : Path
+    """
+
+    array: np.ndarray
+    mpp: float | None
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """File name without its suffix (output files are named after it)."""
+        return self.path.stem
+
+
+def _fail(path, msg) -> ValueError:
+    return ValueError(f"{path}: {msg}")
+
+
+# ----------------------------------------------------------------------------- reading
+def read_image(path) -> ImageData:
+    """Read a PNG, JPEG or TIFF image.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    ImageData
+        ``array`` has shape (H, W, C) with ``C >= 1``; ``mpp`` comes from TIFF metadata
+        (None for PNG/JPEG, which have no reliable pixel-size field).
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        Unknown suffix, unreadable/truncated file, unsupported layout or dtype; the message
+        names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise _fail(path, f"unsupported file type {path.suffix!r}; expected one of {INPUT_SUFFIXES}")
+    mpp = None
+    if suffix in _TIFF_SUFFIXES:
+        arr, mpp = _read_tiff(path)
+    else:
+        import imageio.v3 as iio
+        try:
+            arr = np.asarray(iio.imread(path))
+        except Exception as exc:  # imageio raises many types for corrupt files
+            raise _fail(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise _fail(path, f"expected a 2-D image with optional channels, got array shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise _fail(path, f"unsupported pixel type {arr.dtype}; expected 8/16-bit or float")
+    return ImageData(np.ascontiguousarray(arr), mpp, path)
+
+
+def _read_tiff(path: Path):
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr = series.asarray()
+            axes = series.axes
+            mpp = _mpp_from_tiff(tif)
+    except Exception as exc:
+        raise _fail(path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+    # Drop singleton axes (time, z, ...) and put the channel axis last.
+    keep = [i for i, (a, n) in enumerate(zip(axes, arr.shape)) if n > 1 or a in "YX"]
+    arr = arr.reshape([arr.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    # Shaped TIFFs without an axis description call the leading axis Q (or I): with a single
+    # such axis beside Y and X it can only be the channels.
+    generic = [a for a in axes if a in "QI"]
+    if len(generic) == 1 and len(axes) == 3:
+        axes = axes.replace(generic[0], "C")
+    extra = [a for a in axes if a not in "YXSC"]
+    if extra or axes.count("Y") != 1 or axes.count("X") != 1 or len(axes) > 3:
+        raise _fail(path, f"TIFF with axes {axes!r} and shape {arr.shape}: only single 2-D "
+                          "images (with channels) are supported")
+    order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a in "SC"]
+    return np.transpose(arr, order), mpp
+
+
+def tiff_mpp(path) -> float | None:
+    """Pixel size in µm/px recorded in a TIFF file, or None if it records none.
+
+    Sources, in order: OME-XML ``PhysicalSizeX``; an Aperio ``MPP = x`` image description;
+    ImageJ metadata with unit micron and the XResolution tag; the XResolution and
+    ResolutionUnit tags (inch or centimetre).  A tag without unit gives None.
+    """
+    import tifffile
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _mpp_from_tiff(tif)
+    except Exception as exc:
+        raise _fail(path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+
+
+def _mpp_from_tiff(tif) -> float | None:
+    page = tif.pages[0]
+    if tif.ome_metadata:
+        v = _mpp_from_ome(tif.ome_metadata)
+        if v is not None:
+            return v
+    desc = page.tags.get("ImageDescription")
+    if desc is not None and isinstance(desc.value, str):
+        m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc.value)
+        if m:
+            v = float(m.group(1))
+            if v > 0:
+                return v
+    xres = page.tags.get("XResolution")
+    if xres is None:
+        return None
+    num, den = xres.value if isinstance(xres.value, tuple) else (xres.value, 1)
+    if not num or not den:
+        return None
+    px_per_unit = num / den
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+    ij = tif.imagej_metadata or {}
+    ij_unit = str(ij.get("unit", "")).strip().lower()
+    if unit == 1 and ij_unit in ("micron", "um", "µm", "\u03bcm", "\\u00b5m"):
+        return 1.0 / px_per_unit
+    if unit in _UM_PER_RESUNIT:
+        # Writers that know nothing of the pixel size often store 72 or 96 dpi; that is a
+        # screen resolution, not a microscope's, and must not trigger resampling.
+        if unit == 2 and px_per_unit in (1.0, 72.0, 96.0, 150.0, 300.0):
+            return None
+        return _UM_PER_RESUNIT[unit] / px_per_unit
+    return None
+
+
+def _mpp_from_ome(xml: str) -> float | None:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
+            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
+            scale = _UM_PER_OME_UNIT.get(unit)
+            if scale is None:
+                return None
+            v = float(el.attrib["PhysicalSizeX"]) * scale
+            return v if v > 0 else None
+    return None
+
+
+# ----------------------------------------------------------------------------- channels
+def match_channels(arr: np.ndarray, expected: int, path="image") -> np.ndarray:
+    """Bring an (H, W, C) image to ``expected`` channels or raise naming the file.
+
+    Accepted conversions, both lossless: a fully opaque alpha channel is dropped (RGBA to RGB,
+    grey+alpha to grey), and a grey image stored as three identical channels becomes one
+    channel when the model wants one.
+
+    Raises
+    ------
+    ValueError
+        Any other channel count mismatch.
+    """
+    if arr.ndim != 3:
+        raise _fail(path, f"expected an (H, W, C) array, got shape {arr.shape}")
+    C = arr.shape[2]
+    if C in (2, 4) and C != expected and np.all(arr[:, :, -1] == _dtype_max(arr.dtype)):
+        arr = arr[:, :, :-1]
+        C -= 1
+    if C == 3 and expected == 1 and np.array_equal(arr[:, :, 0], arr[:, :, 1]) \
+            and np.array_equal(arr[:, :, 0], arr[:, :, 2]):
+        arr = arr[:, :, :1]
+        C = 1
+    if C != expected:
+        raise _fail(path, f"image has {C} channel(s), the model expects {expected}")
+    return np.ascontiguousarray(arr)
+
+
+def _dtype_max(dtype) -> float:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u":
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+# ----------------------------------------------------------------------------- scaling
+def image_to_float(arr: np.ndarray, scale: str = "dtype", path="image") -> np.ndarray:
+    """Convert to float32 values in [0, 1].
+
+    Parameters
+    ----------
+    arr : ndarray, shape (H, W, C), uint8, uint16 or float
+    scale : {"dtype", "percentile"}
+        ``"dtype"``: divide by the type's maximum (255 or 65535); floats must already lie in
+        [0, 1].  ``"percentile"``: map each channel's 0.5th..99.5th percentile to 0..1 and clip
+        (for fluorescence stored in 16 bits that uses a small part of the range).
+    path : str or Path
+        Named in error messages.
+
+    Returns
+    -------
+    ndarray, shape (H, W, C), float32, C-contiguous
+    """
+    if scale not in ("dtype", "percentile"):
+        raise ValueError(f"scale must be 'dtype' or 'percentile', got {scale!r}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise _fail(path, "image contains NaN or inf")
+    elif arr.dtype not in (np.uint8, np.uint16):
+        raise _fail(path, f"unsupported pixel type {arr.dtype}")
+    if scale == "percentile":
+        x = arr.astype(np.float64)
+        lo = np.percentile(x, 0.5, axis=(0, 1), keepdims=True)
+        hi = np.percentile(x, 99.5, axis=(0, 1), keepdims=True)
+        out = (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+        return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+    if arr.dtype.kind == "f":
+        if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+            raise _fail(path, f"float image has values in [{arr.min():g}, {arr.max():g}], "
+                              "expected [0, 1]")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32) / np.float32(_dtype_max(arr.dtype))
+
+
+def float_to_uint(x: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """Values in [0, 1] to uint8 or uint16 (rounded, clipped)."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"dtype must be uint8 or uint16, got {dtype}")
+    x = np.asarray(x)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("array contains NaN or inf")
+    top = np.iinfo(dtype).max
+    return np.round(np.clip(x, 0.0, 1.0) * top).astype(dtype)
+
+
+def encode_mask16(m: np.ndarray) -> np.ndarray:
+    """Probability mask (H, W) in [0, 1] to uint16 with ``0..65535 <-> 0..1``.
+
+    The round trip :func:`decode_mask16` ∘ :func:`encode_mask16` is exact to within half a
+    quantisation step, ``1 / (2 * 65535)``.
+    """
+    m = np.asarray(m)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
+    return float_to_uint(m, np.uint16)
+
+
+def decode_mask16(a: np.ndarray) -> np.ndarray:
+    """uint16 mask to float32 probabilities in [0, 1] (inverse of :func:`encode_mask16`)."""
+    a = np.asarray(a)
+    if a.dtype != np.uint16:
+        raise TypeError(f"16-bit mask expected, got dtype {a.dtype}")
+    return a.astype(np.float32) / np.float32(65535.0)
+
+
+# ----------------------------------------------------------------------------- writing
+def _atomic(path, write_fn):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        # mkstemp creates the file private (0600); give it the permissions a plain open()
+        # would have.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_png(path, arr: np.ndarray) -> None:
+    """Write a uint8/uint16 array, (H, W) or (H, W, C) with C in {1, 3, 4}, as PNG atomically."""
+    import imageio.v3 as iio
+    arr = np.asarray(arr)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"PNG needs uint8 or uint16, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"cannot write shape {arr.shape} as PNG")
+    _atomic(path, lambda tmp: iio.imwrite(tmp, np.ascontiguousarray(arr), extension=".png"))
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write a text file (UTF-8) atomically."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write a binary file atomically."""
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
