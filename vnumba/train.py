@@ -86,9 +86,26 @@ def _meta(ds, args, lr):
         if k in ds.attrs:
             v = ds.attrs[k]
             meta[k if k != "seed" else "dataset_seed"] = v.tolist() if isinstance(v, np.ndarray) else v
+    norm = _script_normalization(ds.attrs.get("script"))
+    if norm is not None and "reinhard_mean" not in meta:
+        meta["reinhard_mean"], meta["reinhard_std"] = norm
     meta["train"] = {"iters": args.iters, "batch": args.batch, "lr": lr, "crop": args.crop,
                      "seed": args.seed, "device": args.device, "dtype": args.dtype}
     return meta
+
+
+def _script_normalization(text):
+    """Reinhard target statistics from the scenario script stored with the dataset, if any."""
+    if not text:
+        return None
+    import tomllib
+    try:
+        norm = tomllib.loads(text).get("normalization", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    if norm.get("method", "reinhard") != "reinhard" or "target_mean" not in norm:
+        return None
+    return [float(v) for v in norm["target_mean"]], [float(v) for v in norm["target_std"]]
 
 
 def _fmt_time(s):
