@@ -1,7 +1,7 @@
 """The one place where the compute backend is chosen.
 
 ``get_backend("cpu")`` runs the Numba ``@njit`` kernels; ``get_backend("cuda")`` the
-``numba.cuda`` kernels of :mod:`vnumba.cuda` (optional extra ``pip install -e .[cuda]``).
+``numba.cuda`` kernels of :mod:`vnumba.gpu` (optional extra ``pip install -e .[cuda]``).
 The CPU path never imports anything that needs a GPU driver; asking for ``cuda`` without a
 usable GPU raises :class:`BackendUnavailable` with the reason.
 """
@@ -107,7 +107,7 @@ def get_backend(name: str = "cpu"):
         return CPUBackend()
     if name == "cuda":
         try:
-            from .cuda import engine
+            from .gpu import engine
         except ImportError as e:
             raise BackendUnavailable(
                 f"the cuda backend needs the optional extra: pip install -e .[cuda] ({e})") from None
