@@ -137,6 +137,9 @@ def _rewrite_log(path, rows):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a log should be readable
     with os.fdopen(fd, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(LOG_COLUMNS)
