@@ -145,3 +145,26 @@ def test_dataset_reader_rejects_bad_files_naming_them(tmp_path):
 def test_train_cli_reports_missing_dataset(tmp_path, capsys):
     assert train.main([str(tmp_path / "nope.h5"), "--iters", "1"]) == 2
     assert "nope.h5" in capsys.readouterr().err
+
+
+def test_unet_trains_through_the_same_cli_and_model_container(tmp_path):
+    data = _toy_dataset(tmp_path / "toy.h5")
+    out = tmp_path / "u.h5"
+    args = [str(data), "--arch", "unet", "--unet-width", "4", "--batch", "2", "--crop", "16",
+            "--lr", "3e-3", "--seed", "1", "--quiet", "--out", str(out), "--checkpoint-every", "3"]
+    assert train.main([*args, "--iters", "30"]) == 0
+    rows = _read_log(out.with_suffix(".csv"))
+    assert np.mean([float(r["loss"]) for r in rows[-3:]]) < np.mean([float(r["loss"]) for r in rows[:3]])
+    m = modelio.load_model(out)
+    assert m.arch == "unet" and m.config.width == 4
+    u, mm = m.apply(np.full((1, 3, 16, 16), 0.5, np.float32))
+    assert u.shape == (1, 3, 16, 16) and mm.shape == (1, 16, 16)
+    # resume of a U-Net run equals an uninterrupted one
+    b = tmp_path / "v.h5"
+    assert train.main([*args[:-4], "--out", str(b), "--checkpoint-every", "3", "--iters", "6"]) == 0
+    c = tmp_path / "w.h5"
+    assert train.main([*args[:-4], "--out", str(c), "--checkpoint-every", "3", "--iters", "3"]) == 0
+    assert train.main([*args[:-4], "--out", str(c), "--checkpoint-every", "3", "--iters", "6", "--resume"]) == 0
+    pb, pc = modelio.load_model(b).params, modelio.load_model(c).params
+    for k in pb:
+        np.testing.assert_array_equal(pb[k], pc[k])
