@@ -29,37 +29,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .checks import check_array as _check_array, check_filter_bank
+
 __all__ = [
     "pad_symmetric", "pad_symmetric_adjoint",
     "corr_valid", "corr_valid_adjoint", "corr_valid_kernel_grad",
     "conv_forward", "conv_adjoint", "conv_kernel_grad",
 ]
 
-_FLOATS = (np.float32, np.float64)
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_array(name, x, ndim, dtype=None):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
-    if x.dtype.type not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{name} has dtype {x.dtype} but must match {dtype}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-
-
 def _check_kernel(k, C=None):
-    _check_array("kernel", k, 4)
-    O, Ck, kh, kw = k.shape
-    if kh != kw or kh % 2 == 0:
-        raise ValueError(f"kernel must be square with odd size, got shape {k.shape}")
-    if C is not None and Ck != C:
-        raise ValueError(f"kernel has {Ck} input channels but the image has {C}")
-    return O, Ck, kh
+    return check_filter_bank(k, C)
 
 
 # ----------------------------------------------------------------------------- padding

@@ -41,6 +41,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .checks import check_array, check_filter_bank
+
 __all__ = [
     "conv2d", "conv2d_input_adjoint", "conv2d_param_grad",
     "relu", "relu_backward", "maxpool2", "maxpool2_backward",
@@ -48,33 +50,15 @@ __all__ = [
     "output_head", "output_head_backward",
 ]
 
-_FLOATS = (np.float32, np.float64)
 
 
 # ----------------------------------------------------------------------------- checks
 def _check(name, x, ndim, dtype=None, finite=False):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
-    if x.dtype.type not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{name} has dtype {x.dtype} but must match {np.dtype(dtype)}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-    if finite and not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf")
+    check_array(name, x, ndim, dtype, finite)
 
 
 def _check_filters(w, C=None):
-    _check("w", w, 4)
-    O, Cw, kh, kw = w.shape
-    if kh != kw or kh % 2 == 0:
-        raise ValueError(f"filters must be square with odd size, got shape {w.shape}")
-    if C is not None and Cw != C:
-        raise ValueError(f"filters have {Cw} input channels but the input has {C}")
-    return O, Cw, kh
+    return check_filter_bank(w, C, name="w")
 
 
 # ----------------------------------------------------------------------------- convolution

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from ..checks import check_array, check_filter_bank
 from .launch import Launcher, default_tiling
 from .tiling import Tiling
 
@@ -23,26 +24,12 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- checks
 def _check(name, a, ndim, dtype=np.float32, finite=True):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must be {np.dtype(dtype)} (the device dtype), got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-    if finite and not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf")
+    check_array(name, a, ndim, dtype, finite)
 
 
 def _check_kernel(k, C=None):
     _check("kernel", k, 4)
-    O, Ck, kh, kw = k.shape
-    if kh != kw or kh % 2 == 0:
-        raise ValueError(f"kernel must be square with odd size, got shape {k.shape}")
-    if C is not None and Ck != C:
-        raise ValueError(f"kernel has {Ck} input channels but the image has {C}")
-    return O, Ck, kh
+    return check_filter_bank(k, C)
 
 
 def _launcher(tiling):
