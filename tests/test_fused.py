@@ -25,6 +25,27 @@ def test_blocked_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, 
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("block", [2, 3, 4])
+@pytest.mark.parametrize("C,O,ks", [(2, 5, 5), (3, 4, 11), (1, 3, 7), (2, 6, 3), (1, 2, 1)])
+def test_every_register_blocking_matches_reference(block, C, O, ks):
+    # tap groups of five plus single taps (ks 11 = 5 + 5 + 1, 7 = 5 + 2, 3 and 1 single
+    # only), output channels padded up to the block
+    rng = np.random.default_rng(20 + ks)
+    N, H, W = 2, 6, 9
+    xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
+    k = rng.standard_normal((O, C, ks, ks))
+    got = fused.corr_valid_fast(xp, k, block=block)
+    assert got.shape == (N, O, H, W)
+    np.testing.assert_allclose(got, naive.corr_valid(xp, k), rtol=1e-12, atol=1e-12)
+
+
+def test_block_choice_follows_the_measured_rule():
+    assert fused.conv_block(24, 5) == 4   # K
+    assert fused.conv_block(3, 11) == 3   # adjoint of K^u
+    assert fused.conv_block(20, 11) == 2  # K^u
+    assert fused.conv_block(1, 5) == 2    # adjoint of K^m (padded to two)
+
+
 @pytest.mark.parametrize("O,ks", [(6, 5), (4, 3), (1, 5)])
 def test_blocked_kernel_gradient_matches_reference(O, ks):
     rng = np.random.default_rng(11)

@@ -6,24 +6,25 @@ are in ``tests/naive.py`` (block "fused kernels (perf)"), compared in ``tests/te
 
 Why the loops look the way they do (this CPU: 2 AVX2 cores, no SVML; ``bench/README.md``):
 
-* **Convolutions** — ``_corr_valid_blocked``: one job is one output row of a block of four
-  output channels.  The innermost loop runs along the contiguous image row (LLVM vectorises
-  it) and reads two neighbouring taps ``x[q + j]``, ``x[q + j + 1]`` once for all four
-  accumulator rows, so every loaded input value feeds eight multiply-adds and every
-  accumulator load/store carries two.  The four accumulator rows (4 × W floats) stay in L1.
-  Parallel over ``batch × channel-block × row``, so a batch of one keeps both cores busy.
+* **Convolutions** — ``_corr_valid_o4/o3/o2``: one job is one output row of a block of
+  four (three, two) output channels.  The innermost loop runs along the contiguous image row
+  (LLVM vectorises it) and reads five neighbouring taps ``x[q + j .. q + j + 4]`` once for
+  all accumulator rows, so every accumulator load/store carries five multiply-adds.  The
+  accumulator rows (OB × W floats) stay in L1.  Parallel over
+  ``batch × channel-block × row``, so a batch of one keeps both cores busy.
 * **Adjoint** — ``C_valid^T y`` ("full" convolution) equals the valid correlation of the
   zero-padded ``y`` with the flipped, channel-transposed filter bank, so the adjoint reuses
   the same gather kernel (no scattered writes, no races).
 * **Kernel gradient** — ``_kgrad_blocked``: dot products of shifted rows, four output
   channels × two taps per pass (eight vector accumulators, each loaded value used 2–4 times).
   A row's partial sum is accumulated in the working precision, rows are summed in float64.
-* **RBF** — ``_rbf_rows``: the window of ``2r + 1`` centres around the nearest centre
-  ``j0`` is evaluated from the centre outwards with the two-term recursion of
-  :mod:`vnumba.rbf`; the only transcendental functions, ``exp(-δ² s²/2)`` and
-  ``exp(δ s²)`` with ``|δ| <= 1/2``, are Taylor polynomials (exact to double precision on
-  that range), so the whole loop vectorises (``math.exp`` is a scalar call here).  Weights
-  are zero-padded so the window never needs clipping.
+* **RBF** — ``_rbf_setup_row`` (vectorised) finds the nearest centre ``j0`` and the two
+  exponentials ``A = exp(-δ² s²/2)``, ``B = exp(δ s²)`` (``|δ| <= 1/2``: Taylor polynomials,
+  exact to double rounding; no ``exp`` call).  The window sum is then a polynomial in ``B``
+  and ``1/B`` whose coefficients (weights × ``exp(-k² s²/2)``) are tabulated per channel and
+  centre (:func:`rbf_tables`); ``_rbf_eval_row`` evaluates it by Horner's rule for four
+  pixels at once (eight independent multiply-add chains).  The table reads are gathers, so
+  this loop is scalar; the interleaving is what makes it fast.
 * All scalar constants enter as arrays of the working dtype: a Python float constant would
   silently promote float32 arithmetic to float64.
 """
@@ -34,26 +35,27 @@ import math
 import numpy as np
 from numba import njit, prange
 
-OB = 4  # output channels per register block of the convolution kernels
-
-
 # ----------------------------------------------------------------------------- convolution
-@njit(cache=True, parallel=True, fastmath=True)
-def _corr_valid_blocked(xp, k, out):
-    """out[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] xp[n, c, p + i, q + j]; O % 4 == 0.
+# Three register blockings of one loop nest: OB output channels × a group of five taps of a
+# kernel row per pass over a contiguous row segment.  Per vector of eight pixels that is five
+# input loads, OB accumulator loads and stores, and 5·OB multiply-adds: the stores (one 256-bit
+# store per cycle on this CPU) no longer limit the loop as they did with two taps per pass.
+# Which OB is fastest depends on the shape (bench/README.md, "convolution kernels"):
+# 4 for 24→24 5×5, 3 for 20→3 11×11 (the adjoint of K^u), 2 for 3→20 11×11.
 
-    ``xp`` may be wider than ``W + ks - 1`` (the extra columns are never read).
-    """
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _corr_valid_o4(xp, k, out):
+    """out[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] xp[n, c, p + i, q + j]; O % 4 == 0."""
     N, C, _, _ = xp.shape
     O, _, ks, _ = k.shape
     H = out.shape[2]
     W = out.shape[3]
-    nob = O // OB
+    nob = O // 4
     for job in prange(N * nob * H):
         n = job // (nob * H)
-        rem = job % (nob * H)
-        o = (rem // H) * OB
-        p = rem % H
+        o = ((job % (nob * H)) // H) * 4
+        p = job % H
         a0 = out[n, o, p]
         a1 = out[n, o + 1, p]
         a2 = out[n, o + 2, p]
@@ -66,52 +68,155 @@ def _corr_valid_blocked(xp, k, out):
             for i in range(ks):
                 row = xp[n, c, p + i]
                 j = 0
-                while j + 2 <= ks:
-                    r0 = row[j:j + W]
-                    r1 = row[j + 1:j + 1 + W]
-                    k00 = k[o, c, i, j]
-                    k01 = k[o, c, i, j + 1]
-                    k10 = k[o + 1, c, i, j]
-                    k11 = k[o + 1, c, i, j + 1]
-                    k20 = k[o + 2, c, i, j]
-                    k21 = k[o + 2, c, i, j + 1]
-                    k30 = k[o + 3, c, i, j]
-                    k31 = k[o + 3, c, i, j + 1]
+                while j + 5 <= ks:
+                    k00, k01, k02, k03, k04 = k[o, c, i, j:j + 5]
+                    k10, k11, k12, k13, k14 = k[o + 1, c, i, j:j + 5]
+                    k20, k21, k22, k23, k24 = k[o + 2, c, i, j:j + 5]
+                    k30, k31, k32, k33, k34 = k[o + 3, c, i, j:j + 5]
                     for q in range(W):
-                        x0 = r0[q]
-                        x1 = r1[q]
-                        a0[q] += k00 * x0 + k01 * x1
-                        a1[q] += k10 * x0 + k11 * x1
-                        a2[q] += k20 * x0 + k21 * x1
-                        a3[q] += k30 * x0 + k31 * x1
-                    j += 2
-                if j < ks:  # odd kernel width: one tap left
-                    r0 = row[j:j + W]
+                        x0 = row[j + q]
+                        x1 = row[j + q + 1]
+                        x2 = row[j + q + 2]
+                        x3 = row[j + q + 3]
+                        x4 = row[j + q + 4]
+                        a0[q] += k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
+                        a1[q] += k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
+                        a2[q] += k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
+                        a3[q] += k30 * x0 + k31 * x1 + k32 * x2 + k33 * x3 + k34 * x4
+                    j += 5
+                while j < ks:  # taps left over (ks not a multiple of 5)
                     k00 = k[o, c, i, j]
                     k10 = k[o + 1, c, i, j]
                     k20 = k[o + 2, c, i, j]
                     k30 = k[o + 3, c, i, j]
                     for q in range(W):
-                        x0 = r0[q]
+                        x0 = row[j + q]
                         a0[q] += k00 * x0
                         a1[q] += k10 * x0
                         a2[q] += k20 * x0
                         a3[q] += k30 * x0
+                    j += 1
 
 
-def corr_valid_fast(xp, k):
-    """Valid correlation through the blocked kernel (output channels padded to a multiple
-    of four with zero filters; the result is a view without them)."""
+@njit(cache=True, parallel=True, fastmath=True)
+def _corr_valid_o3(xp, k, out):
+    """As :func:`_corr_valid_o4` with three output channels per block; O % 3 == 0."""
+    N, C, _, _ = xp.shape
+    O, _, ks, _ = k.shape
+    H = out.shape[2]
+    W = out.shape[3]
+    nob = O // 3
+    for job in prange(N * nob * H):
+        n = job // (nob * H)
+        o = ((job % (nob * H)) // H) * 3
+        p = job % H
+        a0 = out[n, o, p]
+        a1 = out[n, o + 1, p]
+        a2 = out[n, o + 2, p]
+        a0[:] = 0
+        a1[:] = 0
+        a2[:] = 0
+        for c in range(C):
+            for i in range(ks):
+                row = xp[n, c, p + i]
+                j = 0
+                while j + 5 <= ks:
+                    k00, k01, k02, k03, k04 = k[o, c, i, j:j + 5]
+                    k10, k11, k12, k13, k14 = k[o + 1, c, i, j:j + 5]
+                    k20, k21, k22, k23, k24 = k[o + 2, c, i, j:j + 5]
+                    for q in range(W):
+                        x0 = row[j + q]
+                        x1 = row[j + q + 1]
+                        x2 = row[j + q + 2]
+                        x3 = row[j + q + 3]
+                        x4 = row[j + q + 4]
+                        a0[q] += k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
+                        a1[q] += k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
+                        a2[q] += k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
+                    j += 5
+                while j < ks:
+                    k00 = k[o, c, i, j]
+                    k10 = k[o + 1, c, i, j]
+                    k20 = k[o + 2, c, i, j]
+                    for q in range(W):
+                        x0 = row[j + q]
+                        a0[q] += k00 * x0
+                        a1[q] += k10 * x0
+                        a2[q] += k20 * x0
+                    j += 1
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _corr_valid_o2(xp, k, out):
+    """As :func:`_corr_valid_o4` with two output channels per block; O % 2 == 0."""
+    N, C, _, _ = xp.shape
+    O, _, ks, _ = k.shape
+    H = out.shape[2]
+    W = out.shape[3]
+    nob = O // 2
+    for job in prange(N * nob * H):
+        n = job // (nob * H)
+        o = ((job % (nob * H)) // H) * 2
+        p = job % H
+        a0 = out[n, o, p]
+        a1 = out[n, o + 1, p]
+        a0[:] = 0
+        a1[:] = 0
+        for c in range(C):
+            for i in range(ks):
+                row = xp[n, c, p + i]
+                j = 0
+                while j + 5 <= ks:
+                    k00, k01, k02, k03, k04 = k[o, c, i, j:j + 5]
+                    k10, k11, k12, k13, k14 = k[o + 1, c, i, j:j + 5]
+                    for q in range(W):
+                        x0 = row[j + q]
+                        x1 = row[j + q + 1]
+                        x2 = row[j + q + 2]
+                        x3 = row[j + q + 3]
+                        x4 = row[j + q + 4]
+                        a0[q] += k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
+                        a1[q] += k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
+                    j += 5
+                while j < ks:
+                    k00 = k[o, c, i, j]
+                    k10 = k[o + 1, c, i, j]
+                    for q in range(W):
+                        x0 = row[j + q]
+                        a0[q] += k00 * x0
+                        a1[q] += k10 * x0
+                    j += 1
+
+
+def conv_block(O, ks):
+    """Output channels per register block for an ``O``-output, ``ks``×``ks`` correlation
+    (measured on this CPU, ``bench/README.md``)."""
+    if O % 4 == 0 and ks <= 5:
+        return 4
+    if O % 3 == 0:
+        return 3
+    return 2
+
+
+_CORR_KERNELS = {4: _corr_valid_o4, 3: _corr_valid_o3, 2: _corr_valid_o2}
+
+
+def corr_valid_fast(xp, k, block=None):
+    """Valid correlation through a blocked kernel (output channels padded with zero filters
+    to a multiple of the block; the result is a view without them).
+
+    ``block`` (2, 3 or 4) overrides :func:`conv_block`; the tests run every kernel."""
     N, C, Hp, Wp = xp.shape
     O, _, ks, _ = k.shape
-    Op = -(-O // OB) * OB
+    ob = conv_block(O, ks) if block is None else int(block)
+    Op = -(-O // ob) * ob
     if Op != O:
         kk = np.zeros((Op, C, ks, ks), dtype=k.dtype)
         kk[:O] = k
     else:
         kk = np.ascontiguousarray(k)
     out = np.empty((N, Op, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
-    _corr_valid_blocked(xp, kk, out)
+    _CORR_KERNELS[ob](xp, kk, out)
     return out if Op == O else out[:, :O]
 
 
@@ -148,12 +253,12 @@ def _kgrad_blocked(y, xp, out):
     N, O, H, W = y.shape
     C = xp.shape[1]
     ks = out.shape[2]
-    nob = O // OB
+    nob = O // 4
     for job in prange(nob * C * ks):
-        o = (job // (C * ks)) * OB
+        o = (job // (C * ks)) * 4
         c = (job // ks) % C
         i = job % ks
-        for t in range(OB):
+        for t in range(4):
             for j in range(ks):
                 out[o + t, c, i, j] = 0.0
         for n in range(N):
@@ -167,7 +272,7 @@ def _kgrad_blocked(y, xp, out):
                 while j < ks:
                     r0 = row[j:j + W]
                     r1 = row[j + 1:j + 1 + W]  # one column past the tap range when j = ks - 1
-                    s00 = y0[0] * 0
+                    s00 = y0[0] - y0[0]  # zero of the working dtype (y0[0] * 0 would be float64)
                     s01 = s00
                     s10 = s00
                     s11 = s00
@@ -202,7 +307,7 @@ def kernel_grad_fast(y, xp, ks):
     """Kernel gradient through the blocked kernel.  ``xp`` needs one spare column on the
     right (``W + ks``) so the two-tap loop never reads past a row; the caller pads that way."""
     N, O, H, W = y.shape
-    Op = -(-O // OB) * OB
+    Op = -(-O // 4) * 4
     if Op != O:
         yy = np.zeros((N, Op, H, W), dtype=y.dtype)
         yy[:, :O] = y
@@ -236,15 +341,6 @@ def rbf_constants(grid, dtype):
     return np.array(head + list(_EXP_TAYLOR), dtype=dtype), m
 
 
-def rbf_padded_weights(w, radius):
-    """Weights with ``2r + 1`` zeros on each side: ``wp[c, P + j] = w[c, j]``, P = 2r + 1,
-    so every window index ``j0 + k`` (|k| <= r, j0 in [-r-1, n_w+r]) is in range."""
-    P = 2 * radius + 1
-    wp = np.zeros((w.shape[0], w.shape[1] + 2 * P), dtype=w.dtype)
-    wp[:, P:P + w.shape[1]] = w
-    return wp
-
-
 @njit(cache=True, fastmath=True, inline="always")
 def _exp_taylor(y, cst):
     # Horner on the _NT coefficients stored from cst[11]
@@ -255,9 +351,10 @@ def _exp_taylor(y, cst):
 
 
 @njit(cache=True, fastmath=True)
-def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb):
-    """Per pixel: window centre index (into padded weights), centre Gaussian, centre
-    distance d = δ s and B = exp(δ s²); zero Gaussian for values out of reach."""
+def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb, bi):
+    """Per pixel: padded index ``jb`` of the nearest centre, ``A = exp(-δ² s²/2)`` (zero for
+    values out of reach or NaN), ``d = δ s``, ``B = exp(δ s²)`` and ``1/B``.  Vectorised:
+    every quantity stays in the working dtype (see the module docstring)."""
     W = x.shape[0]
     mu0 = cst[0]
     inv_h = cst[1]
@@ -266,17 +363,18 @@ def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb):
     tlo = cst[8]
     thi = cst[9]
     scl = cst[10]
-    zero = cst[0] * 0
+    one = cst[11]
+    zero = cst[0] - cst[0]  # of the working dtype (cst[0] * 0 would be float64)
     half = cst[11 + 2]  # 1/2! = 0.5 in the working dtype
-    P = 2 * radius + 1
+    P = np.int32(2 * radius + 1)
     for q in range(W):
         t = (x[q] - mu0) * inv_h
         inside = (t >= tlo) & (t <= thi)
-        if not inside:
-            t = zero
-        j0 = np.floor(t + half)
-        dl = t - j0
-        jb[q] = np.int64(j0) + P
+        t = t if inside else zero
+        # through the buffer: np.floor of a float32 scalar is float64 in Numba
+        dc[q] = np.floor(t + half)
+        dl = t - dc[q]
+        jb[q] = np.int32(dc[q]) + P
         d = dl * s
         dc[q] = d
         a = _exp_taylor(-half * d * d * scl, cst)
@@ -286,130 +384,200 @@ def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb):
         for q in range(W):
             gc[q] = gc[q] * gc[q]
             bb[q] = bb[q] * bb[q]
+    for q in range(W):
+        bi[q] = one / bb[q]
+
+
+def rbf_tables(w, grid, dtype):
+    """Per-channel Horner coefficient tables of :func:`_rbf_eval_row`.
+
+    For a value whose nearest centre has padded index ``jb`` (``j0 = jb - P``), with
+    ``a_k = w[j0 + k] exp(-k² s²/2)`` (zero outside the grid), the Gaussians of the window
+    are ``G_{j0+k} = A B^k exp(-k² s²/2)``, ``A = exp(-δ² s²/2)``, ``B = exp(δ s²)``, so
+
+        S_p = sum_{k=-r}^{r} k^p a_k B^k = P_p(B) + N_p(1/B),   p = 0, 1, 2,
+
+    two polynomials of degree ``r`` evaluated by Horner's rule.  ``tab[c, jb, i]`` holds
+    step ``i`` of the six Horner chains ``(P_0, N_0, P_1, N_1, P_2, N_2)``:
+    ``k^p a_{r-i}`` and ``k^p a_{-(r-i)}`` (the last ``N`` coefficient is 0, which turns the
+    final Horner step into the multiplication by ``1/B``).
+
+    Returns
+    -------
+    ndarray, shape (F, n_w + 2P, r + 1, 6), ``dtype``; built in float64.
+    """
+    r = grid.radius
+    P = 2 * r + 1
+    s2 = (grid.h / grid.sigma) ** 2
+    F, n_w = w.shape
+    cells = n_w + 2 * P
+    k = np.arange(-r, r + 1)
+    ck = np.exp(-0.5 * k * k * s2)
+    # weights padded by P + r on each side: wq[c, jb + k + r] = w[c, jb + k - P]
+    wq = np.zeros((F, cells + 2 * r))
+    wq[:, P + r:P + r + n_w] = w
+    idx = np.arange(cells)[:, None] + (k + r)[None, :]
+    a = wq[:, idx] * ck  # (F, cells, 2r + 1): a[c, jb, k + r]
+    tab = np.zeros((F, cells, r + 1, 6))
+    i = np.arange(r + 1)
+    for p in range(3):
+        kp = (k.astype(np.float64) ** p)
+        ak = a * kp  # k^p a_k
+        tab[:, :, :, 2 * p] = ak[:, :, 2 * r - i]          # k = r - i   (r .. 0)
+        tab[:, :, :r, 2 * p + 1] = ak[:, :, i[:r]]         # k = -(r - i) (-r .. -1)
+    return np.ascontiguousarray(tab, dtype=dtype)
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _horner4(t0, t1, t2, t3, c, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
+    """Column pair ``c`` (``2p``: P_p in B, ``2p + 1``: N_p in 1/B) of four tables at once:
+    eight independent Horner chains, so the multiply-adds do not wait on each other."""
+    p0 = zero
+    p1 = zero
+    p2 = zero
+    p3 = zero
+    n0 = zero
+    n1 = zero
+    n2 = zero
+    n3 = zero
+    for i in range(radius + 1):
+        p0 = p0 * b0 + t0[i, c]
+        n0 = n0 * i0 + t0[i, c + 1]
+        p1 = p1 * b1 + t1[i, c]
+        n1 = n1 * i1 + t1[i, c + 1]
+        p2 = p2 * b2 + t2[i, c]
+        n2 = n2 * i2 + t2[i, c + 1]
+        p3 = p3 * b3 + t3[i, c]
+        n3 = n3 * i3 + t3[i, c + 1]
+    return p0 + n0, p1 + n1, p2 + n2, p3 + n3
 
 
 @njit(cache=True, fastmath=True)
-def _rbf_eval_row(wp, radius, order, cst, jb, gc, dc, bb, gu, eu, gd, ed, v0, v1, v2):
-    """phi, phi', phi'' on a row from the setup buffers (centre outwards)."""
+def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v1, v2):
+    """phi, phi', phi'' on a row from the setup buffers (``ga`` = A, ``dc`` = d = δ s,
+    ``bb`` = B, ``bi`` = 1/B) and the channel's Horner table (:func:`rbf_tables`).
+
+    ``S_p`` go to the row buffers ``s0, s1, s2`` (four pixels per Horner pass), then
+    ``phi = A S_0``, ``phi' = -(A / sigma) (d S_0 - s S_1)``,
+    ``phi'' = (A / sigma²) ((d² - 1) S_0 - 2 d s S_1 + s² S_2)`` in a vectorised loop.
+    """
     W = jb.shape[0]
     s = cst[2]
     inv_s = cst[3]
     inv_s2 = cst[4]
-    shift = cst[6]
-    ch = cst[7]
     one = cst[11]
-    for q in range(W):
-        g = gc[q]
-        wv = wp[jb[q]] * g
-        d = dc[q]
-        v0[q] = wv
-        if order >= 1:  # v1, v2 may alias v0 when not requested
-            v1[q] = -wv * d
-        if order >= 2:
-            v2[q] = wv * (d * d - one)
-        gu[q] = g
-        gd[q] = g
-        # G_{j+1} = G_j exp(s d_j - s²/2), d_{j0} = δ s, so the first ratio is B e^{-s²/2}.
-        eu[q] = bb[q] * ch
-        ed[q] = ch / bb[q]
-    ks_ = s * 0  # k s, accumulated in the working dtype (int * float32 would be float64)
-    for k in range(1, radius + 1):
-        ks_ += s
+    zero = s - s  # of the working dtype
+    two_s = s + s
+    ss = s * s
+    W4 = W - W % 4
+    for q in range(0, W4, 4):
+        t0 = tab[jb[q]]
+        t1 = tab[jb[q + 1]]
+        t2 = tab[jb[q + 2]]
+        t3 = tab[jb[q + 3]]
+        for p in range(order + 1):
+            r0, r1, r2, r3 = _horner4(t0, t1, t2, t3, 2 * p, bb[q], bb[q + 1], bb[q + 2], bb[q + 3],
+                                      bi[q], bi[q + 1], bi[q + 2], bi[q + 3], radius, zero)
+            sp = s0 if p == 0 else (s1 if p == 1 else s2)
+            sp[q] = r0
+            sp[q + 1] = r1
+            sp[q + 2] = r2
+            sp[q + 3] = r3
+    for q in range(W4, W):  # the last W % 4 pixels, four times the same one
+        t0 = tab[jb[q]]
+        for p in range(order + 1):
+            r0, _, _, _ = _horner4(t0, t0, t0, t0, 2 * p, bb[q], bb[q], bb[q], bb[q],
+                                   bi[q], bi[q], bi[q], bi[q], radius, zero)
+            sp = s0 if p == 0 else (s1 if p == 1 else s2)
+            sp[q] = r0
+    if order == 0:
         for q in range(W):
-            g1 = gu[q] * eu[q]
-            eu[q] *= shift
-            gu[q] = g1
-            g2 = gd[q] * ed[q]
-            ed[q] *= shift
-            gd[q] = g2
-            w1 = wp[jb[q] + k] * g1
-            w2 = wp[jb[q] - k] * g2
-            d1 = dc[q] - ks_
-            d2 = dc[q] + ks_
-            v0[q] += w1 + w2
-            if order >= 1:
-                v1[q] -= w1 * d1 + w2 * d2
-            if order >= 2:
-                v2[q] += w1 * (d1 * d1 - one) + w2 * (d2 * d2 - one)
-    if order >= 1:
+            v0[q] = ga[q] * s0[q]
+    elif order == 1:
         for q in range(W):
-            v1[q] *= inv_s
-    if order >= 2:
+            a = ga[q]
+            v0[q] = a * s0[q]
+            v1[q] = -(a * inv_s) * (dc[q] * s0[q] - s * s1[q])
+    else:
         for q in range(W):
-            v2[q] *= inv_s2
+            a = ga[q]
+            d = dc[q]
+            v0[q] = a * s0[q]
+            v1[q] = -(a * inv_s) * (d * s0[q] - s * s1[q])
+            v2[q] = (a * inv_s2) * ((d * d - one) * s0[q] - two_s * d * s1[q] + ss * s2[q])
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _rbf_apply_rows(x, wp, cst, squarings, radius, order, v0, v1, v2):
+def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, v1, v2):
     N, F, H, W = x.shape
     for job in prange(N * F * H):
         n = job // (F * H)
         c = (job // H) % F
         p = job % H
-        jb = np.empty(W, np.int64)
+        jb = np.empty(W, np.int32)
         buf = np.empty((7, W), x.dtype)
-        _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, buf[0], buf[1], buf[2])
+        _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
         if order == 0:
-            _rbf_eval_row(wp[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5],
-                          buf[6], v0[n, c, p], v0[n, c, p], v0[n, c, p])
+            _rbf_eval_row(tab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                          buf[5], buf[6], v0[n, c, p], v0[n, c, p], v0[n, c, p])
         elif order == 1:
-            _rbf_eval_row(wp[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5],
-                          buf[6], v0[n, c, p], v1[n, c, p], v1[n, c, p])
+            _rbf_eval_row(tab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                          buf[5], buf[6], v0[n, c, p], v1[n, c, p], v1[n, c, p])
         else:
-            _rbf_eval_row(wp[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5],
-                          buf[6], v0[n, c, p], v1[n, c, p], v2[n, c, p])
+            _rbf_eval_row(tab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                          buf[5], buf[6], v0[n, c, p], v1[n, c, p], v2[n, c, p])
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, out):
-    """out[c, P + j] = sum_{n,p,q} c0 G_j(x) + c1 G_j'(x) (padded index; float64 sums).
+def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
+    """acc[c, jb, k + r] = sum over values with nearest padded centre jb of
+    B^k (α + k β), α = A (c0 - c1 d / sigma), β = A c1 s / sigma (float64).
 
-    Parallel over channels (each thread owns its row of ``out``); per image row the
-    Gaussians are computed vectorised, then scattered into the channel's accumulator.
+    The weight gradient is then ``out[c, jb + k] = exp(-k² s²/2) acc[c, jb, k + r]``
+    (``c0 G + c1 G'`` with ``G_{j0+k} = A B^k exp(-k² s²/2)``,
+    ``G' = -G (d - k s) / sigma``), folded by the caller.  Parallel over channels (each
+    thread owns ``acc[c]``); even and odd pixels go to two accumulator copies so that runs
+    of pixels with the same centre do not form one long store-to-load chain.
     """
     N, F, H, W = x.shape
     s = cst[2]
     inv_s = cst[3]
-    shift = cst[6]
-    ch = cst[7]
+    one = cst[11]
+    R = 2 * radius + 1
     for c in prange(F):
-        jb = np.empty(W, np.int64)
-        buf = np.empty((8, W), x.dtype)
-        gc = buf[0]
+        jb = np.empty(W, np.int32)
+        buf = np.empty((4, W), x.dtype)
+        ga = buf[0]
         dc = buf[1]
         bb = buf[2]
-        gu = buf[3]
-        eu = buf[4]
-        gd = buf[5]
-        ed = buf[6]
-        kk = buf[7]
-        acc = out[c]
-        acc[:] = 0.0
+        bv = buf[3]
+        a2 = np.zeros((2, acc.shape[1], R), np.float64)
         for n in range(N):
             for p in range(H):
-                _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, gc, dc, bb)
-                a0 = c0[n, c, p]
-                a1 = c1[n, c, p]
+                _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, ga, dc, bb, bv)
+                r0 = c0[n, c, p]
+                r1 = c1[n, c, p]
                 for q in range(W):
-                    kk[q] = a1[q] * inv_s if use_c1 else a1[q] * 0
-                    g = gc[q]
-                    gu[q] = g
-                    gd[q] = g
-                    eu[q] = bb[q] * ch
-                    ed[q] = ch / bb[q]
-                # G_j' = -G_j d_j / sigma:  contribution G_j (c0 - c1 d_j / sigma)
-                for q in range(W):
-                    acc[jb[q]] += gc[q] * (a0[q] - kk[q] * dc[q])
-                ks_ = s * 0  # k s in the working dtype
-                for k in range(1, radius + 1):
-                    ks_ += s
-                    for q in range(W):
-                        g1 = gu[q] * eu[q]
-                        eu[q] *= shift
-                        gu[q] = g1
-                        g2 = gd[q] * ed[q]
-                        ed[q] *= shift
-                        gd[q] = g2
-                    for q in range(W):
-                        acc[jb[q] + k] += gu[q] * (a0[q] - kk[q] * (dc[q] - ks_))
-                        acc[jb[q] - k] += gd[q] * (a0[q] - kk[q] * (dc[q] + ks_))
+                    g = np.float64(ga[q])
+                    if use_c1:
+                        e1 = np.float64(r1[q]) * inv_s
+                    else:
+                        e1 = 0.0
+                    al = g * (np.float64(r0[q]) - e1 * np.float64(dc[q]))
+                    be = g * e1 * np.float64(s)
+                    b = np.float64(bb[q])
+                    bi = np.float64(bv[q])
+                    row = a2[q & 1, jb[q]]
+                    row[radius] += al
+                    pu = 1.0
+                    pd = 1.0
+                    kb = 0.0
+                    for k in range(1, radius + 1):
+                        pu *= b
+                        pd *= bi
+                        kb += be
+                        row[radius + k] += pu * (al + kb)
+                        row[radius - k] += pd * (al - kb)
+        for j in range(acc.shape[1]):
+            for m in range(R):
+                acc[c, j, m] = a2[0, j, m] + a2[1, j, m]

@@ -276,7 +276,7 @@ def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = F
     return u, m
 
 
-def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None):
+def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: int = 1):
     """Training loss and its exact gradient for every parameter of every step.
 
     Parameters
@@ -288,6 +288,11 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None):
     gm : ndarray, shape (N, H, W)
         Target mask.
     m0 : ndarray, shape (N, H, W), optional
+    chunk : int
+        Images processed together (forward, then backward) before the next ones; the
+        parameter gradients are summed over the chunks.  The result does not depend on it
+        (up to summation order); memory does: the stored states and the backward step's
+        feature-size temporaries scale with ``chunk``, not with ``N``.
 
     Returns
     -------
@@ -302,26 +307,56 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None):
     Notes
     -----
     Only the states ``(u_t, m_t)`` are stored; every other quantity of step ``t`` is
-    recomputed in its backward step (memory ∝ ``N_t (C + 1) H W``).
+    recomputed in its backward step (memory ∝ ``N_t (C + 1) H W`` per chunk).  The loss is a
+    sum over images, so the gradient of the batch is the sum of the per-chunk gradients;
+    processing one image at a time keeps a batch-8 iteration at 300×300 far below 1 GB
+    (``bench/README.md``).
     """
     dt = check_params(params, cfg)
-    u_T, m_T, states = forward(params, cfg, u0, m0, return_states=True)
-    _check_batch("gu", gu, 4, dt, u0.shape)
-    _check_batch("gm", gm, 3, dt, u_T.shape[:1] + u_T.shape[2:])
+    _check_batch("u0", u0, 4, dt)
     N, C, H, W = u0.shape
+    _check_batch("gu", gu, 4, dt, u0.shape)
+    _check_batch("gm", gm, 3, dt, (N, H, W))
+    if m0 is not None:
+        _check_batch("m0", m0, 3, dt, (N, H, W))
+    chunk = int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     scale = 1.0 / (N * H * W)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    u_T = np.empty_like(u0)
+    m_T = np.empty((N, H, W), dt)
+    loss = 0.0
+    for s0 in range(0, N, chunk):
+        sl = slice(s0, min(N, s0 + chunk))
+        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl],
+                                     None if m0 is None else m0[sl], scale, grads,
+                                     u_T[sl], m_T[sl])
+    return float(loss), grads, u_T, m_T
+
+
+def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, scale, grads, u_out, m_out):
+    """Loss contribution of some images (``scale`` = 1 / (N H W) of the whole batch); adds
+    their parameter gradients to ``grads`` and writes their final states to ``u_out``,
+    ``m_out``."""
+    dt = u0.dtype
+    u0 = np.ascontiguousarray(u0)
+    u_T, m_T, states = forward(params, cfg, u0, m0, return_states=True)
     du = u_T - gu
     dm = m_T - gm
     loss = scale * (np.sum(du.astype(np.float64) ** 2) / 6.0 + np.sum(dm.astype(np.float64) ** 2) / 2.0)
     ubar = (du * (scale / 3.0)).astype(dt)
     mbar = (dm * scale).astype(dt)
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    del du, dm
+    u_out[...] = u_T
+    m_out[...] = m_T
     for t in range(cfg.n_steps - 1, -1, -1):
         u, m = states[t]
+        states[t + 1] = None  # the backward pass no longer needs the later states
         ubar, mbar, g = step_backward(step_params(params, t), cfg, u, m, u0, ubar, mbar)
         for k, v in g.items():
-            grads[k][t] = v
-    return float(loss), grads, u_T, m_T
+            grads[k][t] += v
+    return loss
 
 
 def batch_metrics(u_T, m_T, gu, gm):

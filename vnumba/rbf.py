@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_padded_weights
+from .fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_tables
 
 __all__ = ["RBFGrid", "rbf_apply", "rbf_weight_grad", "rbf_basis"]
 
@@ -84,8 +84,8 @@ def rbf_apply(x, w, grid, order=2):
     v1 = np.empty_like(x) if order >= 1 else v0
     v2 = np.empty_like(x) if order >= 2 else v0
     cst, m = rbf_constants(grid, x.dtype)
-    wp = rbf_padded_weights(w, grid.radius)
-    _rbf_apply_rows(x, wp, cst, m, grid.radius, order, v0, v1, v2)
+    tab = rbf_tables(w, grid, x.dtype)
+    _rbf_apply_rows(x, tab, cst, m, grid.radius, order, v0, v1, v2)
     return (v0, v1, v2)[: order + 1]
 
 
@@ -115,10 +115,18 @@ def rbf_weight_grad(x, c0, c1, grid):
     else:
         c1 = c0
     cst, m = rbf_constants(grid, x.dtype)
-    P = 2 * grid.radius + 1
-    out = np.empty((x.shape[1], grid.n_w + 2 * P), dtype=np.float64)
-    _rbf_wgrad_rows(x, c0, c1, use_c1, cst, m, grid.radius, out)
-    return out[:, P:P + grid.n_w].astype(x.dtype)
+    r = grid.radius
+    P = 2 * r + 1
+    cells = grid.n_w + 2 * P
+    acc = np.empty((x.shape[1], cells, P), dtype=np.float64)
+    _rbf_wgrad_rows(x, c0, c1, use_c1, cst, m, r, acc)
+    # fold: out[c, jb + k] += exp(-k² s²/2) acc[c, jb, k + r]
+    k = np.arange(-r, r + 1)
+    acc *= np.exp(-0.5 * k * k * (grid.h / grid.sigma) ** 2)
+    out = np.zeros((x.shape[1], cells + 2 * r))
+    for i in range(P):
+        out[:, i:i + cells] += acc[:, :, i]
+    return out[:, r + P:r + P + grid.n_w].astype(x.dtype)
 
 
 def rbf_basis(x, grid):
