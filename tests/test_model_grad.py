@@ -170,3 +170,49 @@ def test_forward_rejects_bad_input():
         model.forward(p, CFG, bad)
     with pytest.raises(ValueError, match="shape"):
         model.forward({**p, "K": p["K"][:, :1]}, CFG, u0)
+
+
+@pytest.mark.parametrize("chunk,store", [(1, "convs"), (2, "convs"), (1, "states"), (3, "states")])
+def test_batch_chunks_and_stored_quantities_do_not_change_loss_or_gradient(chunk, store):
+    # Reference: the whole batch at once, recomputing every step (the article's scheme).
+    rng = np.random.default_rng(8)
+    p = _params(rng)
+    u0, gu, gm, m0 = _data(rng, N=3)
+    ref = model.loss_and_grad(p, CFG, u0, gu, gm, m0, chunk=3, store="states")
+    got = model.loss_and_grad(p, CFG, u0, gu, gm, m0, chunk=chunk, store=store)
+    assert got[0] == pytest.approx(ref[0], rel=1e-13)
+    for k in PARAM_NAMES:
+        np.testing.assert_allclose(got[1][k], ref[1][k], rtol=1e-11, atol=1e-14, err_msg=k)
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_array_equal(got[3], ref[3])
+
+
+def test_one_step_backward_from_the_record_equals_the_recomputed_one():
+    rng = np.random.default_rng(9)
+    p = model.step_params(_params(rng), 1)
+    u0, _, _, m = _data(rng)
+    u = 0.3 + 0.4 * rng.random(u0.shape)
+    ubar = rng.standard_normal(u.shape)
+    mbar = rng.standard_normal(m.shape)
+    un, mn, rec = model.step_forward(p, CFG, u, m, u0, keep="record")
+    un2, mn2 = model.step_forward(p, CFG, u, m, u0)
+    np.testing.assert_array_equal(un, un2)
+    np.testing.assert_array_equal(mn, mn2)
+    a = model.step_backward(p, CFG, u, m, u0, ubar, mbar, record=rec)
+    b = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12, atol=1e-15)
+    for k in a[2]:
+        np.testing.assert_allclose(a[2][k], b[2][k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_loss_and_grad_rejects_bad_chunk_and_store():
+    rng = np.random.default_rng(10)
+    p = _params(rng)
+    u0, gu, gm, m0 = _data(rng)
+    with pytest.raises(ValueError, match="chunk"):
+        model.loss_and_grad(p, CFG, u0, gu, gm, m0, chunk=0)
+    with pytest.raises(ValueError, match="store"):
+        model.loss_and_grad(p, CFG, u0, gu, gm, m0, store="everything")
+    with pytest.raises(ValueError, match="keep"):
+        model.step_forward(model.step_params(p, 0), CFG, u0, m0, u0, keep="some")

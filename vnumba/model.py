@@ -99,7 +99,7 @@ def step_params(params: dict, t: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- one step
-def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep: bool = False):
+def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     """One projected gradient step (article eq. 1).
 
     Parameters
@@ -109,8 +109,11 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep: bool = False):
     cfg : ModelConfig
     u, u0 : ndarray, shape (N, C, H, W)
     m : ndarray, shape (N, H, W)
-    keep : bool
-        Also return the intermediate quantities needed by :func:`step_backward`.
+    keep : bool or "record"
+        ``True``: also return every intermediate quantity needed by :func:`step_backward`.
+        ``"record"``: also return only the convolution outputs ``a, b, z, g`` and the clip's
+        active sets (:func:`step_backward` recomputes the pointwise functions from them,
+        which costs no convolution).
 
     Returns
     -------
@@ -120,18 +123,20 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep: bool = False):
     """
     grid = RBFGrid(cfg)
     Fu = cfg.nf_u
+    full = keep is True
     a = conv_forward(u, p["Ku"])
     b = conv_forward(m[:, None], p["Km"])
     # The second derivatives are only needed by the backward pass.
-    order = 2 if keep else 1
+    order = 2 if full else 1
     fa, fa1, *fa2 = rbf_apply(a, p["wu"], grid, order=order)
     fb, fb1, *fb2 = rbf_apply(b, p["wm"], grid, order=order)
     fa2 = fa2[0] if fa2 else None
     fb2 = fb2[0] if fb2 else None
     f = np.concatenate([fa, fb], axis=1)
+    del fa, fb
     z = conv_forward(f, p["K"])
     # ψ' is needed only by the backward pass.
-    r, *r1 = rbf_apply(z, p["w"], grid, order=1 if keep else 0)
+    r, *r1 = rbf_apply(z, p["w"], grid, order=1 if full else 0)
     r1 = r1[0] if r1 else None
     g = conv_adjoint(r, p["K"])
     gu_ = np.ascontiguousarray(g[:, :Fu])
@@ -145,13 +150,34 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep: bool = False):
     m_next = np.clip(mn, 0.0, 1.0)
     if not keep:
         return u_next, m_next
+    active_u = (un > 0.0) & (un < 1.0)
+    active_m = (mn > 0.0) & (mn < 1.0)
+    if not full:
+        if keep != "record":
+            raise ValueError(f"keep must be False, True or 'record', got {keep!r}")
+        return u_next, m_next, dict(a=a, b=b, z=z, g=g, active_u=active_u, active_m=active_m)
     cache = dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
-                 gu=gu_, gm=gm_,
-                 active_u=(un > 0.0) & (un < 1.0), active_m=(mn > 0.0) & (mn < 1.0))
+                 gu=gu_, gm=gm_, active_u=active_u, active_m=active_m)
     return u_next, m_next, cache
 
 
-def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar):
+def _cache_from_record(p: dict, cfg: ModelConfig, rec: dict) -> dict:
+    """The intermediate quantities of :func:`step_forward` (``keep=True``) from its record:
+    only the pointwise functions are evaluated again, no convolution."""
+    grid = RBFGrid(cfg)
+    Fu = cfg.nf_u
+    a, b, z, g = rec["a"], rec["b"], rec["z"], rec["g"]
+    fa, fa1, fa2 = rbf_apply(a, p["wu"], grid, order=2)
+    fb, fb1, fb2 = rbf_apply(b, p["wm"], grid, order=2)
+    f = np.concatenate([fa, fb], axis=1)
+    del fa, fb
+    r, r1 = rbf_apply(z, p["w"], grid, order=1)
+    return dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
+                gu=np.ascontiguousarray(g[:, :Fu]), gm=np.ascontiguousarray(g[:, Fu:]),
+                active_u=rec["active_u"], active_m=rec["active_m"])
+
+
+def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     """Backward pass through one step: the Hessian-vector product and parameter gradients.
 
     Parameters
@@ -166,6 +192,9 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar):
         Gradient of the loss with respect to the step's output image.
     mbar : ndarray, shape (N, H, W)
         Gradient of the loss with respect to the step's output mask.
+    record : dict, optional
+        The step's record from :func:`step_forward` (``keep="record"``); without it the
+        step's forward pass is recomputed (convolutions included).
 
     Returns
     -------
@@ -184,7 +213,10 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar):
     """
     grid = RBFGrid(cfg)
     Fu = cfg.nf_u
-    _, _, c = step_forward(p, cfg, u, m, u0, keep=True)
+    if record is None:
+        _, _, c = step_forward(p, cfg, u, m, u0, keep=True)
+    else:
+        c = _cache_from_record(p, cfg, record)
     # multiplying by the boolean mask keeps the dtype (np.where with 0.0 would not)
     v_u = np.multiply(ubar, c.pop("active_u"), dtype=u.dtype)
     v_m = np.multiply(mbar, c.pop("active_m"), dtype=u.dtype)
@@ -276,7 +308,8 @@ def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = F
     return u, m
 
 
-def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: int = 1):
+def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: int = 1,
+                  store: str = "convs"):
     """Training loss and its exact gradient for every parameter of every step.
 
     Parameters
@@ -293,6 +326,14 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
         parameter gradients are summed over the chunks.  The result does not depend on it
         (up to summation order); memory does: the stored states and the backward step's
         feature-size temporaries scale with ``chunk``, not with ``N``.
+    store : {"convs", "states"}
+        What the forward pass keeps for the backward pass.  ``"states"`` (the article's
+        scheme): only ``(u_t, m_t)``; every backward step recomputes its forward step,
+        convolutions included.  ``"convs"`` (default): also each step's convolution outputs
+        ``a = K^u u``, ``b = K^m m``, ``z = K f``, ``g = K^T ψ(z)`` and the clip's active
+        sets, so a backward step only re-evaluates the pointwise functions: a quarter fewer
+        multiply-adds per iteration, for ``N_t (nf_u + nf_m + 2 nf) H W`` more floats per
+        chunk (≈ 260 MB for one 300×300 image and 10 steps).
 
     Returns
     -------
@@ -306,8 +347,9 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
 
     Notes
     -----
-    Only the states ``(u_t, m_t)`` are stored; every other quantity of step ``t`` is
-    recomputed in its backward step (memory ∝ ``N_t (C + 1) H W`` per chunk).  The loss is a
+    With ``store="states"`` only the states ``(u_t, m_t)`` are stored and every other
+    quantity of step ``t`` is recomputed in its backward step (memory ∝ ``N_t (C + 1) H W``
+    per chunk).  The loss is a
     sum over images, so the gradient of the batch is the sum of the per-chunk gradients;
     processing one image at a time keeps a batch-8 iteration at 300×300 far below 1 GB
     (``bench/README.md``).
@@ -319,6 +361,8 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
     _check_batch("gm", gm, 3, dt, (N, H, W))
     if m0 is not None:
         _check_batch("m0", m0, 3, dt, (N, H, W))
+    if store not in ("convs", "states"):
+        raise ValueError(f"store must be 'convs' or 'states', got {store!r}")
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -331,17 +375,30 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
         sl = slice(s0, min(N, s0 + chunk))
         loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl],
                                      None if m0 is None else m0[sl], scale, grads,
-                                     u_T[sl], m_T[sl])
+                                     u_T[sl], m_T[sl], store)
     return float(loss), grads, u_T, m_T
 
 
-def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, scale, grads, u_out, m_out):
+def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, scale, grads, u_out, m_out, store):
     """Loss contribution of some images (``scale`` = 1 / (N H W) of the whole batch); adds
     their parameter gradients to ``grads`` and writes their final states to ``u_out``,
     ``m_out``."""
     dt = u0.dtype
     u0 = np.ascontiguousarray(u0)
-    u_T, m_T, states = forward(params, cfg, u0, m0, return_states=True)
+    T = cfg.n_steps
+    if store == "states":
+        u_T, m_T, states = forward(params, cfg, u0, m0, return_states=True)
+        records = [None] * T
+    else:
+        u = u0
+        m = np.zeros(u0.shape[:1] + u0.shape[2:], dt) if m0 is None else np.ascontiguousarray(m0)
+        states = [(u, m)]
+        records = []
+        for t in range(T):
+            u, m, rec = step_forward(step_params(params, t), cfg, u, m, u0, keep="record")
+            states.append((u, m))
+            records.append(rec)
+        u_T, m_T = u, m
     du = u_T - gu
     dm = m_T - gm
     loss = scale * (np.sum(du.astype(np.float64) ** 2) / 6.0 + np.sum(dm.astype(np.float64) ** 2) / 2.0)
@@ -353,7 +410,9 @@ def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, scale, grads, u_out, m_out
     for t in range(cfg.n_steps - 1, -1, -1):
         u, m = states[t]
         states[t + 1] = None  # the backward pass no longer needs the later states
-        ubar, mbar, g = step_backward(step_params(params, t), cfg, u, m, u0, ubar, mbar)
+        rec, records[t] = records[t], None
+        ubar, mbar, g = step_backward(step_params(params, t), cfg, u, m, u0, ubar, mbar, rec)
+        del rec
         for k, v in g.items():
             grads[k][t] += v
     return loss
