@@ -40,7 +40,8 @@ def test_every_register_blocking_matches_reference(block, C, O, ks):
 
 
 def test_block_choice_follows_the_measured_rule():
-    assert fused.conv_block(24, 5) == 4   # K
+    assert fused.conv_block(24, 5) == 3   # K
+    assert fused.conv_block(4, 5) == 4    # K^m
     assert fused.conv_block(3, 11) == 3   # adjoint of K^u
     assert fused.conv_block(20, 11) == 2  # K^u
     assert fused.conv_block(1, 5) == 2    # adjoint of K^m (padded to two)

@@ -78,3 +78,20 @@ def test_rejects_mismatched_weights():
         rbf_apply(x, w[:2], grid)
     with pytest.raises(TypeError, match="dtype"):
         rbf_apply(x, w.astype(np.float32), grid)
+
+
+def test_phi_written_into_a_channel_range_of_a_larger_array():
+    grid, x, w = _setup(6)[:3]
+    N, F, H, W = x.shape
+    big = np.full((N, F + 3, H, W), 7.0)
+    phi, d1 = rbf_apply(x, w, grid, order=1, out=big, offset=2)
+    ref = rbf_apply(x, w, grid, order=1)
+    np.testing.assert_array_equal(big[:, 2:2 + F], ref[0])
+    np.testing.assert_array_equal(d1, ref[1])
+    assert np.shares_memory(phi, big) and phi.shape == x.shape
+    # channels outside the range are untouched
+    assert np.all(big[:, :2] == 7.0) and np.all(big[:, 2 + F:] == 7.0)
+    with pytest.raises(ValueError, match="offset"):
+        rbf_apply(x, w, grid, order=0, out=big, offset=4)
+    with pytest.raises(TypeError):
+        rbf_apply(x, w, grid, order=0, out=big.astype(np.float32), offset=0)

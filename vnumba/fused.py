@@ -41,7 +41,7 @@ from numba import njit, prange
 # input loads, OB accumulator loads and stores, and 5·OB multiply-adds: the stores (one 256-bit
 # store per cycle on this CPU) no longer limit the loop as they did with two taps per pass.
 # Which OB is fastest depends on the shape (bench/README.md, "convolution kernels"):
-# 4 for 24→24 5×5, 3 for 20→3 11×11 (the adjoint of K^u), 2 for 3→20 11×11.
+# 3 for 24→24 5×5 and for 20→3 11×11 (the adjoint of K^u), 2 for 3→20 11×11.
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -191,10 +191,10 @@ def _corr_valid_o2(xp, k, out):
 def conv_block(O, ks):
     """Output channels per register block for an ``O``-output, ``ks``×``ks`` correlation
     (measured on this CPU, ``bench/README.md``)."""
-    if O % 4 == 0 and ks <= 5:
-        return 4
     if O % 3 == 0:
         return 3
+    if O % 4 == 0 and ks <= 5:
+        return 4
     return 2
 
 
@@ -395,16 +395,18 @@ def rbf_tables(w, grid, dtype):
     ``a_k = w[j0 + k] exp(-k² s²/2)`` (zero outside the grid), the Gaussians of the window
     are ``G_{j0+k} = A B^k exp(-k² s²/2)``, ``A = exp(-δ² s²/2)``, ``B = exp(δ s²)``, so
 
-        S_p = sum_{k=-r}^{r} k^p a_k B^k = P_p(B) + N_p(1/B),   p = 0, 1, 2,
+        S_0 = sum_{k=-r}^{r} a_k B^k = P(B) + N(1/B),
+        P(B) = sum_{k=0}^{r} a_k B^k,   N(y) = sum_{k=1}^{r} a_{-k} y^k,
 
-    two polynomials of degree ``r`` evaluated by Horner's rule.  ``tab[c, jb, i]`` holds
-    step ``i`` of the six Horner chains ``(P_0, N_0, P_1, N_1, P_2, N_2)``:
-    ``k^p a_{r-i}`` and ``k^p a_{-(r-i)}`` (the last ``N`` coefficient is 0, which turns the
-    final Horner step into the multiplication by ``1/B``).
+    two polynomials of degree ``r`` evaluated by Horner's rule; their derivatives (carried
+    along in the same pass) give ``S_1 = sum k a_k B^k = B P'(B) - y N'(y)`` and
+    ``S_2 = sum k² a_k B^k = B P' + B² P'' + y N' + y² N''`` (``y = 1/B``).
+    ``tab[c, jb, i] = (a_{r-i}, a_{-(r-i)})``, step ``i`` of the two chains (the last ``N``
+    coefficient is 0: N has no constant term).
 
     Returns
     -------
-    ndarray, shape (F, n_w + 2P, r + 1, 6), ``dtype``; built in float64.
+    ndarray, shape (F, n_w + 2P, r + 1, 2), ``dtype``; built in float64.
     """
     r = grid.radius
     P = 2 * r + 1
@@ -418,20 +420,16 @@ def rbf_tables(w, grid, dtype):
     wq[:, P + r:P + r + n_w] = w
     idx = np.arange(cells)[:, None] + (k + r)[None, :]
     a = wq[:, idx] * ck  # (F, cells, 2r + 1): a[c, jb, k + r]
-    tab = np.zeros((F, cells, r + 1, 6))
+    tab = np.zeros((F, cells, r + 1, 2))
     i = np.arange(r + 1)
-    for p in range(3):
-        kp = (k.astype(np.float64) ** p)
-        ak = a * kp  # k^p a_k
-        tab[:, :, :, 2 * p] = ak[:, :, 2 * r - i]          # k = r - i   (r .. 0)
-        tab[:, :, :r, 2 * p + 1] = ak[:, :, i[:r]]         # k = -(r - i) (-r .. -1)
+    tab[:, :, :, 0] = a[:, :, 2 * r - i]      # k = r - i     (r .. 0)
+    tab[:, :, :r, 1] = a[:, :, i[:r]]         # k = -(r - i)  (-r .. -1)
     return np.ascontiguousarray(tab, dtype=dtype)
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _horner4(t0, t1, t2, t3, c, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
-    """Column pair ``c`` (``2p``: P_p in B, ``2p + 1``: N_p in 1/B) of four tables at once:
-    eight independent Horner chains, so the multiply-adds do not wait on each other."""
+def _horner_s0x4(t0, t1, t2, t3, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
+    """S_0 of four pixels: eight independent Horner chains, so the multiply-adds overlap."""
     p0 = zero
     p1 = zero
     p2 = zero
@@ -441,15 +439,60 @@ def _horner4(t0, t1, t2, t3, c, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
     n2 = zero
     n3 = zero
     for i in range(radius + 1):
-        p0 = p0 * b0 + t0[i, c]
-        n0 = n0 * i0 + t0[i, c + 1]
-        p1 = p1 * b1 + t1[i, c]
-        n1 = n1 * i1 + t1[i, c + 1]
-        p2 = p2 * b2 + t2[i, c]
-        n2 = n2 * i2 + t2[i, c + 1]
-        p3 = p3 * b3 + t3[i, c]
-        n3 = n3 * i3 + t3[i, c + 1]
+        p0 = p0 * b0 + t0[i, 0]
+        n0 = n0 * i0 + t0[i, 1]
+        p1 = p1 * b1 + t1[i, 0]
+        n1 = n1 * i1 + t1[i, 1]
+        p2 = p2 * b2 + t2[i, 0]
+        n2 = n2 * i2 + t2[i, 1]
+        p3 = p3 * b3 + t3[i, 0]
+        n3 = n3 * i3 + t3[i, 1]
     return p0 + n0, p1 + n1, p2 + n2, p3 + n3
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _horner_s01x2(t0, t1, b0, b1, i0, i1, radius, zero):
+    """S_0 and S_1 of two pixels: Horner with the first derivative carried along."""
+    p0 = zero
+    q0 = zero
+    n0 = zero
+    m0 = zero
+    p1 = zero
+    q1 = zero
+    n1 = zero
+    m1 = zero
+    for i in range(radius + 1):
+        q0 = q0 * b0 + p0
+        p0 = p0 * b0 + t0[i, 0]
+        m0 = m0 * i0 + n0
+        n0 = n0 * i0 + t0[i, 1]
+        q1 = q1 * b1 + p1
+        p1 = p1 * b1 + t1[i, 0]
+        m1 = m1 * i1 + n1
+        n1 = n1 * i1 + t1[i, 1]
+    return p0 + n0, b0 * q0 - i0 * m0, p1 + n1, b1 * q1 - i1 * m1
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _horner_s012(t, b, bi, radius, zero):
+    """S_0, S_1, S_2 of one pixel: Horner with first and second derivatives (six chains)."""
+    p = zero
+    p1 = zero
+    p2 = zero
+    n = zero
+    n1 = zero
+    n2 = zero
+    for i in range(radius + 1):
+        p2 = p2 * b + p1
+        p1 = p1 * b + p
+        p = p * b + t[i, 0]
+        n2 = n2 * bi + n1
+        n1 = n1 * bi + n
+        n = n * bi + t[i, 1]
+    bp = b * p1
+    yn = bi * n1
+    e = b * b * p2 + bi * bi * n2  # (B² P'' + y² N'') / 2
+    return p + n, bp - yn, bp + yn + e + e
 
 
 @njit(cache=True, fastmath=True)
@@ -457,7 +500,7 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
     """phi, phi', phi'' on a row from the setup buffers (``ga`` = A, ``dc`` = d = δ s,
     ``bb`` = B, ``bi`` = 1/B) and the channel's Horner table (:func:`rbf_tables`).
 
-    ``S_p`` go to the row buffers ``s0, s1, s2`` (four pixels per Horner pass), then
+    ``S_p`` go to the row buffers ``s0, s1, s2`` (several pixels per Horner pass), then
     ``phi = A S_0``, ``phi' = -(A / sigma) (d S_0 - s S_1)``,
     ``phi'' = (A / sigma²) ((d² - 1) S_0 - 2 d s S_1 + s² S_2)`` in a vectorised loop.
     """
@@ -469,36 +512,35 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
     zero = s - s  # of the working dtype
     two_s = s + s
     ss = s * s
-    W4 = W - W % 4
-    for q in range(0, W4, 4):
-        t0 = tab[jb[q]]
-        t1 = tab[jb[q + 1]]
-        t2 = tab[jb[q + 2]]
-        t3 = tab[jb[q + 3]]
-        for p in range(order + 1):
-            r0, r1, r2, r3 = _horner4(t0, t1, t2, t3, 2 * p, bb[q], bb[q + 1], bb[q + 2], bb[q + 3],
-                                      bi[q], bi[q + 1], bi[q + 2], bi[q + 3], radius, zero)
-            sp = s0 if p == 0 else (s1 if p == 1 else s2)
-            sp[q] = r0
-            sp[q + 1] = r1
-            sp[q + 2] = r2
-            sp[q + 3] = r3
-    for q in range(W4, W):  # the last W % 4 pixels, four times the same one
-        t0 = tab[jb[q]]
-        for p in range(order + 1):
-            r0, _, _, _ = _horner4(t0, t0, t0, t0, 2 * p, bb[q], bb[q], bb[q], bb[q],
-                                   bi[q], bi[q], bi[q], bi[q], radius, zero)
-            sp = s0 if p == 0 else (s1 if p == 1 else s2)
-            sp[q] = r0
     if order == 0:
+        W4 = W - W % 4
+        for q in range(0, W4, 4):
+            s0[q], s0[q + 1], s0[q + 2], s0[q + 3] = _horner_s0x4(
+                tab[jb[q]], tab[jb[q + 1]], tab[jb[q + 2]], tab[jb[q + 3]],
+                bb[q], bb[q + 1], bb[q + 2], bb[q + 3], bi[q], bi[q + 1], bi[q + 2], bi[q + 3],
+                radius, zero)
+        for q in range(W4, W):  # the last W % 4 pixels, four times the same one
+            t = tab[jb[q]]
+            s0[q], _, _, _ = _horner_s0x4(t, t, t, t, bb[q], bb[q], bb[q], bb[q],
+                                          bi[q], bi[q], bi[q], bi[q], radius, zero)
         for q in range(W):
             v0[q] = ga[q] * s0[q]
     elif order == 1:
+        W2 = W - W % 2
+        for q in range(0, W2, 2):
+            s0[q], s1[q], s0[q + 1], s1[q + 1] = _horner_s01x2(
+                tab[jb[q]], tab[jb[q + 1]], bb[q], bb[q + 1], bi[q], bi[q + 1], radius, zero)
+        if W2 < W:
+            q = W2
+            t = tab[jb[q]]
+            s0[q], s1[q], _, _ = _horner_s01x2(t, t, bb[q], bb[q], bi[q], bi[q], radius, zero)
         for q in range(W):
             a = ga[q]
             v0[q] = a * s0[q]
             v1[q] = -(a * inv_s) * (dc[q] * s0[q] - s * s1[q])
     else:
+        for q in range(W):
+            s0[q], s1[q], s2[q] = _horner_s012(tab[jb[q]], bb[q], bi[q], radius, zero)
         for q in range(W):
             a = ga[q]
             d = dc[q]
@@ -508,7 +550,9 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, v1, v2):
+def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
+    """phi (into channel ``c + off`` of ``v0``), phi', phi'' (channel ``c`` of ``v1``,
+    ``v2``) of every row of ``x``."""
     N, F, H, W = x.shape
     for job in prange(N * F * H):
         n = job // (F * H)
@@ -517,15 +561,16 @@ def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, v1, v2):
         jb = np.empty(W, np.int32)
         buf = np.empty((7, W), x.dtype)
         _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
+        r0 = v0[n, c + off, p]
         if order == 0:
             _rbf_eval_row(tab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
-                          buf[5], buf[6], v0[n, c, p], v0[n, c, p], v0[n, c, p])
+                          buf[5], buf[6], r0, r0, r0)
         elif order == 1:
             _rbf_eval_row(tab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
-                          buf[5], buf[6], v0[n, c, p], v1[n, c, p], v1[n, c, p])
+                          buf[5], buf[6], r0, v1[n, c, p], v1[n, c, p])
         else:
             _rbf_eval_row(tab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
-                          buf[5], buf[6], v0[n, c, p], v1[n, c, p], v2[n, c, p])
+                          buf[5], buf[6], r0, v1[n, c, p], v2[n, c, p])
 
 
 @njit(cache=True, parallel=True, fastmath=True)

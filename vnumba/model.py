@@ -126,24 +126,22 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     full = keep is True
     a = conv_forward(u, p["Ku"])
     b = conv_forward(m[:, None], p["Km"])
-    # The second derivatives are only needed by the backward pass.
+    # f = (φ^u(a), φ^m(b)) is written in place; second derivatives only for the backward pass
     order = 2 if full else 1
-    fa, fa1, *fa2 = rbf_apply(a, p["wu"], grid, order=order)
-    fb, fb1, *fb2 = rbf_apply(b, p["wm"], grid, order=order)
+    N, _, H, W = u.shape
+    f = np.empty((N, cfg.nf, H, W), u.dtype)
+    _, fa1, *fa2 = rbf_apply(a, p["wu"], grid, order=order, out=f, offset=0)
+    _, fb1, *fb2 = rbf_apply(b, p["wm"], grid, order=order, out=f, offset=Fu)
     fa2 = fa2[0] if fa2 else None
     fb2 = fb2[0] if fb2 else None
-    f = np.concatenate([fa, fb], axis=1)
-    del fa, fb
     z = conv_forward(f, p["K"])
     # ψ' is needed only by the backward pass.
     r, *r1 = rbf_apply(z, p["w"], grid, order=1 if full else 0)
     r1 = r1[0] if r1 else None
     g = conv_adjoint(r, p["K"])
-    gu_ = np.ascontiguousarray(g[:, :Fu])
-    gm_ = np.ascontiguousarray(g[:, Fu:])
-    grad_u = conv_adjoint(fa1 * gu_, p["Ku"])
+    grad_u = conv_adjoint(fa1 * g[:, :Fu], p["Ku"])
     grad_u += p["lam"] * (u - u0)
-    grad_m = conv_adjoint(fb1 * gm_, p["Km"])[:, 0]
+    grad_m = conv_adjoint(fb1 * g[:, Fu:], p["Km"])[:, 0]
     un = u - grad_u
     mn = m - grad_m
     u_next = np.clip(un, 0.0, 1.0)
@@ -157,7 +155,8 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
             raise ValueError(f"keep must be False, True or 'record', got {keep!r}")
         return u_next, m_next, dict(a=a, b=b, z=z, g=g, active_u=active_u, active_m=active_m)
     cache = dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
-                 gu=gu_, gm=gm_, active_u=active_u, active_m=active_m)
+                 gu=np.ascontiguousarray(g[:, :Fu]), gm=np.ascontiguousarray(g[:, Fu:]),
+                 active_u=active_u, active_m=active_m)
     return u_next, m_next, cache
 
 
@@ -167,10 +166,10 @@ def _cache_from_record(p: dict, cfg: ModelConfig, rec: dict) -> dict:
     grid = RBFGrid(cfg)
     Fu = cfg.nf_u
     a, b, z, g = rec["a"], rec["b"], rec["z"], rec["g"]
-    fa, fa1, fa2 = rbf_apply(a, p["wu"], grid, order=2)
-    fb, fb1, fb2 = rbf_apply(b, p["wm"], grid, order=2)
-    f = np.concatenate([fa, fb], axis=1)
-    del fa, fb
+    N, _, H, W = a.shape
+    f = np.empty((N, cfg.nf, H, W), a.dtype)
+    _, fa1, fa2 = rbf_apply(a, p["wu"], grid, order=2, out=f, offset=0)
+    _, fb1, fb2 = rbf_apply(b, p["wm"], grid, order=2, out=f, offset=Fu)
     r, r1 = rbf_apply(z, p["w"], grid, order=1)
     return dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
                 gu=np.ascontiguousarray(g[:, :Fu]), gm=np.ascontiguousarray(g[:, Fu:]),

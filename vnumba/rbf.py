@@ -58,7 +58,7 @@ def _check(name, a, ndim, dtype=None):
         raise ValueError(f"{name} must be C-contiguous")
 
 
-def rbf_apply(x, w, grid, order=2):
+def rbf_apply(x, w, grid, order=2, out=None, offset=0):
     """Evaluate the per-channel RBF functions and derivatives.
 
     Parameters
@@ -68,11 +68,18 @@ def rbf_apply(x, w, grid, order=2):
     grid : RBFGrid
     order : {0, 1, 2}
         Highest derivative returned.
+    out : ndarray, shape (N, F_out, H, W), optional
+        C-contiguous array of the same dtype that receives ``phi`` in channels
+        ``offset .. offset + F - 1`` (the network writes ``phi^u`` and ``phi^m`` straight
+        into the concatenated feature array this way).
+    offset : int
+        First channel of ``out`` written.
 
     Returns
     -------
     tuple of ndarray, shape (N, F, H, W) each
-        ``(phi(x),)``, ``(phi, phi')`` or ``(phi, phi', phi'')``.
+        ``(phi(x),)``, ``(phi, phi')`` or ``(phi, phi', phi'')``; with ``out``, ``phi`` is
+        the view ``out[:, offset:offset + F]``.
     """
     _check("x", x, 4)
     _check("w", w, 2, x.dtype)
@@ -80,13 +87,26 @@ def rbf_apply(x, w, grid, order=2):
         raise ValueError(f"weights shape {w.shape} != (channels {x.shape[1]}, n_w {grid.n_w})")
     if order not in (0, 1, 2):
         raise ValueError("order must be 0, 1 or 2")
-    v0 = np.empty_like(x)
-    v1 = np.empty_like(x) if order >= 1 else v0
-    v2 = np.empty_like(x) if order >= 2 else v0
+    N, F, H, W = x.shape
+    if out is None:
+        v0 = np.empty_like(x)
+        offset = 0
+        phi = v0
+    else:
+        _check("out", out, 4, x.dtype)
+        offset = int(offset)
+        if (out.shape[0], out.shape[2], out.shape[3]) != (N, H, W) or offset < 0 \
+                or offset + F > out.shape[1]:
+            raise ValueError(f"out of shape {out.shape} cannot take {F} channels of {x.shape} "
+                             f"at offset {offset}")
+        v0 = out
+        phi = out[:, offset:offset + F]
+    v1 = np.empty_like(x) if order >= 1 else x
+    v2 = np.empty_like(x) if order >= 2 else x
     cst, m = rbf_constants(grid, x.dtype)
     tab = rbf_tables(w, grid, x.dtype)
-    _rbf_apply_rows(x, tab, cst, m, grid.radius, order, v0, v1, v2)
-    return (v0, v1, v2)[: order + 1]
+    _rbf_apply_rows(x, tab, cst, m, grid.radius, order, v0, offset, v1, v2)
+    return (phi, v1, v2)[: order + 1]
 
 
 def rbf_weight_grad(x, c0, c1, grid):
