@@ -52,10 +52,12 @@ def _corr_valid_o4(xp, k, out):
     H = out.shape[2]
     W = out.shape[3]
     nob = O // 4
+    # channel block innermost: consecutive jobs (one thread's share) reuse the same C × ks
+    # input rows from L2 instead of streaming the whole input once per channel block
     for job in prange(N * nob * H):
         n = job // (nob * H)
-        o = ((job % (nob * H)) // H) * 4
-        p = job % H
+        p = (job // nob) % H
+        o = (job % nob) * 4
         a0 = out[n, o, p]
         a1 = out[n, o + 1, p]
         a2 = out[n, o + 2, p]
@@ -69,10 +71,14 @@ def _corr_valid_o4(xp, k, out):
                 row = xp[n, c, p + i]
                 j = 0
                 while j + 5 <= ks:
-                    k00, k01, k02, k03, k04 = k[o, c, i, j:j + 5]
-                    k10, k11, k12, k13, k14 = k[o + 1, c, i, j:j + 5]
-                    k20, k21, k22, k23, k24 = k[o + 2, c, i, j:j + 5]
-                    k30, k31, k32, k33, k34 = k[o + 3, c, i, j:j + 5]
+                    k00 = k[o, c, i, j]; k01 = k[o, c, i, j + 1]; k02 = k[o, c, i, j + 2]
+                    k03 = k[o, c, i, j + 3]; k04 = k[o, c, i, j + 4]
+                    k10 = k[o + 1, c, i, j]; k11 = k[o + 1, c, i, j + 1]; k12 = k[o + 1, c, i, j + 2]
+                    k13 = k[o + 1, c, i, j + 3]; k14 = k[o + 1, c, i, j + 4]
+                    k20 = k[o + 2, c, i, j]; k21 = k[o + 2, c, i, j + 1]; k22 = k[o + 2, c, i, j + 2]
+                    k23 = k[o + 2, c, i, j + 3]; k24 = k[o + 2, c, i, j + 4]
+                    k30 = k[o + 3, c, i, j]; k31 = k[o + 3, c, i, j + 1]; k32 = k[o + 3, c, i, j + 2]
+                    k33 = k[o + 3, c, i, j + 3]; k34 = k[o + 3, c, i, j + 4]
                     for q in range(W):
                         x0 = row[j + q]
                         x1 = row[j + q + 1]
@@ -106,10 +112,12 @@ def _corr_valid_o3(xp, k, out):
     H = out.shape[2]
     W = out.shape[3]
     nob = O // 3
+    # channel block innermost: consecutive jobs (one thread's share) reuse the same C × ks
+    # input rows from L2 instead of streaming the whole input once per channel block
     for job in prange(N * nob * H):
         n = job // (nob * H)
-        o = ((job % (nob * H)) // H) * 3
-        p = job % H
+        p = (job // nob) % H
+        o = (job % nob) * 3
         a0 = out[n, o, p]
         a1 = out[n, o + 1, p]
         a2 = out[n, o + 2, p]
@@ -121,9 +129,12 @@ def _corr_valid_o3(xp, k, out):
                 row = xp[n, c, p + i]
                 j = 0
                 while j + 5 <= ks:
-                    k00, k01, k02, k03, k04 = k[o, c, i, j:j + 5]
-                    k10, k11, k12, k13, k14 = k[o + 1, c, i, j:j + 5]
-                    k20, k21, k22, k23, k24 = k[o + 2, c, i, j:j + 5]
+                    k00 = k[o, c, i, j]; k01 = k[o, c, i, j + 1]; k02 = k[o, c, i, j + 2]
+                    k03 = k[o, c, i, j + 3]; k04 = k[o, c, i, j + 4]
+                    k10 = k[o + 1, c, i, j]; k11 = k[o + 1, c, i, j + 1]; k12 = k[o + 1, c, i, j + 2]
+                    k13 = k[o + 1, c, i, j + 3]; k14 = k[o + 1, c, i, j + 4]
+                    k20 = k[o + 2, c, i, j]; k21 = k[o + 2, c, i, j + 1]; k22 = k[o + 2, c, i, j + 2]
+                    k23 = k[o + 2, c, i, j + 3]; k24 = k[o + 2, c, i, j + 4]
                     for q in range(W):
                         x0 = row[j + q]
                         x1 = row[j + q + 1]
@@ -154,10 +165,12 @@ def _corr_valid_o2(xp, k, out):
     H = out.shape[2]
     W = out.shape[3]
     nob = O // 2
+    # channel block innermost: consecutive jobs (one thread's share) reuse the same C × ks
+    # input rows from L2 instead of streaming the whole input once per channel block
     for job in prange(N * nob * H):
         n = job // (nob * H)
-        o = ((job % (nob * H)) // H) * 2
-        p = job % H
+        p = (job // nob) % H
+        o = (job % nob) * 2
         a0 = out[n, o, p]
         a1 = out[n, o + 1, p]
         a0[:] = 0
@@ -167,8 +180,10 @@ def _corr_valid_o2(xp, k, out):
                 row = xp[n, c, p + i]
                 j = 0
                 while j + 5 <= ks:
-                    k00, k01, k02, k03, k04 = k[o, c, i, j:j + 5]
-                    k10, k11, k12, k13, k14 = k[o + 1, c, i, j:j + 5]
+                    k00 = k[o, c, i, j]; k01 = k[o, c, i, j + 1]; k02 = k[o, c, i, j + 2]
+                    k03 = k[o, c, i, j + 3]; k04 = k[o, c, i, j + 4]
+                    k10 = k[o + 1, c, i, j]; k11 = k[o + 1, c, i, j + 1]; k12 = k[o + 1, c, i, j + 2]
+                    k13 = k[o + 1, c, i, j + 3]; k14 = k[o + 1, c, i, j + 4]
                     for q in range(W):
                         x0 = row[j + q]
                         x1 = row[j + q + 1]
