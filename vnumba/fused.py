@@ -564,28 +564,33 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
             v2[q] = (a * inv_s2) * ((d * d - one) * s0[q] - two_s * d * s1[q] + ss * s2[q])
 
 
+_RBF_ROWS = 8  # image rows per job of _rbf_apply_rows (its row buffers are allocated per job)
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
     """phi (into channel ``c + off`` of ``v0``), phi', phi'' (channel ``c`` of ``v1``,
-    ``v2``) of every row of ``x``."""
+    ``v2``) of every row of ``x``; one job is a block of rows of one channel."""
     N, F, H, W = x.shape
-    for job in prange(N * F * H):
-        n = job // (F * H)
-        c = (job // H) % F
-        p = job % H
+    nb = (H + _RBF_ROWS - 1) // _RBF_ROWS
+    for job in prange(N * F * nb):
+        n = job // (F * nb)
+        c = (job // nb) % F
+        p0 = (job % nb) * _RBF_ROWS
         jb = np.empty(W, np.int32)
         buf = np.empty((7, W), x.dtype)
-        _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
-        r0 = v0[n, c + off, p]
-        if order == 0:
-            _rbf_eval_row(tab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
-                          buf[5], buf[6], r0, r0, r0)
-        elif order == 1:
-            _rbf_eval_row(tab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
-                          buf[5], buf[6], r0, v1[n, c, p], v1[n, c, p])
-        else:
-            _rbf_eval_row(tab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
-                          buf[5], buf[6], r0, v1[n, c, p], v2[n, c, p])
+        for p in range(p0, min(H, p0 + _RBF_ROWS)):
+            _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
+            r0 = v0[n, c + off, p]
+            if order == 0:
+                _rbf_eval_row(tab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                              buf[5], buf[6], r0, r0, r0)
+            elif order == 1:
+                _rbf_eval_row(tab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                              buf[5], buf[6], r0, v1[n, c, p], v1[n, c, p])
+            else:
+                _rbf_eval_row(tab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                              buf[5], buf[6], r0, v1[n, c, p], v2[n, c, p])
 
 
 @njit(cache=True, parallel=True, fastmath=True)
