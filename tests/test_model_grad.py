@@ -216,3 +216,16 @@ def test_loss_and_grad_rejects_bad_chunk_and_store():
         model.loss_and_grad(p, CFG, u0, gu, gm, m0, store="everything")
     with pytest.raises(ValueError, match="keep"):
         model.step_forward(model.step_params(p, 0), CFG, u0, m0, u0, keep="some")
+
+
+def test_forward_in_chunks_equals_the_whole_batch():
+    rng = np.random.default_rng(11)
+    p = _params(rng)
+    u0, _, _, m0 = _data(rng, N=3)
+    whole = model.forward(p, CFG, u0, m0, chunk=3)
+    for chunk in (1, 2):
+        got = model.forward(p, CFG, u0, m0, chunk=chunk)
+        np.testing.assert_array_equal(got[0], whole[0])
+        np.testing.assert_array_equal(got[1], whole[1])
+    with pytest.raises(ValueError, match="chunk"):
+        model.forward(p, CFG, u0, m0, chunk=0)
