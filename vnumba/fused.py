@@ -593,6 +593,31 @@ def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
                               buf[5], buf[6], r0, v1[n, c, p], v2[n, c, p])
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _wgrad_scatter2(ra, rb, radius, aa, ba, pa, ia, ab, bb, pb, ib):
+    """ra[r + k] += B_a^k (α_a + k β_a) and the same for a second value into ``rb``,
+    k = -r..r, in one loop (two independent chains of powers; float64)."""
+    ra[radius] += aa
+    rb[radius] += ab
+    ua = 1.0
+    da = 1.0
+    ub = 1.0
+    db = 1.0
+    ka = 0.0
+    kb = 0.0
+    for k in range(1, radius + 1):
+        ua *= pa
+        da *= ia
+        ub *= pb
+        db *= ib
+        ka += ba
+        kb += bb
+        ra[radius + k] += ua * (aa + ka)
+        ra[radius - k] += da * (aa - ka)
+        rb[radius + k] += ub * (ab + kb)
+        rb[radius - k] += db * (ab - kb)
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
     """acc[c, jb, k + r] = sum over values with nearest padded centre jb of
@@ -601,21 +626,25 @@ def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
     The weight gradient is then ``out[c, jb + k] = exp(-k² s²/2) acc[c, jb, k + r]``
     (``c0 G + c1 G'`` with ``G_{j0+k} = A B^k exp(-k² s²/2)``,
     ``G' = -G (d - k s) / sigma``), folded by the caller.  Parallel over channels (each
-    thread owns ``acc[c]``); even and odd pixels go to two accumulator copies so that runs
-    of pixels with the same centre do not form one long store-to-load chain.
+    thread owns ``acc[c]``).  ``α``, ``β`` are computed for a whole row first (vectorised);
+    then even and odd pixels are scattered in pairs into two accumulator copies: two
+    independent chains of powers, and runs of pixels with the same centre do not form one
+    long store-to-load chain.
     """
     N, F, H, W = x.shape
     s = cst[2]
     inv_s = cst[3]
-    one = cst[11]
+    zero = s - s
     R = 2 * radius + 1
     for c in prange(F):
         jb = np.empty(W, np.int32)
-        buf = np.empty((4, W), x.dtype)
+        buf = np.empty((6, W), x.dtype)
         ga = buf[0]
         dc = buf[1]
         bb = buf[2]
         bv = buf[3]
+        al = buf[4]
+        be = buf[5]
         a2 = np.zeros((2, acc.shape[1], R), np.float64)
         for n in range(N):
             for p in range(H):
@@ -623,26 +652,18 @@ def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
                 r0 = c0[n, c, p]
                 r1 = c1[n, c, p]
                 for q in range(W):
-                    g = np.float64(ga[q])
-                    if use_c1:
-                        e1 = np.float64(r1[q]) * inv_s
-                    else:
-                        e1 = 0.0
-                    al = g * (np.float64(r0[q]) - e1 * np.float64(dc[q]))
-                    be = g * e1 * np.float64(s)
-                    b = np.float64(bb[q])
-                    bi = np.float64(bv[q])
-                    row = a2[q & 1, jb[q]]
-                    row[radius] += al
-                    pu = 1.0
-                    pd = 1.0
-                    kb = 0.0
-                    for k in range(1, radius + 1):
-                        pu *= b
-                        pd *= bi
-                        kb += be
-                        row[radius + k] += pu * (al + kb)
-                        row[radius - k] += pd * (al - kb)
+                    e1 = r1[q] * inv_s if use_c1 else zero
+                    al[q] = ga[q] * (r0[q] - e1 * dc[q])
+                    be[q] = ga[q] * e1 * s
+                for q in range(0, W, 2):
+                    q2 = min(q + 1, W - 1)
+                    # an odd last pixel is paired with itself, its copy weighted zero
+                    w2 = 1.0 if q2 > q else 0.0
+                    _wgrad_scatter2(a2[0, jb[q]], a2[1, jb[q2]], radius,
+                                    np.float64(al[q]), np.float64(be[q]),
+                                    np.float64(bb[q]), np.float64(bv[q]),
+                                    w2 * np.float64(al[q2]), w2 * np.float64(be[q2]),
+                                    np.float64(bb[q2]), np.float64(bv[q2]))
         for j in range(acc.shape[1]):
             for m in range(R):
                 acc[c, j, m] = a2[0, j, m] + a2[1, j, m]
