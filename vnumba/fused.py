@@ -35,6 +35,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
+# Fast-math flags of the kernels on the forward path: contraction to FMA and the like, but
+# no reassociation (and no "no NaN" assumption): LLVM then computes a pixel the same way in the
+# vectorised loop body and in the scalar remainder, so a result does not depend on where the
+# pixel falls in a row — tiled prediction equals untiled prediction bit for bit.
+_FM = {"nsz", "arcp", "contract", "afn"}
+
+
 # ----------------------------------------------------------------------------- convolution
 # Three register blockings of one loop nest: OB output channels × a group of five taps of a
 # kernel row per pass over a contiguous row segment.  Per vector of eight pixels that is five
@@ -44,7 +51,7 @@ from numba import njit, prange
 # 3 for 24→24 5×5 and for 20→3 11×11 (the adjoint of K^u), 2 for 3→20 11×11.
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=_FM)
 def _corr_valid_o4(xp, k, out):
     """out[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] xp[n, c, p + i, q + j]; O % 4 == 0."""
     N, C, _, _ = xp.shape
@@ -85,10 +92,10 @@ def _corr_valid_o4(xp, k, out):
                         x2 = row[j + q + 2]
                         x3 = row[j + q + 3]
                         x4 = row[j + q + 4]
-                        a0[q] += k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
-                        a1[q] += k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
-                        a2[q] += k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
-                        a3[q] += k30 * x0 + k31 * x1 + k32 * x2 + k33 * x3 + k34 * x4
+                        a0[q] = a0[q] + k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
+                        a1[q] = a1[q] + k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
+                        a2[q] = a2[q] + k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
+                        a3[q] = a3[q] + k30 * x0 + k31 * x1 + k32 * x2 + k33 * x3 + k34 * x4
                     j += 5
                 while j < ks:  # taps left over (ks not a multiple of 5)
                     k00 = k[o, c, i, j]
@@ -104,7 +111,7 @@ def _corr_valid_o4(xp, k, out):
                     j += 1
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=_FM)
 def _corr_valid_o3(xp, k, out):
     """As :func:`_corr_valid_o4` with three output channels per block; O % 3 == 0."""
     N, C, _, _ = xp.shape
@@ -141,9 +148,9 @@ def _corr_valid_o3(xp, k, out):
                         x2 = row[j + q + 2]
                         x3 = row[j + q + 3]
                         x4 = row[j + q + 4]
-                        a0[q] += k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
-                        a1[q] += k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
-                        a2[q] += k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
+                        a0[q] = a0[q] + k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
+                        a1[q] = a1[q] + k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
+                        a2[q] = a2[q] + k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
                     j += 5
                 while j < ks:
                     k00 = k[o, c, i, j]
@@ -157,7 +164,7 @@ def _corr_valid_o3(xp, k, out):
                     j += 1
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=_FM)
 def _corr_valid_o2(xp, k, out):
     """As :func:`_corr_valid_o4` with two output channels per block; O % 2 == 0."""
     N, C, _, _ = xp.shape
@@ -190,8 +197,8 @@ def _corr_valid_o2(xp, k, out):
                         x2 = row[j + q + 2]
                         x3 = row[j + q + 3]
                         x4 = row[j + q + 4]
-                        a0[q] += k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
-                        a1[q] += k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
+                        a0[q] = a0[q] + k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
+                        a1[q] = a1[q] + k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
                     j += 5
                 while j < ks:
                     k00 = k[o, c, i, j]
@@ -356,7 +363,7 @@ def rbf_constants(grid, dtype):
     return np.array(head + list(_EXP_TAYLOR), dtype=dtype), m
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=_FM, inline="always")
 def _exp_taylor(y, cst):
     # Horner on the _NT coefficients stored from cst[11]
     e = cst[11 + _NT - 1]
@@ -365,7 +372,7 @@ def _exp_taylor(y, cst):
     return e
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=_FM)
 def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb, bi):
     """Per pixel: padded index ``jb`` of the nearest centre, ``A = exp(-δ² s²/2)`` (zero for
     values out of reach or NaN), ``d = δ s``, ``B = exp(δ s²)`` and ``1/B``.  Vectorised:
@@ -442,7 +449,7 @@ def rbf_tables(w, grid, dtype):
     return np.ascontiguousarray(tab, dtype=dtype)
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=_FM, inline="always")
 def _horner_s0x4(t0, t1, t2, t3, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
     """S_0 of four pixels: eight independent Horner chains, so the multiply-adds overlap."""
     p0 = zero
@@ -465,7 +472,7 @@ def _horner_s0x4(t0, t1, t2, t3, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
     return p0 + n0, p1 + n1, p2 + n2, p3 + n3
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=_FM, inline="always")
 def _horner_s01x2(t0, t1, b0, b1, i0, i1, radius, zero):
     """S_0 and S_1 of two pixels: Horner with the first derivative carried along."""
     p0 = zero
@@ -488,7 +495,7 @@ def _horner_s01x2(t0, t1, b0, b1, i0, i1, radius, zero):
     return p0 + n0, b0 * q0 - i0 * m0, p1 + n1, b1 * q1 - i1 * m1
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@njit(cache=True, fastmath=_FM, inline="always")
 def _horner_s012(t, b, bi, radius, zero):
     """S_0, S_1, S_2 of one pixel: Horner with first and second derivatives (six chains)."""
     p = zero
@@ -510,7 +517,7 @@ def _horner_s012(t, b, bi, radius, zero):
     return p + n, bp - yn, bp + yn + e + e
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=_FM)
 def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v1, v2):
     """phi, phi', phi'' on a row from the setup buffers (``ga`` = A, ``dc`` = d = δ s,
     ``bb`` = B, ``bi`` = 1/B) and the channel's Horner table (:func:`rbf_tables`).
@@ -567,7 +574,7 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
 _RBF_ROWS = 8  # image rows per job of _rbf_apply_rows (its row buffers are allocated per job)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=_FM)
 def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
     """phi (into channel ``c + off`` of ``v0``), phi', phi'' (channel ``c`` of ``v1``,
     ``v2``) of every row of ``x``; one job is a block of rows of one channel."""
