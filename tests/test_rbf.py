@@ -1,4 +1,4 @@
-"""RBF pointwise functions: window + recursion vs all-Gaussian reference, derivatives by
+"""RBF pointwise functions: window + Horner polynomials vs all-Gaussian reference, derivatives by
 finite differences, weight gradients."""
 import numpy as np
 import pytest

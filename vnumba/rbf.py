@@ -9,15 +9,17 @@ with ``n_w`` centres ``mu_j = rbf_min + j * h`` equally spaced on ``[rbf_min, rb
 
 Only the ``2 * radius + 1`` centres nearest to ``x`` are evaluated: the others are below
 ``exp(-radius^2 / (2 f^2))`` (f = sigma factor), and evaluating them blindly costs time
-and produces denormal floats (``docs/method`` §5).  Along equally spaced centres the Gaussians
-obey a two-term recursion, so each value needs two exponentials, not ``2 radius + 1``:
-with ``d_j = (x - mu_j) / sigma`` and ``s = h / sigma``,
+and produces denormal floats (``docs/method`` §5).  With the nearest centre ``j0``,
+``x = mu_{j0} + δ h`` and ``s = h / sigma``, the Gaussians of the window factor as
 
-    G_{j+1} = G_j * exp(s d_j - s^2 / 2),   exp(s d_{j+1}) = exp(s d_j) * exp(-s^2).
+    G_{j0+k}(x) = A B^k exp(-k^2 s^2 / 2),   A = exp(-δ^2 s^2 / 2),   B = exp(δ s^2),
 
-The kernels (:mod:`vnumba.fused`) start at the nearest centre, where both exponentials have
-arguments in ``[-1/2, 1/2]`` (after squarings for narrow Gaussians) and are evaluated by a
-Taylor polynomial exact to double rounding.
+so each value needs two exponentials, not ``2 radius + 1``, and ``phi`` is ``A`` times a
+polynomial in ``B`` and ``1/B`` whose coefficients ``w[c, j0 + k] exp(-k^2 s^2 / 2)`` are
+tabulated per channel and centre; the kernels (:mod:`vnumba.fused`) evaluate it by Horner's
+rule, derivatives carried along (``docs/gradients.md`` §2).  Both exponentials have arguments
+in ``[-1/2, 1/2]`` (after squarings for narrow Gaussians) and are Taylor polynomials exact to
+double rounding.
 
 Derivatives: ``G_j' = -G_j d_j / sigma``, ``G_j'' = G_j (d_j^2 - 1) / sigma^2``.
 
