@@ -1,8 +1,8 @@
 """Kernel-level benchmark of the CPU network's building blocks at the article's sizes.
 
-Times, for one 300×300 image (``--size``), every register blocking of the valid correlation
-(``vnumba.fused.corr_valid_fast(..., block=2|3|4)``) on the three shapes the network uses, the
-kernel gradients, and the RBF evaluations (orders 0, 1, 2) and weight gradient.
+Times, for one 300×300 image (``--size``), the valid correlation
+(``vnumba.fused.corr_valid_fast``) on the three shapes the network uses, the kernel
+gradients, and the RBF evaluations (orders 0, 1, 2) and weight gradient.
 
 This machine's speed drifts over minutes (``bench/README.md``), so the variants are timed in
 interleaved rounds and the best time of each is reported: a slow minute then costs every
@@ -44,10 +44,7 @@ def cases(size: int, rng: np.random.Generator):
         xp = rng.standard_normal((1, C, S + ks - 1, S + ks - 1)).astype(np.float32)
         k = (0.05 * rng.standard_normal((O, C, ks, ks))).astype(np.float32)
         gflop = 2.0 * S * S * C * O * ks * ks / 1e9
-        for b in (2, 3, 4):
-            mark = " *" if fused.conv_block(O, ks) == b else ""
-            out.append((f"corr {label}, block {b}{mark}",
-                        lambda xp=xp, k=k, b=b: fused.corr_valid_fast(xp, k, block=b), gflop, None))
+        out.append((f"corr {label}", lambda xp=xp, k=k: fused.corr_valid_fast(xp, k), gflop, None))
     for label, C, O, ks in (("K", cfg.nf, cfg.nf, cfg.ks), ("K^u", cfg.n_channels, cfg.nf_u, cfg.ks_u)):
         y = rng.standard_normal((1, O, size, size)).astype(np.float32)
         x = rng.standard_normal((1, C, size, size)).astype(np.float32)
@@ -88,7 +85,6 @@ def main(argv=None):
                 t = time.perf_counter()
                 fn()
                 best[i] = min(best[i], time.perf_counter() - t)
-    print("  (* = the block conv_block() picks for that shape)")
     for (label, _, gflop, values), t in zip(todo, best):
         rate = f"{gflop / t:7.1f} GFLOP/s" if gflop else f"{t / values * 1e9:7.2f} ns/value"
         print(f"  {label:44s} {t * 1e3:8.2f} ms  {rate}")

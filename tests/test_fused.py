@@ -1,6 +1,6 @@
 """The fast kernels of vnumba.fused against plain NumPy references (tests/naive.py), on the
-awkward cases the blocking creates: output channels not a multiple of the block of four,
-odd kernel widths (one tap left after the tap pairs), float32 accuracy of long sums, the
+awkward cases the blocking creates: output channels not a multiple of the block of three,
+kernel widths that are not a multiple of the five-tap group, float32 accuracy of long sums, the
 Taylor-polynomial exponentials, and the RBF window semantics."""
 import numpy as np
 import pytest
@@ -25,26 +25,17 @@ def test_blocked_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, 
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("block", [2, 3, 4])
-@pytest.mark.parametrize("C,O,ks", [(2, 5, 5), (3, 4, 11), (1, 3, 7), (2, 6, 3), (1, 2, 1)])
-def test_every_register_blocking_matches_reference(block, C, O, ks):
+@pytest.mark.parametrize("C,O,ks", [(2, 5, 5), (3, 4, 11), (1, 3, 7), (2, 6, 3), (1, 2, 1), (2, 1, 5)])
+def test_blocked_correlation_matches_reference_for_every_tap_split_and_channel_count(C, O, ks):
     # tap groups of five plus single taps (ks 11 = 5 + 5 + 1, 7 = 5 + 2, 3 and 1 single
-    # only), output channels padded up to the block
+    # only), output channels padded up to a multiple of the block of three
     rng = np.random.default_rng(20 + ks)
     N, H, W = 2, 6, 9
     xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
     k = rng.standard_normal((O, C, ks, ks))
-    got = fused.corr_valid_fast(xp, k, block=block)
+    got = fused.corr_valid_fast(xp, k)
     assert got.shape == (N, O, H, W)
     np.testing.assert_allclose(got, naive.corr_valid(xp, k), rtol=1e-12, atol=1e-12)
-
-
-def test_block_choice_follows_the_measured_rule():
-    assert fused.conv_block(24, 5) == 3   # K
-    assert fused.conv_block(4, 5) == 4    # K^m
-    assert fused.conv_block(3, 11) == 3   # adjoint of K^u
-    assert fused.conv_block(20, 11) == 2  # K^u
-    assert fused.conv_block(1, 5) == 2    # adjoint of K^m (padded to two)
 
 
 @pytest.mark.parametrize("O,ks", [(6, 5), (4, 3), (1, 5)])
@@ -98,6 +89,23 @@ def test_rbf_window_matches_reference_definition(sigma_factor, radius):
         bad = np.isnan(x)
         assert np.all(g[bad] == 0.0)
         np.testing.assert_allclose(g[~bad], r[~bad], rtol=1e-10, atol=1e-10 * np.nanmax(np.abs(r)))
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("W", [9, 10, 11, 12])
+def test_each_rbf_order_matches_reference_for_every_row_remainder(order, W):
+    # order 0 evaluates four pixels per Horner pass, order 1 two, order 2 one: row widths
+    # 9..12 leave every possible remainder of those groups
+    cfg = ModelConfig(nf_u=2)
+    grid = RBFGrid(cfg)
+    rng = np.random.default_rng(30 + W)
+    x = rng.uniform(-1.5, 1.5, size=(2, 2, 3, W))
+    w = rng.standard_normal((2, cfg.n_w))
+    got = rbf_apply(x, w, grid, order=order)
+    ref = naive.rbf_window(x, w, grid.mu0, grid.h, grid.sigma, grid.n_w, grid.radius)
+    assert len(got) == order + 1
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
 
 
 @pytest.mark.parametrize("order", [0, 1, 2])

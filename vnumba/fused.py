@@ -6,11 +6,11 @@ are in ``tests/naive.py`` (block "fused kernels (perf)"), compared in ``tests/te
 
 Why the loops look the way they do (this CPU: 2 AVX2 cores, no SVML; ``bench/README.md``):
 
-* **Convolutions** — ``_corr_valid_o4/o3/o2``: one job is one output row of a block of
-  four (three, two) output channels.  The innermost loop runs along the contiguous image row
+* **Convolutions** — ``_corr_valid_blocked``: one job is one output row of a block of
+  three output channels.  The innermost loop runs along the contiguous image row
   (LLVM vectorises it) and reads five neighbouring taps ``x[q + j .. q + j + 4]`` once for
   all accumulator rows, so every accumulator load/store carries five multiply-adds.  The
-  accumulator rows (OB × W floats) stay in L1.  Parallel over
+  accumulator rows (3 × W floats) stay in L1.  Parallel over
   ``batch × channel-block × row``, so a batch of one keeps both cores busy.
 * **Adjoint** — ``C_valid^T y`` ("full" convolution) equals the valid correlation of the
   zero-padded ``y`` with the flipped, channel-transposed filter bank, so the adjoint reuses
@@ -23,7 +23,7 @@ Why the loops look the way they do (this CPU: 2 AVX2 cores, no SVML; ``bench/REA
   exact to double rounding; no ``exp`` call).  The window sum is then a polynomial in ``B``
   and ``1/B`` whose coefficients (weights × ``exp(-k² s²/2)``) are tabulated per channel and
   centre (:func:`rbf_tables`); ``_rbf_eval_row`` evaluates it by Horner's rule for four
-  pixels at once (eight independent multiply-add chains).  The table reads are gathers, so
+  (order 0) or two (order 1) pixels at once, so that independent multiply-add chains overlap.  The table reads are gathers, so
   this loop is scalar; the interleaving is what makes it fast.
 * All scalar constants enter as arrays of the working dtype: a Python float constant would
   silently promote float32 arithmetic to float64.
@@ -43,77 +43,18 @@ _FM = {"nsz", "arcp", "contract", "afn"}
 
 
 # ----------------------------------------------------------------------------- convolution
-# Three register blockings of one loop nest: OB output channels × a group of five taps of a
-# kernel row per pass over a contiguous row segment.  Per vector of eight pixels that is five
-# input loads, OB accumulator loads and stores, and 5·OB multiply-adds: the stores (one 256-bit
-# store per cycle on this CPU) no longer limit the loop as they did with two taps per pass.
-# Which OB is fastest depends on the shape (bench/README.md, "convolution kernels"):
-# 3 for 24→24 5×5 and for 20→3 11×11 (the adjoint of K^u), 2 for 3→20 11×11.
+# One register blocking: three output channels × a group of five taps of a kernel row per pass
+# over a contiguous row segment.  Per vector of eight pixels that is five input loads, three
+# accumulator loads and stores, and 15 multiply-adds: the stores (one 256-bit store per cycle
+# on this CPU) no longer limit the loop as they did with two taps per pass.  Blocks of two and
+# four outputs were measured too (bench/README.md): three is best or within 5 % of the best on
+# all three shapes of the network (24→24 5×5, 20→3 11×11, 3→20 11×11), and on 20→3, the
+# adjoint of K^u, the others lose 20–40 % (both pad it to four channels, one of them zero).
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _corr_valid_o4(xp, k, out):
-    """out[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] xp[n, c, p + i, q + j]; O % 4 == 0."""
-    N, C, _, _ = xp.shape
-    O, _, ks, _ = k.shape
-    H = out.shape[2]
-    W = out.shape[3]
-    nob = O // 4
-    # channel block innermost: consecutive jobs (one thread's share) reuse the same C × ks
-    # input rows from L2 instead of streaming the whole input once per channel block
-    for job in prange(N * nob * H):
-        n = job // (nob * H)
-        p = (job // nob) % H
-        o = (job % nob) * 4
-        a0 = out[n, o, p]
-        a1 = out[n, o + 1, p]
-        a2 = out[n, o + 2, p]
-        a3 = out[n, o + 3, p]
-        a0[:] = 0
-        a1[:] = 0
-        a2[:] = 0
-        a3[:] = 0
-        for c in range(C):
-            for i in range(ks):
-                row = xp[n, c, p + i]
-                j = 0
-                while j + 5 <= ks:
-                    k00 = k[o, c, i, j]; k01 = k[o, c, i, j + 1]; k02 = k[o, c, i, j + 2]
-                    k03 = k[o, c, i, j + 3]; k04 = k[o, c, i, j + 4]
-                    k10 = k[o + 1, c, i, j]; k11 = k[o + 1, c, i, j + 1]; k12 = k[o + 1, c, i, j + 2]
-                    k13 = k[o + 1, c, i, j + 3]; k14 = k[o + 1, c, i, j + 4]
-                    k20 = k[o + 2, c, i, j]; k21 = k[o + 2, c, i, j + 1]; k22 = k[o + 2, c, i, j + 2]
-                    k23 = k[o + 2, c, i, j + 3]; k24 = k[o + 2, c, i, j + 4]
-                    k30 = k[o + 3, c, i, j]; k31 = k[o + 3, c, i, j + 1]; k32 = k[o + 3, c, i, j + 2]
-                    k33 = k[o + 3, c, i, j + 3]; k34 = k[o + 3, c, i, j + 4]
-                    for q in range(W):
-                        x0 = row[j + q]
-                        x1 = row[j + q + 1]
-                        x2 = row[j + q + 2]
-                        x3 = row[j + q + 3]
-                        x4 = row[j + q + 4]
-                        a0[q] = a0[q] + k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
-                        a1[q] = a1[q] + k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
-                        a2[q] = a2[q] + k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
-                        a3[q] = a3[q] + k30 * x0 + k31 * x1 + k32 * x2 + k33 * x3 + k34 * x4
-                    j += 5
-                while j < ks:  # taps left over (ks not a multiple of 5)
-                    k00 = k[o, c, i, j]
-                    k10 = k[o + 1, c, i, j]
-                    k20 = k[o + 2, c, i, j]
-                    k30 = k[o + 3, c, i, j]
-                    for q in range(W):
-                        x0 = row[j + q]
-                        a0[q] += k00 * x0
-                        a1[q] += k10 * x0
-                        a2[q] += k20 * x0
-                        a3[q] += k30 * x0
-                    j += 1
-
-
-@njit(cache=True, parallel=True, fastmath=_FM)
-def _corr_valid_o3(xp, k, out):
-    """As :func:`_corr_valid_o4` with three output channels per block; O % 3 == 0."""
+def _corr_valid_blocked(xp, k, out):
+    """out[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] xp[n, c, p + i, q + j]; O % 3 == 0."""
     N, C, _, _ = xp.shape
     O, _, ks, _ = k.shape
     H = out.shape[2]
@@ -164,81 +105,22 @@ def _corr_valid_o3(xp, k, out):
                     j += 1
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
-def _corr_valid_o2(xp, k, out):
-    """As :func:`_corr_valid_o4` with two output channels per block; O % 2 == 0."""
-    N, C, _, _ = xp.shape
-    O, _, ks, _ = k.shape
-    H = out.shape[2]
-    W = out.shape[3]
-    nob = O // 2
-    # channel block innermost: consecutive jobs (one thread's share) reuse the same C × ks
-    # input rows from L2 instead of streaming the whole input once per channel block
-    for job in prange(N * nob * H):
-        n = job // (nob * H)
-        p = (job // nob) % H
-        o = (job % nob) * 2
-        a0 = out[n, o, p]
-        a1 = out[n, o + 1, p]
-        a0[:] = 0
-        a1[:] = 0
-        for c in range(C):
-            for i in range(ks):
-                row = xp[n, c, p + i]
-                j = 0
-                while j + 5 <= ks:
-                    k00 = k[o, c, i, j]; k01 = k[o, c, i, j + 1]; k02 = k[o, c, i, j + 2]
-                    k03 = k[o, c, i, j + 3]; k04 = k[o, c, i, j + 4]
-                    k10 = k[o + 1, c, i, j]; k11 = k[o + 1, c, i, j + 1]; k12 = k[o + 1, c, i, j + 2]
-                    k13 = k[o + 1, c, i, j + 3]; k14 = k[o + 1, c, i, j + 4]
-                    for q in range(W):
-                        x0 = row[j + q]
-                        x1 = row[j + q + 1]
-                        x2 = row[j + q + 2]
-                        x3 = row[j + q + 3]
-                        x4 = row[j + q + 4]
-                        a0[q] = a0[q] + k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
-                        a1[q] = a1[q] + k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
-                    j += 5
-                while j < ks:
-                    k00 = k[o, c, i, j]
-                    k10 = k[o + 1, c, i, j]
-                    for q in range(W):
-                        x0 = row[j + q]
-                        a0[q] += k00 * x0
-                        a1[q] += k10 * x0
-                    j += 1
+OB = 3  # output channels per register block of _corr_valid_blocked
 
 
-def conv_block(O, ks):
-    """Output channels per register block for an ``O``-output, ``ks``×``ks`` correlation
-    (measured on this CPU, ``bench/README.md``)."""
-    if O % 3 == 0:
-        return 3
-    if O % 4 == 0 and ks <= 5:
-        return 4
-    return 2
-
-
-_CORR_KERNELS = {4: _corr_valid_o4, 3: _corr_valid_o3, 2: _corr_valid_o2}
-
-
-def corr_valid_fast(xp, k, block=None):
-    """Valid correlation through a blocked kernel (output channels padded with zero filters
-    to a multiple of the block; the result is a view without them).
-
-    ``block`` (2, 3 or 4) overrides :func:`conv_block`; the tests run every kernel."""
+def corr_valid_fast(xp, k):
+    """Valid correlation through the blocked kernel (output channels padded with zero filters
+    to a multiple of three; the result is a view without them)."""
     N, C, Hp, Wp = xp.shape
     O, _, ks, _ = k.shape
-    ob = conv_block(O, ks) if block is None else int(block)
-    Op = -(-O // ob) * ob
+    Op = -(-O // OB) * OB
     if Op != O:
         kk = np.zeros((Op, C, ks, ks), dtype=k.dtype)
         kk[:O] = k
     else:
         kk = np.ascontiguousarray(k)
     out = np.empty((N, Op, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
-    _CORR_KERNELS[ob](xp, kk, out)
+    _corr_valid_blocked(xp, kk, out)
     return out if Op == O else out[:, :O]
 
 
