@@ -229,3 +229,18 @@ def test_forward_in_chunks_equals_the_whole_batch():
         np.testing.assert_array_equal(got[1], whole[1])
     with pytest.raises(ValueError, match="chunk"):
         model.forward(p, CFG, u0, m0, chunk=0)
+
+
+def test_loss_and_grad_checks_its_input_like_forward():
+    rng = np.random.default_rng(12)
+    p = _params(rng)
+    u0, gu, gm, m0 = _data(rng)
+    with pytest.raises(ValueError, match="channels"):
+        model.loss_and_grad(p, CFG, u0[:, :2].copy(), gu[:, :2].copy(), gm, m0)
+    with pytest.raises(ValueError, match="smaller than"):
+        model.loss_and_grad(p, CFG, u0[:, :, :1, :1].copy(), gu[:, :, :1, :1].copy(),
+                            gm[:, :1, :1].copy(), m0[:, :1, :1].copy())
+    bad = u0.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.loss_and_grad(p, CFG, bad, gu, gm, m0)

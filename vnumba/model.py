@@ -290,6 +290,22 @@ def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = F
     m_T : ndarray, shape (N, H, W)
     states : list, only if ``return_states``
     """
+    u0, m = _check_input(params, cfg, u0, m0)
+    chunk = _check_chunk(chunk)
+    N = u0.shape[0]
+    if return_states:
+        return _run_steps(params, cfg, u0, m)[0]
+    u_T = np.empty_like(u0)
+    m_T = np.empty_like(m)
+    for s0 in range(0, N, chunk):
+        sl = slice(s0, min(N, s0 + chunk))
+        u_T[sl], m_T[sl] = _run_steps(params, cfg, u0[sl], m[sl], keep_states=False)[0][:2]
+    return u_T, m_T
+
+
+def _check_input(params, cfg, u0, m0):
+    """Validate the parameters and a network input; return contiguous ``u0`` and ``m0``
+    (zeros when ``m0`` is None)."""
     dt = check_params(params, cfg)
     _check_batch("u0", u0, 4, dt)
     N, C, H, W = u0.shape
@@ -298,28 +314,41 @@ def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = F
     r = max(cfg.ks_u, cfg.ks_m, cfg.ks) // 2
     if H < r or W < r:
         raise ValueError(f"image {H}x{W} smaller than the largest kernel radius {r}")
-    u0 = np.ascontiguousarray(u0)
     m = np.zeros((N, H, W), dt) if m0 is None else np.ascontiguousarray(m0)
     _check_batch("m0", m, 3, dt, (N, H, W))
+    return np.ascontiguousarray(u0), m
+
+
+def _check_chunk(chunk):
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if not return_states and N > chunk:
-        u_T = np.empty_like(u0)
-        m_T = np.empty_like(m)
-        for s0 in range(0, N, chunk):
-            sl = slice(s0, min(N, s0 + chunk))
-            u_T[sl], m_T[sl] = forward(params, cfg, u0[sl], m[sl], chunk=chunk)
-        return u_T, m_T
-    u = u0
-    states = [(u, m)]
+    return chunk
+
+
+def _run_steps(params, cfg, u0, m0, keep_states=True, record=False):
+    """The unrolled steps on checked, contiguous inputs.
+
+    Returns
+    -------
+    tuple
+        ``(u_T, m_T, states)`` (``states`` = ``[(u_0, m_0), ..., (u_T, m_T)]``, or None
+        without ``keep_states``) and the list of the steps' records (``keep="record"`` of
+        :func:`step_forward`; empty without ``record``).
+    """
+    u, m = u0, m0
+    states = [(u, m)] if keep_states else None
+    records = []
     for t in range(cfg.n_steps):
-        u, m = step_forward(step_params(params, t), cfg, u, m, u0)
-        if return_states:
+        p = step_params(params, t)
+        if record:
+            u, m, rec = step_forward(p, cfg, u, m, u0, keep="record")
+            records.append(rec)
+        else:
+            u, m = step_forward(p, cfg, u, m, u0)
+        if keep_states:
             states.append((u, m))
-    if return_states:
-        return u, m, states
-    return u, m
+    return (u, m, states), records
 
 
 def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: int = 1,
@@ -368,18 +397,14 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
     processing one image at a time keeps a batch-8 iteration at 300×300 far below 1 GB
     (``bench/README.md``).
     """
-    dt = check_params(params, cfg)
-    _check_batch("u0", u0, 4, dt)
+    u0, m0 = _check_input(params, cfg, u0, m0)
+    dt = u0.dtype
     N, C, H, W = u0.shape
     _check_batch("gu", gu, 4, dt, u0.shape)
     _check_batch("gm", gm, 3, dt, (N, H, W))
-    if m0 is not None:
-        _check_batch("m0", m0, 3, dt, (N, H, W))
     if store not in ("convs", "states"):
         raise ValueError(f"store must be 'convs' or 'states', got {store!r}")
-    chunk = int(chunk)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    chunk = _check_chunk(chunk)
     scale = 1.0 / (N * H * W)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     u_T = np.empty_like(u0)
@@ -387,32 +412,19 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
     loss = 0.0
     for s0 in range(0, N, chunk):
         sl = slice(s0, min(N, s0 + chunk))
-        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl],
-                                     None if m0 is None else m0[sl], scale, grads,
+        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl], m0[sl], scale, grads,
                                      u_T[sl], m_T[sl], store)
     return float(loss), grads, u_T, m_T
 
 
 def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, scale, grads, u_out, m_out, store):
-    """Loss contribution of some images (``scale`` = 1 / (N H W) of the whole batch); adds
-    their parameter gradients to ``grads`` and writes their final states to ``u_out``,
-    ``m_out``."""
+    """Loss contribution of some images (checked, contiguous inputs; ``scale`` = 1 / (N H W)
+    of the whole batch); adds their parameter gradients to ``grads`` and writes their final
+    states to ``u_out``, ``m_out``."""
     dt = u0.dtype
-    u0 = np.ascontiguousarray(u0)
-    T = cfg.n_steps
-    if store == "states":
-        u_T, m_T, states = forward(params, cfg, u0, m0, return_states=True)
-        records = [None] * T
-    else:
-        u = u0
-        m = np.zeros(u0.shape[:1] + u0.shape[2:], dt) if m0 is None else np.ascontiguousarray(m0)
-        states = [(u, m)]
-        records = []
-        for t in range(T):
-            u, m, rec = step_forward(step_params(params, t), cfg, u, m, u0, keep="record")
-            states.append((u, m))
-            records.append(rec)
-        u_T, m_T = u, m
+    (u_T, m_T, states), records = _run_steps(params, cfg, u0, m0, record=store == "convs")
+    if not records:
+        records = [None] * cfg.n_steps
     du = u_T - gu
     dm = m_T - gm
     loss = scale * (np.sum(du.astype(np.float64) ** 2) / 6.0 + np.sum(dm.astype(np.float64) ** 2) / 2.0)
