@@ -33,6 +33,16 @@ def _interior(states, margin=1e-3):
     return all(np.all((x > margin) & (x < 1 - margin)) for st in states for x in st)
 
 
+def _one_step(seed, t):
+    """The generator (for further draws), one step's parameters, the network input u0, a
+    state (u, m) off the clip's kinks and random output gradients (ubar, mbar)."""
+    rng = np.random.default_rng(seed)
+    p = model.step_params(_params(rng), t)
+    u0, _, _, m = _data(rng)
+    u = 0.3 + 0.4 * rng.random(u0.shape)
+    return rng, p, u0, u, m, rng.standard_normal(u.shape), rng.standard_normal(m.shape)
+
+
 def test_states_of_the_test_network_stay_off_the_clip_kinks():
     rng = np.random.default_rng(0)
     p = _params(rng)
@@ -49,12 +59,7 @@ def _rel(a, b):
 
 
 def test_one_step_input_gradient_is_v_minus_hessian_vector_product():
-    rng = np.random.default_rng(1)
-    p = model.step_params(_params(rng), 0)
-    u0, _, _, m = _data(rng)
-    u = 0.3 + 0.4 * rng.random(u0.shape)
-    ubar = rng.standard_normal(u.shape)
-    mbar = rng.standard_normal(m.shape)
+    rng, p, u0, u, m, ubar, mbar = _one_step(1, 0)
     ui, mi, _ = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
 
     def J(uu, mm):
@@ -87,12 +92,7 @@ def test_hessian_of_one_step_is_symmetric():
 
 @pytest.mark.parametrize("name", PARAM_NAMES)
 def test_one_step_parameter_gradient_matches_finite_differences(name):
-    rng = np.random.default_rng(3)
-    p = model.step_params(_params(rng), 0)
-    u0, _, _, m = _data(rng)
-    u = 0.3 + 0.4 * rng.random(u0.shape)
-    ubar = rng.standard_normal(u.shape)
-    mbar = rng.standard_normal(m.shape)
+    rng, p, u0, u, m, ubar, mbar = _one_step(3, 0)
     _, _, g = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
 
     def J(pp):
@@ -188,12 +188,7 @@ def test_batch_chunks_and_stored_quantities_do_not_change_loss_or_gradient(chunk
 
 
 def test_one_step_backward_from_the_record_equals_the_recomputed_one():
-    rng = np.random.default_rng(9)
-    p = model.step_params(_params(rng), 1)
-    u0, _, _, m = _data(rng)
-    u = 0.3 + 0.4 * rng.random(u0.shape)
-    ubar = rng.standard_normal(u.shape)
-    mbar = rng.standard_normal(m.shape)
+    rng, p, u0, u, m, ubar, mbar = _one_step(9, 1)
     un, mn, rec = model.step_forward(p, CFG, u, m, u0, keep="record")
     un2, mn2 = model.step_forward(p, CFG, u, m, u0)
     np.testing.assert_array_equal(un, un2)
