@@ -1,18 +1,24 @@
 """The fast kernels of vnumba.fused against plain NumPy references (tests/naive.py), on the
-awkward cases the blocking creates: output channels not a multiple of the block of three,
-kernel widths that are not a multiple of the five-tap group, float32 accuracy of long sums, the
-Taylor-polynomial exponentials, and the RBF window semantics."""
+awkward cases the tiling creates: output channels not a multiple of the block of three, rows
+narrower than a tile or a vector (each of the three code paths of the convolution), the
+overlapping last tile of a row, float32 accuracy of long sums, the Taylor-polynomial
+exponentials, and the RBF window semantics; and the SIMD primitives the convolution is
+written with (vnumba.simd) against NumPy."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
+from numba import njit
 
 from vnumba import fused
 from vnumba.config import ModelConfig
 from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+from vnumba.simd import lanes, sfma, vbcast, vfma, vload, vsplat, vstore
 import naive
 
 
 @pytest.mark.parametrize("N,C,O,H,W,ks", [(1, 3, 5, 7, 9, 5), (2, 2, 3, 6, 5, 3), (1, 1, 8, 5, 6, 1)])
-def test_blocked_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, ks):
+def test_tiled_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, ks):
     rng = np.random.default_rng(10)
     xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
     k = rng.standard_normal((O, C, ks, ks))
@@ -26,16 +32,108 @@ def test_blocked_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, 
 
 
 @pytest.mark.parametrize("C,O,ks", [(2, 5, 5), (3, 4, 11), (1, 3, 7), (2, 6, 3), (1, 2, 1), (2, 1, 5)])
-def test_blocked_correlation_matches_reference_for_every_tap_split_and_channel_count(C, O, ks):
-    # tap groups of five plus single taps (ks 11 = 5 + 5 + 1, 7 = 5 + 2, 3 and 1 single
-    # only), output channels padded up to a multiple of the block of three
+def test_tiled_correlation_matches_reference_for_every_kernel_size_and_channel_count(C, O, ks):
+    # output channels filled up to a multiple of the block of three (1, 2, 4, 5)
     rng = np.random.default_rng(20 + ks)
     N, H, W = 2, 6, 9
     xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
     k = rng.standard_normal((O, C, ks, ks))
     got = fused.corr_valid_fast(xp, k)
-    assert got.shape == (N, O, H, W)
+    assert got.shape == (N, O, H, W) and got.flags.c_contiguous
     np.testing.assert_allclose(got, naive.corr_valid(xp, k), rtol=1e-12, atol=1e-12)
+
+
+def _path_widths(dtype):
+    """Row widths that reach each code path of _corr_valid_tiled: narrower than a vector
+    (scalar), one vector up to a tile (1-vector tiles, the last one overlapping), a tile
+    and more (exact multiples and an overlapping last tile)."""
+    L = 32 // np.dtype(dtype).itemsize
+    T = 4 * L
+    return [1, L - 1, L, L + 3, 2 * L, T - 1, T, T + 1, 2 * T, 2 * T + L + 1]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_tiled_correlation_matches_reference_on_every_code_path(dtype, rtol):
+    rng = np.random.default_rng(21)
+    C, O, ks, H = 2, 4, 3, 3
+    for W in _path_widths(dtype):
+        xp = rng.standard_normal((1, C, H + ks - 1, W + ks - 1)).astype(dtype)
+        k = rng.standard_normal((O, C, ks, ks)).astype(dtype)
+        got = fused.corr_valid_fast(xp, k)
+        assert got.dtype == dtype
+        ref = naive.corr_valid(xp.astype(np.float64), k.astype(np.float64))
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * np.abs(ref).max(),
+                                   err_msg=f"row width {W}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tiled_correlation_of_a_pixel_does_not_depend_on_row_width_or_code_path(dtype):
+    # what tiled prediction relies on: a pixel's value is the same bits whether it falls in
+    # a full tile, an overlapping last tile, a one-vector tile or the scalar loop
+    rng = np.random.default_rng(22)
+    C, O, ks, H = 3, 5, 5, 2
+    widths = _path_widths(dtype)
+    Wmax = max(widths)
+    xp = rng.standard_normal((1, C, H + ks - 1, Wmax + ks - 1)).astype(dtype)
+    k = rng.standard_normal((O, C, ks, ks)).astype(dtype)
+    full = fused.corr_valid_fast(xp, k)
+    for W in widths:
+        part = fused.corr_valid_fast(np.ascontiguousarray(xp[..., :W + ks - 1]), k)
+        assert np.array_equal(part, full[..., :W]), f"row width {W}"
+
+
+def test_filter_packing_is_tap_major_with_repeated_last_channel():
+    k = np.arange(4 * 2 * 3 * 3, dtype=np.float64).reshape(4, 2, 3, 3)
+    kt, orow = fused.pack_filters(k)
+    assert kt.shape == (2, 3 * 2 * 9) and list(orow) == [0, 1, 2, 3, 3, 3]
+    for b in range(2):
+        for t in range(3):
+            o = orow[3 * b + t]
+            for m, (c, i, j) in enumerate(np.ndindex(2, 3, 3)):
+                assert kt[b, 3 * m + t] == k[o, c, i, j]
+    offs = fused.tap_offsets(2, 7, 9, 3)
+    assert list(offs[:4]) == [0, 1, 2, 9] and offs[9] == 63 and offs.dtype == np.intp
+
+
+@njit
+def _simd_ops(a, b, c, out):
+    """out[0] = a*b + c (vectors), out[1] = splat of a[1], out[2] = splat of 0.5 (first
+    lanes(a) values of each row), scalar fma of the first elements in out[3, 0]."""
+    L = lanes(a)
+    vstore(out[0], 0, vfma(vload(a, 0), vload(b, 0), vload(c, 0)))
+    vstore(out[0], L, vfma(vload(a, L), vload(b, L), vload(c, L)))
+    vstore(out[1], 0, vbcast(a, 1))
+    vstore(out[2], 0, vsplat(out[3, 1]))
+    out[3, 0] = sfma(a[0], b[0], c[0])
+    return L
+
+
+def _fma_exact(a, b, c, dtype):
+    """a*b + c computed exactly (fractions), rounded once to the nearest value of dtype."""
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    x = dtype(float(exact))  # may be one ulp off for float32 (double rounding): look around
+    cands = [np.nextafter(x, dtype(-np.inf)), x, np.nextafter(x, dtype(np.inf))]
+    return min(cands, key=lambda v: abs(Fraction(float(v)) - exact))
+
+
+@pytest.mark.parametrize("dtype,L", [(np.float32, 8), (np.float64, 4)])
+def test_simd_primitives_match_numpy_and_round_once(dtype, L):
+    rng = np.random.default_rng(23)
+    a, b, c = (rng.standard_normal(2 * L).astype(dtype) for _ in range(3))
+    # a*b + c with a single rounding: (1 + e)^2 - (1 + 2e) = e^2 exactly, which a separate
+    # multiply then add loses (e = 2^-(mantissa/2 + 1): e^2 is below half an ulp of 1 + 2e)
+    e = dtype(2.0 ** -(np.finfo(dtype).nmant // 2 + 1))
+    a[0] = b[0] = dtype(1) + e
+    c[0] = -(dtype(1) + dtype(2) * e)
+    out = np.zeros((4, 2 * L), dtype)
+    out[3, 1] = 0.5
+    assert _simd_ops(a, b, c, out) == L
+    np.testing.assert_array_equal(out[0], [_fma_exact(*v, dtype) for v in zip(a, b, c)])
+    assert out[0, 0] == e * e and out[3, 0] == e * e
+    assert dtype(a[0] * b[0]) + c[0] != e * e  # the unfused sum would differ
+    np.testing.assert_array_equal(out[1, :L], np.full(L, a[1]))
+    np.testing.assert_array_equal(out[2, :L], np.full(L, 0.5, dtype))
+    assert not out[1, L:].any() and not out[2, L:].any()  # a vector is exactly L lanes
 
 
 @pytest.mark.parametrize("O,ks", [(6, 5), (4, 3), (1, 5)])

@@ -6,12 +6,13 @@ are in ``tests/naive.py`` (block "fused kernels (perf)"), compared in ``tests/te
 
 Why the loops look the way they do (this CPU: 2 AVX2 cores, no SVML; ``bench/README.md``):
 
-* **Convolutions** — ``_corr_valid_blocked``: one job is one output row of a block of
-  three output channels.  The innermost loop runs along the contiguous image row
-  (LLVM vectorises it) and reads five neighbouring taps ``x[q + j .. q + j + 4]`` once for
-  all accumulator rows, so every accumulator load/store carries five multiply-adds.  The
-  accumulator rows (3 × W floats) stay in L1.  Parallel over
-  ``batch × channel-block × row``, so a batch of one keeps both cores busy.
+* **Convolutions** — ``_corr_valid_tiled``: register tiles of three output channels ×
+  four SIMD vectors of one output row (3 × 32 float32 values), written with the explicit
+  vector type of :mod:`vnumba.simd`, so the twelve accumulators stay in registers over all
+  ``C·ks²`` taps (one flat loop over precomputed input offsets).  Each tap costs four vector
+  loads, three broadcasts and twelve fused multiply-adds: the loop runs at the FMA units'
+  rate instead of being bound by accumulator loads and stores.  Parallel over
+  ``batch × row × channel-block``, so a batch of one keeps both cores busy.
 * **Adjoint** — ``C_valid^T y`` ("full" convolution) equals the valid correlation of the
   zero-padded ``y`` with the flipped, channel-transposed filter bank, so the adjoint reuses
   the same gather kernel (no scattered writes, no races).
@@ -35,6 +36,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .simd import lanes, sfma, vbcast, vfma, vload, vsplat, vstore
+
 # Fast-math flags of the kernels on the forward path: contraction to FMA and the like, but
 # no reassociation (and no "no NaN" assumption): LLVM then computes a pixel the same way in the
 # vectorised loop body and in the scalar remainder, so a result does not depend on where the
@@ -43,85 +46,160 @@ _FM = {"nsz", "arcp", "contract", "afn"}
 
 
 # ----------------------------------------------------------------------------- convolution
-# One register blocking: three output channels × a group of five taps of a kernel row per pass
-# over a contiguous row segment.  Per vector of eight pixels that is five input loads, three
-# accumulator loads and stores, and 15 multiply-adds: the stores (one 256-bit store per cycle
-# on this CPU) no longer limit the loop as they did with two taps per pass.  Blocks of two and
-# four outputs were measured too (bench/README.md): three is best or within 5 % of the best on
-# all three shapes of the network (24→24 5×5, 20→3 11×11, 3→20 11×11), and on 20→3, the
-# adjoint of K^u, the others lose 20–40 % (both pad it to four channels, one of them zero).
+# Register tiling (bench/README.md): one tile is 3 output channels × 4 vectors of adjacent
+# pixels of one output row (3 × 32 float32 values), accumulated in twelve vector registers
+# over all C·ks² taps.  Per tap that is four input loads, three weight broadcasts and twelve
+# fused multiply-adds: 15 of the 16 AVX2 registers, and the loop is bound by the FMA units,
+# not by loads and stores as a row loop with accumulators in memory is.  The taps are one
+# flat loop over precomputed input offsets (channel, kernel row, kernel column), so the
+# short kernel rows (five taps) cost no loop overhead of their own.
+#
+# Every output value is computed by the same sequence of fused multiply-adds — starting from
+# zero, in tap order — whichever of the three code paths (4-vector tile, 1-vector tile,
+# scalar) handles it and wherever it falls in a row.  So the result does not depend on the
+# image width or on the position of a pixel (tiled prediction equals untiled bit for bit),
+# and a row's last tile may overlap the previous one: it rewrites those pixels with the same
+# values.
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
-def _corr_valid_blocked(xp, k, out):
-    """out[n, o, p, q] = sum_{c,i,j} k[o, c, i, j] xp[n, c, p + i, q + j]; O % 3 == 0."""
-    N, C, _, _ = xp.shape
-    O, _, ks, _ = k.shape
+@njit(cache=True, inline="always")
+def _tile3x4(x, base, offs, w, L, r0, r1, r2, q):
+    """r_t[q : q + 4L] = sum_m w[3m + t] x[base + offs[m] : ... + 4L], t = 0, 1, 2."""
+    z = vsplat(w[0] - w[0])
+    a00 = z; a01 = z; a02 = z; a03 = z  # noqa: E702
+    a10 = z; a11 = z; a12 = z; a13 = z  # noqa: E702
+    a20 = z; a21 = z; a22 = z; a23 = z  # noqa: E702
+    for m in range(offs.shape[0]):
+        s = base + offs[m]
+        w0 = vbcast(w, 3 * m)
+        w1 = vbcast(w, 3 * m + 1)
+        w2 = vbcast(w, 3 * m + 2)
+        # one input vector at a time, used by the three output channels: 12 + 3 + 1 registers
+        v = vload(x, s)
+        a00 = vfma(w0, v, a00); a10 = vfma(w1, v, a10); a20 = vfma(w2, v, a20)  # noqa: E702
+        v = vload(x, s + L)
+        a01 = vfma(w0, v, a01); a11 = vfma(w1, v, a11); a21 = vfma(w2, v, a21)  # noqa: E702
+        v = vload(x, s + 2 * L)
+        a02 = vfma(w0, v, a02); a12 = vfma(w1, v, a12); a22 = vfma(w2, v, a22)  # noqa: E702
+        v = vload(x, s + 3 * L)
+        a03 = vfma(w0, v, a03); a13 = vfma(w1, v, a13); a23 = vfma(w2, v, a23)  # noqa: E702
+    vstore(r0, q, a00); vstore(r0, q + L, a01); vstore(r0, q + 2 * L, a02); vstore(r0, q + 3 * L, a03)  # noqa: E702,E501
+    vstore(r1, q, a10); vstore(r1, q + L, a11); vstore(r1, q + 2 * L, a12); vstore(r1, q + 3 * L, a13)  # noqa: E702,E501
+    vstore(r2, q, a20); vstore(r2, q + L, a21); vstore(r2, q + 2 * L, a22); vstore(r2, q + 3 * L, a23)  # noqa: E702,E501
+
+
+@njit(cache=True, inline="always")
+def _tile3x1(x, base, offs, w, r0, r1, r2, q):
+    """One vector of pixels (rows narrower than a 4-vector tile)."""
+    z = vsplat(w[0] - w[0])
+    a0 = z
+    a1 = z
+    a2 = z
+    for m in range(offs.shape[0]):
+        v = vload(x, base + offs[m])
+        a0 = vfma(vbcast(w, 3 * m), v, a0)
+        a1 = vfma(vbcast(w, 3 * m + 1), v, a1)
+        a2 = vfma(vbcast(w, 3 * m + 2), v, a2)
+    vstore(r0, q, a0)
+    vstore(r1, q, a1)
+    vstore(r2, q, a2)
+
+
+@njit(cache=True, inline="always")
+def _pixel3(x, base, offs, w, r0, r1, r2, q):
+    """One pixel (rows narrower than a vector); the same fused multiply-adds as a lane."""
+    a0 = w[0] - w[0]
+    a1 = a0
+    a2 = a0
+    for m in range(offs.shape[0]):
+        v = x[base + offs[m]]
+        a0 = sfma(w[3 * m], v, a0)
+        a1 = sfma(w[3 * m + 1], v, a1)
+        a2 = sfma(w[3 * m + 2], v, a2)
+    r0[q] = a0
+    r1[q] = a1
+    r2[q] = a2
+
+
+@njit(cache=True, parallel=True)
+def _corr_valid_tiled(xf, Wp, offs, kt, orow, out):
+    """out[n, orow[3b + t], p, q] = sum_m kt[b, 3m + t] xf[n, p Wp + q + offs[m]].
+
+    ``xf`` (N, C·Hp·Wp): the padded input, each image flattened; ``offs`` (C·ks²,) intp:
+    flat offset of tap m = (c, i, j), ``c Hp Wp + i Wp + j``; ``kt`` (nb, 3 C ks²): the
+    filters of block b, tap-major (:func:`pack_filters`); ``orow`` (3 nb,): output channel
+    of each filter row (a padding row repeats the block's previous channel and filter, so it
+    rewrites that channel with the same values: no scratch rows, no races).
+    """
+    N = xf.shape[0]
+    nb = kt.shape[0]
     H = out.shape[2]
     W = out.shape[3]
-    nob = O // 3
-    # channel block innermost: consecutive jobs (one thread's share) reuse the same C × ks
-    # input rows from L2 instead of streaming the whole input once per channel block
-    for job in prange(N * nob * H):
-        n = job // (nob * H)
-        p = (job // nob) % H
-        o = (job % nob) * 3
-        a0 = out[n, o, p]
-        a1 = out[n, o + 1, p]
-        a2 = out[n, o + 2, p]
-        a0[:] = 0
-        a1[:] = 0
-        a2[:] = 0
-        for c in range(C):
-            for i in range(ks):
-                row = xp[n, c, p + i]
-                j = 0
-                while j + 5 <= ks:
-                    k00 = k[o, c, i, j]; k01 = k[o, c, i, j + 1]; k02 = k[o, c, i, j + 2]
-                    k03 = k[o, c, i, j + 3]; k04 = k[o, c, i, j + 4]
-                    k10 = k[o + 1, c, i, j]; k11 = k[o + 1, c, i, j + 1]; k12 = k[o + 1, c, i, j + 2]
-                    k13 = k[o + 1, c, i, j + 3]; k14 = k[o + 1, c, i, j + 4]
-                    k20 = k[o + 2, c, i, j]; k21 = k[o + 2, c, i, j + 1]; k22 = k[o + 2, c, i, j + 2]
-                    k23 = k[o + 2, c, i, j + 3]; k24 = k[o + 2, c, i, j + 4]
-                    for q in range(W):
-                        x0 = row[j + q]
-                        x1 = row[j + q + 1]
-                        x2 = row[j + q + 2]
-                        x3 = row[j + q + 3]
-                        x4 = row[j + q + 4]
-                        a0[q] = a0[q] + k00 * x0 + k01 * x1 + k02 * x2 + k03 * x3 + k04 * x4
-                        a1[q] = a1[q] + k10 * x0 + k11 * x1 + k12 * x2 + k13 * x3 + k14 * x4
-                        a2[q] = a2[q] + k20 * x0 + k21 * x1 + k22 * x2 + k23 * x3 + k24 * x4
-                    j += 5
-                while j < ks:
-                    k00 = k[o, c, i, j]
-                    k10 = k[o + 1, c, i, j]
-                    k20 = k[o + 2, c, i, j]
-                    for q in range(W):
-                        x0 = row[j + q]
-                        a0[q] += k00 * x0
-                        a1[q] += k10 * x0
-                        a2[q] += k20 * x0
-                    j += 1
+    L = lanes(xf)
+    T = 4 * L
+    # channel block innermost: consecutive jobs (one thread's share) reuse the same input
+    # rows from L1/L2
+    for job in prange(N * H * nb):
+        n = job // (H * nb)
+        p = (job // nb) % H
+        b = job % nb
+        x = xf[n]
+        w = kt[b]
+        r0 = out[n, orow[3 * b], p]
+        r1 = out[n, orow[3 * b + 1], p]
+        r2 = out[n, orow[3 * b + 2], p]
+        base = p * Wp
+        if W >= T:
+            q = 0
+            while q + T <= W:
+                _tile3x4(x, base + q, offs, w, L, r0, r1, r2, q)
+                q += T
+            if q < W:
+                _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
+        elif W >= L:
+            q = 0
+            while q + L <= W:
+                _tile3x1(x, base + q, offs, w, r0, r1, r2, q)
+                q += L
+            if q < W:
+                _tile3x1(x, base + W - L, offs, w, r0, r1, r2, W - L)
+        else:
+            for q in range(W):
+                _pixel3(x, base + q, offs, w, r0, r1, r2, q)
 
 
-OB = 3  # output channels per register block of _corr_valid_blocked
+OB = 3  # output channels per register tile of _corr_valid_tiled
+
+
+def pack_filters(k):
+    """Filter bank (O, C, ks, ks) → ``(kt, orow)`` of :func:`_corr_valid_tiled`.
+
+    Blocks of three output channels, each stored tap-major: ``kt[b, 3m + t] = k[3b + t, c,
+    i, j]`` with ``m = (c ks + i) ks + j``.  When O is not a multiple of three the last
+    block is filled up with copies of its last real channel (``orow`` names it twice).
+    """
+    O, C, ks, _ = k.shape
+    nb = -(-O // OB)
+    orow = np.minimum(np.arange(nb * OB), O - 1).astype(np.intp)
+    kt = k[orow].reshape(nb, OB, C * ks * ks).transpose(0, 2, 1)
+    return np.ascontiguousarray(kt).reshape(nb, OB * C * ks * ks), orow
+
+
+def tap_offsets(C, Hp, Wp, ks):
+    """Flat offsets ``c Hp Wp + i Wp + j`` of the taps (c, i, j) in tap order, intp."""
+    c, i, j = np.meshgrid(np.arange(C), np.arange(ks), np.arange(ks), indexing="ij")
+    return (c * (Hp * Wp) + i * Wp + j).ravel().astype(np.intp)
 
 
 def corr_valid_fast(xp, k):
-    """Valid correlation through the blocked kernel (output channels padded with zero filters
-    to a multiple of three; the result is a view without them)."""
+    """Valid correlation through the register-tiled kernel; ``xp`` C-contiguous, same dtype
+    as ``k``.  Returns a C-contiguous (N, O, Hp - ks + 1, Wp - ks + 1) array."""
     N, C, Hp, Wp = xp.shape
     O, _, ks, _ = k.shape
-    Op = -(-O // OB) * OB
-    if Op != O:
-        kk = np.zeros((Op, C, ks, ks), dtype=k.dtype)
-        kk[:O] = k
-    else:
-        kk = np.ascontiguousarray(k)
-    out = np.empty((N, Op, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
-    _corr_valid_blocked(xp, kk, out)
-    return out if Op == O else out[:, :O]
+    kt, orow = pack_filters(k)
+    out = np.empty((N, O, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
+    _corr_valid_tiled(xp.reshape(N, C * Hp * Wp), Wp, tap_offsets(C, Hp, Wp, ks), kt, orow, out)
+    return out
 
 
 @njit(cache=True, parallel=True)

@@ -1,0 +1,162 @@
+"""Explicit SIMD vectors for Numba kernels (private).
+
+Numba has no vector type: its loop vectoriser decides how a loop becomes SIMD code, and for
+a convolution it vectorises the innermost loop over a row with the accumulators in memory
+(load/store bound, ``bench/README.md``).  A register-tiled convolution needs a dozen vector
+accumulators that live in registers across the whole tap loop.  This module gives kernels a
+value type for one machine vector, ``Vec(dtype, lanes)`` (an LLVM ``<lanes x float>``), and
+five operations on it, so the tile can be written as plain Numba code with named
+accumulators — LLVM keeps such SSA values in registers, which it does not reliably do for a
+small local array.
+
+The vector is 256 bits wide (8 float32 or 4 float64 lanes: AVX2).  On a CPU with narrower
+vectors LLVM splits each operation (correct, slower); without an FMA unit ``llvm.fma``
+becomes a library call (correct, much slower).
+
+Operations (all ``inline``; none checks bounds or wraps negative indices — the caller
+guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
+
+* ``lanes(arr)`` — number of lanes of a vector of ``arr.dtype`` (compile-time constant);
+* ``vsplat(x)`` — every lane ``x``;
+* ``vbcast(arr, i)`` — every lane ``arr[i]``;
+* ``vload(row, i)`` / ``vstore(row, i, v)`` — ``row[i:i + lanes]`` of a 1-D contiguous array
+  (unaligned);
+* ``vfma(a, b, c)`` — ``a * b + c`` rounded once (IEEE fused multiply-add), lane by lane;
+* ``sfma(a, b, c)`` — the same on scalars, so that scalar code computes a value exactly as
+  a vector lane does.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vstore", "vfma", "sfma"]
+
+VECTOR_BYTES = 32
+
+
+class Vec(types.Type):
+    """One SIMD vector of ``lanes`` values of the Numba float type ``dtype``."""
+
+    def __init__(self, dtype, lanes):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name=f"Vec({dtype} x {lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elem = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(elem, fe_type.lanes))
+
+
+def _n_lanes(dtype):
+    if not isinstance(dtype, types.Float):
+        raise TypeError(f"SIMD vectors hold float32 or float64, not {dtype}")
+    return VECTOR_BYTES // (dtype.bitwidth // 8)
+
+
+def _vec_of(dtype):
+    return Vec(dtype, _n_lanes(dtype))
+
+
+def _splat(builder, x, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
+    return builder.shuffle_vector(v, v, mask)
+
+
+def _element_ptr(context, builder, arrty, arr, idxty, idx):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.gep(data, [context.cast(builder, idx, idxty, types.intp)])
+
+
+def _check_row(row):
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"):
+        raise TypeError(f"expected a 1-D C-contiguous float array, got {row}")
+    _n_lanes(row.dtype)
+
+
+@intrinsic
+def lanes(typingctx, arr):
+    n = _n_lanes(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    vt = _vec_of(x)
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0], context.get_value_type(vt))
+    return vt(x), codegen
+
+
+@intrinsic
+def vbcast(typingctx, arr, i):
+    _check_row(arr)
+    vt = _vec_of(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        x = builder.load(_element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1]))
+        return _splat(builder, x, context.get_value_type(vt))
+    return vt(arr, i), codegen
+
+
+@intrinsic
+def vload(typingctx, row, i):
+    _check_row(row)
+    vt = _vec_of(row.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vty = context.get_value_type(vt)
+        return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=row.dtype.bitwidth // 8)
+    return vt(row, i), codegen
+
+
+@intrinsic
+def vstore(typingctx, row, i, v):
+    _check_row(row)
+    if v != _vec_of(row.dtype):
+        raise TypeError(f"cannot store {v} into an array of {row.dtype}")
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vty = context.get_value_type(v)
+        builder.store(args[2], builder.bitcast(ptr, vty.as_pointer()), align=row.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(row, i, v), codegen
+
+
+def _fma_call(builder, args, llty, suffix):
+    fnty = ir.FunctionType(llty, [llty] * 3)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.{suffix}")
+    return builder.call(fn, list(args))
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    if not (isinstance(a, Vec) and a == b == c):
+        raise TypeError(f"vfma needs three vectors of one type, got {a}, {b}, {c}")
+
+    def codegen(context, builder, sig, args):
+        return _fma_call(builder, args, context.get_value_type(a),
+                         f"v{a.lanes}f{a.dtype.bitwidth}")
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def sfma(typingctx, a, b, c):
+    if not (isinstance(a, types.Float) and a == b == c):
+        raise TypeError(f"sfma needs three floats of one type, got {a}, {b}, {c}")
+
+    def codegen(context, builder, sig, args):
+        return _fma_call(builder, args, context.get_value_type(a), f"f{a.bitwidth}")
+    return a(a, b, c), codegen
