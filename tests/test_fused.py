@@ -4,6 +4,7 @@ narrower than a tile or a vector (each of the three code paths of the convolutio
 overlapping last tile of a row, float32 accuracy of long sums, the Taylor-polynomial
 exponentials, and the RBF window semantics; and the SIMD primitives the convolution is
 written with (vnumba.simd) against NumPy."""
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -170,6 +171,19 @@ def test_taylor_exponential_is_exact_to_double_precision_on_its_range():
     y = np.linspace(-0.5, 0.5, 1001)
     got = np.array([fused._exp_taylor(v, cst) for v in y])
     np.testing.assert_allclose(got, np.exp(y), rtol=2e-15)
+
+
+def test_float32_taylor_exponential_is_within_one_rounding_unit_with_fewer_terms():
+    grid = RBFGrid(ModelConfig())
+    cst, _ = fused.rbf_constants(grid, np.float32)
+    y = np.linspace(-0.5, 0.5, 1001).astype(np.float32)
+    got = np.array([fused._exp_taylor(v, cst) for v in y], dtype=np.float64)
+    ref = np.exp(y.astype(np.float64))
+    assert np.max(np.abs(got - ref) / ref) <= np.finfo(np.float32).eps
+    # the float32 evaluation stops after fused._NT_FLOAT32 terms: without the last of them
+    # the error would show (0.5^8 / 8! is above the rounding unit)
+    assert fused._NT_FLOAT32 < fused._NT and 0.5 ** (fused._NT_FLOAT32 - 1) / math.factorial(
+        fused._NT_FLOAT32 - 1) > np.finfo(np.float32).eps / 2
 
 
 @pytest.mark.parametrize("sigma_factor,radius", [(1.0, 6), (1.0, 2), (0.5, 6), (1.7, 4)])

@@ -107,7 +107,7 @@ def rbf_apply(x, w, grid, order=2, out=None, offset=0):
     v2 = np.empty_like(x) if order >= 2 else x
     cst, m = rbf_constants(grid, x.dtype)
     tab = rbf_tables(w, grid, x.dtype)
-    _rbf_apply_rows(x, tab, cst, m, grid.radius, order, v0, offset, v1, v2)
+    _rbf_apply_rows(x, tab.reshape(F, -1), cst, m, grid.radius, order, v0, offset, v1, v2)
     return (phi, v1, v2)[: order + 1]
 
 

@@ -23,7 +23,8 @@ guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
   (unaligned);
 * ``vfma(a, b, c)`` — ``a * b + c`` rounded once (IEEE fused multiply-add), lane by lane;
 * ``sfma(a, b, c)`` — the same on scalars, so that scalar code computes a value exactly as
-  a vector lane does.
+  a vector lane does;
+* ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vstore", "vfma", "sfma"]
+__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vstore", "vfma", "sfma", "load"]
 
 VECTOR_BYTES = 32
 
@@ -74,10 +75,11 @@ def _element_ptr(context, builder, arrty, arr, idxty, idx):
     return builder.gep(data, [context.cast(builder, idx, idxty, types.intp)])
 
 
-def _check_row(row):
+def _check_row(row, floats=True):
     if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"):
-        raise TypeError(f"expected a 1-D C-contiguous float array, got {row}")
-    _n_lanes(row.dtype)
+        raise TypeError(f"expected a 1-D C-contiguous array, got {row}")
+    if floats:
+        _n_lanes(row.dtype)
 
 
 @intrinsic
@@ -160,3 +162,14 @@ def sfma(typingctx, a, b, c):
     def codegen(context, builder, sig, args):
         return _fma_call(builder, args, context.get_value_type(a), f"f{a.bitwidth}")
     return a(a, b, c), codegen
+
+
+@intrinsic
+def load(typingctx, arr, i):
+    """``arr[i]`` of a 1-D contiguous array without the negative-index wrap-around that
+    Numba adds to a signed index (a compare and a select per load in a gather loop)."""
+    _check_row(arr, floats=False)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1]))
+    return arr.dtype(arr, i), codegen
