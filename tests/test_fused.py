@@ -14,7 +14,7 @@ from numba import njit
 from vnumba import fused
 from vnumba.config import ModelConfig
 from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad
-from vnumba.simd import lanes, sfma, vbcast, vfma, vload, vsplat, vstore
+from vnumba.simd import lanes, sfma, vbcast, vfma, vload, vload_head, vsplat, vstore, vsum
 import naive
 
 
@@ -137,31 +137,80 @@ def test_simd_primitives_match_numpy_and_round_once(dtype, L):
     assert not out[1, L:].any() and not out[2, L:].any()  # a vector is exactly L lanes
 
 
-@pytest.mark.parametrize("O,ks", [(6, 5), (4, 3), (1, 5)])
-def test_blocked_kernel_gradient_matches_reference(O, ks):
+@pytest.mark.parametrize("O,ks", [(6, 5), (4, 3), (1, 5), (5, 11), (2, 1)])
+def test_tiled_kernel_gradient_matches_reference(O, ks):
+    # output channels not a multiple of three, tap counts C·ks² not a multiple of four
     rng = np.random.default_rng(11)
     N, C, H, W = 2, 3, 6, 7
     y = rng.standard_normal((N, O, H, W))
     xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
-    xw = np.zeros(xp.shape[:3] + (W + ks,))
-    xw[..., :-1] = xp
-    xw[..., -1] = 1e30  # the spare column must never reach the result
-    np.testing.assert_allclose(fused.kernel_grad_fast(y, xw, ks), naive.corr_valid_kernel_grad(y, xp, ks),
+    np.testing.assert_allclose(fused.kernel_grad_fast(y, xp, ks), naive.corr_valid_kernel_grad(y, xp, ks),
                                rtol=1e-12, atol=1e-11)
 
 
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_tiled_kernel_gradient_matches_reference_for_every_row_end(dtype, rtol):
+    # rows narrower than a vector, exact multiples, and a zero-filled partial vector at the
+    # end; more image rows than the row blocks and chunks of the kernel
+    rng = np.random.default_rng(13)
+    C, O, ks = 2, 4, 3
+    for N, H, W in [(1, 3, 1), (1, 2, 3), (2, 5, 8), (1, 4, 9), (3, 11, 16), (1, 70, 21)]:
+        y = rng.standard_normal((N, O, H, W)).astype(dtype)
+        xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1)).astype(dtype)
+        got = fused.kernel_grad_fast(y, xp, ks)
+        assert got.dtype == dtype and got.shape == (O, C, ks, ks)
+        ref = naive.corr_valid_kernel_grad(y.astype(np.float64), xp.astype(np.float64), ks)
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * np.abs(ref).max() * 10,
+                                   err_msg=f"N, H, W = {N, H, W}")
+
+
+def test_tiled_kernel_gradient_does_not_depend_on_the_number_of_threads():
+    import numba
+    rng = np.random.default_rng(14)
+    y = rng.standard_normal((2, 4, 37, 19)).astype(np.float32)
+    xp = rng.standard_normal((2, 3, 41, 23)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fused.kernel_grad_fast(y, xp, 5)
+        numba.set_num_threads(before)
+        many = fused.kernel_grad_fast(y, xp, 5)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(one, many)
+
+
 def test_float32_kernel_gradient_of_a_long_sum_stays_accurate():
-    # 8 x 64 x 64 terms per entry: rows are summed in float64, so float32 keeps ~1e-6.
+    # 8 x 64 x 64 terms per entry: partial sums of a few rows go to float64, so float32
+    # keeps ~1e-6.
     rng = np.random.default_rng(12)
     N, C, O, H, W, ks = 8, 2, 4, 64, 64, 5
     y = rng.random((N, O, H, W)).astype(np.float32)
     xp = rng.random((N, C, H + ks - 1, W + ks - 1)).astype(np.float32)
-    xw = np.zeros(xp.shape[:3] + (W + ks,), np.float32)
-    xw[..., :-1] = xp
-    got = fused.kernel_grad_fast(y, xw, ks)
+    got = fused.kernel_grad_fast(y, xp, ks)
     assert got.dtype == np.float32
     ref = naive.corr_valid_kernel_grad(y.astype(np.float64), xp.astype(np.float64), ks)
     np.testing.assert_allclose(got, ref, rtol=2e-6)
+
+
+@njit
+def _vector_tail_and_sum(row, i, n):
+    v = vload_head(row, i, n)
+    out = np.zeros(lanes(row), row.dtype)
+    vstore(out, 0, v)
+    return out, vsum(v)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_partial_vector_load_zero_fills_and_lane_sum_adds_every_lane(dtype):
+    L = 32 // np.dtype(dtype).itemsize
+    row = np.arange(1, 2 * L + 1, dtype=dtype)
+    for i, n in [(0, L), (3, 1), (L + 1, L - 1), (2 * L - 2, 2)]:
+        v, total = _vector_tail_and_sum(row, i, n)
+        expect = np.zeros(L, dtype)
+        expect[:n] = row[i:i + n]
+        np.testing.assert_array_equal(v, expect)
+        assert total == expect.sum()
 
 
 def test_taylor_exponential_is_exact_to_double_precision_on_its_range():

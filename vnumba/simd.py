@@ -20,8 +20,10 @@ guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
 * ``vsplat(x)`` — every lane ``x``;
 * ``vbcast(arr, i)`` — every lane ``arr[i]``;
 * ``vload(row, i)`` / ``vstore(row, i, v)`` — ``row[i:i + lanes]`` of a 1-D contiguous array
-  (unaligned);
+  (unaligned); ``vload_head(row, i, n)`` — the first ``n`` of them, zeros after;
 * ``vfma(a, b, c)`` — ``a * b + c`` rounded once (IEEE fused multiply-add), lane by lane;
+* ``vmul(a, b)`` — ``a * b``; ``vsum(v)`` — the sum of the lanes; ``vtailmask(x, n)`` — 1 in
+  the last ``n`` lanes, 0 before them;
 * ``sfma(a, b, c)`` — the same on scalars, so that scalar code computes a value exactly as
   a vector lane does;
 * ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops).
@@ -33,7 +35,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vstore", "vfma", "sfma", "load"]
+__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vload_head", "vstore", "vfma", "vmul",
+           "vsum", "vtailmask", "sfma", "load"]
 
 VECTOR_BYTES = 32
 
@@ -173,3 +176,78 @@ def load(typingctx, arr, i):
     def codegen(context, builder, sig, args):
         return builder.load(_element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1]))
     return arr.dtype(arr, i), codegen
+
+
+@intrinsic
+def vload_head(typingctx, row, i, n):
+    """Lanes ``k < n`` get ``row[i + k]``, the others 0; only ``row[i .. i + n - 1]`` is read
+    (the end of a row that does not fill a vector).  Needs ``n >= 1``."""
+    _check_row(row)
+    vt = _vec_of(row.dtype)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        i0 = context.cast(builder, args[1], sig.args[1], types.intp)
+        cnt = context.cast(builder, args[2], sig.args[2], types.intp)
+        vty = context.get_value_type(vt)
+        zero = ir.Constant(vty.element, 0.0)
+        v = ir.Constant(vty, [0.0] * vt.lanes)
+        for k in range(vt.lanes):
+            kk = ir.Constant(i0.type, k)
+            inside = builder.icmp_signed("<", kk, cnt)
+            # a lane past the end reads row[i] instead (always in bounds) and is then zeroed
+            idx = builder.select(inside, builder.add(i0, kk), i0)
+            x = builder.select(inside, builder.load(builder.gep(data, [idx])), zero)
+            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), k))
+        return v
+    return vt(row, i, n), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """Sum of the lanes (pairwise: halves added until one lane is left), in the lane type."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"vsum needs a vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        n = v.lanes
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), h), list(range(h))))
+            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), h), list(range(h, n))))
+            x = builder.fadd(lo, hi)
+            n = h
+        return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
+    return v.dtype(v), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """``a * b`` lane by lane."""
+    if not (isinstance(a, Vec) and a == b):
+        raise TypeError(f"vmul needs two vectors of one type, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+    return a(a, b), codegen
+
+
+@intrinsic
+def vtailmask(typingctx, x, n):
+    """A vector of the dtype of the scalar ``x``: 1 in the last ``n`` lanes, 0 before them
+    (selects the lanes of a row's last, overlapping vector that are not counted yet)."""
+    vt = _vec_of(x)
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(vt)
+        cnt = context.cast(builder, args[1], sig.args[1], types.intp)
+        first = builder.sub(ir.Constant(cnt.type, vt.lanes), cnt)
+        one = ir.Constant(vty.element, 1.0)
+        zero = ir.Constant(vty.element, 0.0)
+        v = ir.Constant(vty, [0.0] * vt.lanes)
+        for k in range(vt.lanes):
+            keep = builder.icmp_signed(">=", ir.Constant(cnt.type, k), first)
+            v = builder.insert_element(v, builder.select(keep, one, zero), ir.Constant(ir.IntType(32), k))
+        return v
+    return vt(x, n), codegen
