@@ -2,7 +2,8 @@
 
 Times, for one 300×300 image (``--size``), the valid correlation
 (``vnumba.fused.corr_valid_fast``) on the three shapes the network uses, the kernel
-gradients, and the RBF evaluations (orders 0, 1, 2) and weight gradient.
+gradients, and the RBF evaluations (orders 0, 1, 2) and weight gradient; and, in the same
+rounds, a float32 matrix product as the practical peak to compare the GFLOP/s with.
 
 This machine's speed drifts over minutes (``bench/README.md``), so the variants are timed in
 interleaved rounds and the best time of each is reported: a slow minute then costs every
@@ -58,7 +59,13 @@ def cases(size: int, rng: np.random.Generator):
         out.append((f"RBF order {order} (24 channels)",
                     lambda order=order: rbf_apply(z, w, grid, order=order), None, z.size))
     out.append(("RBF weight gradient (24 channels)", lambda: rbf_weight_grad(z, c0, c1, grid), None, z.size))
+    # the practical peak, timed in the same rounds (bench/README.md: this machine drifts)
+    a = rng.standard_normal((2048, 2048)).astype(np.float32)
+    out.append((MATMUL, lambda: np.dot(a, a), 2.0 * 2048 ** 3 / 1e9, None))
     return out
+
+
+MATMUL = "np.dot 2048^2 float32 (practical peak)"
 
 
 def main(argv=None):
@@ -85,6 +92,8 @@ def main(argv=None):
                 t = time.perf_counter()
                 fn()
                 best[i] = min(best[i], time.perf_counter() - t)
+                if todo[i][0] == MATMUL:
+                    time.sleep(0.5)  # OpenBLAS's threads spin after a product: let them idle
     for (label, _, gflop, values), t in zip(todo, best):
         rate = f"{gflop / t:7.1f} GFLOP/s" if gflop else f"{t / values * 1e9:7.2f} ns/value"
         print(f"  {label:44s} {t * 1e3:8.2f} ms  {rate}")
