@@ -47,10 +47,12 @@ def test_tiled_correlation_matches_reference_for_every_kernel_size_and_channel_c
 def _path_widths(dtype):
     """Row widths that reach each code path of _corr_valid_tiled: narrower than a vector
     (scalar), one vector up to a tile (1-vector tiles, the last one overlapping), a tile
-    and more (exact multiples and an overlapping last tile)."""
+    and more (exact multiples; a rest of at most two vectors as an overlapping 2-vector
+    tile, a longer rest as an overlapping full tile)."""
     L = 32 // np.dtype(dtype).itemsize
     T = 4 * L
-    return [1, L - 1, L, L + 3, 2 * L, T - 1, T, T + 1, 2 * T, 2 * T + L + 1]
+    return [1, L - 1, L, L + 3, 2 * L, T - 1, T, T + 1, T + 2 * L, T + 2 * L + 1, 2 * T,
+            2 * T + L + 1]
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])

@@ -62,8 +62,8 @@ _FM = {"nsz", "arcp", "contract", "afn"}
 # short kernel rows (five taps) cost no loop overhead of their own.
 #
 # Every output value is computed by the same sequence of fused multiply-adds — starting from
-# zero, in tap order — whichever of the three code paths (4-vector tile, 1-vector tile,
-# scalar) handles it and wherever it falls in a row.  So the result does not depend on the
+# zero, in tap order — whichever of the code paths (4-, 2- or 1-vector tile, scalar) handles
+# it and wherever it falls in a row.  So the result does not depend on the
 # image width or on the position of a pixel (tiled prediction equals untiled bit for bit),
 # and a row's last tile may overlap the previous one: it rewrites those pixels with the same
 # values.
@@ -93,6 +93,27 @@ def _tile3x4(x, base, offs, w, L, r0, r1, r2, q):
     vstore(r0, q, a00); vstore(r0, q + L, a01); vstore(r0, q + 2 * L, a02); vstore(r0, q + 3 * L, a03)  # noqa: E702,E501
     vstore(r1, q, a10); vstore(r1, q + L, a11); vstore(r1, q + 2 * L, a12); vstore(r1, q + 3 * L, a13)  # noqa: E702,E501
     vstore(r2, q, a20); vstore(r2, q + L, a21); vstore(r2, q + 2 * L, a22); vstore(r2, q + 3 * L, a23)  # noqa: E702,E501
+
+
+@njit(cache=True, inline="always")
+def _tile3x2(x, base, offs, w, L, r0, r1, r2, q):
+    """Two vectors of pixels: the end of a row that has at most half a tile left."""
+    z = vsplat(w[0] - w[0])
+    a00 = z; a01 = z  # noqa: E702
+    a10 = z; a11 = z  # noqa: E702
+    a20 = z; a21 = z  # noqa: E702
+    for m in range(offs.shape[0]):
+        s = base + offs[m]
+        w0 = vbcast(w, 3 * m)
+        w1 = vbcast(w, 3 * m + 1)
+        w2 = vbcast(w, 3 * m + 2)
+        v = vload(x, s)
+        a00 = vfma(w0, v, a00); a10 = vfma(w1, v, a10); a20 = vfma(w2, v, a20)  # noqa: E702
+        v = vload(x, s + L)
+        a01 = vfma(w0, v, a01); a11 = vfma(w1, v, a11); a21 = vfma(w2, v, a21)  # noqa: E702
+    vstore(r0, q, a00); vstore(r0, q + L, a01)  # noqa: E702
+    vstore(r1, q, a10); vstore(r1, q + L, a11)  # noqa: E702
+    vstore(r2, q, a20); vstore(r2, q + L, a21)  # noqa: E702
 
 
 @njit(cache=True, inline="always")
@@ -161,7 +182,12 @@ def _corr_valid_tiled(xf, Wp, offs, kt, orow, out):
             while q + T <= W:
                 _tile3x4(x, base + q, offs, w, L, r0, r1, r2, q)
                 q += T
-            if q < W:
+            # the rest of the row: half a tile or less as two vectors, more as a full
+            # tile, both overlapping the pixels already written (300 = 9·32 + 12: the
+            # two-vector end costs half of a full tile)
+            if q < W and W - q <= 2 * L:
+                _tile3x2(x, base + W - 2 * L, offs, w, L, r0, r1, r2, W - 2 * L)
+            elif q < W:
                 _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
         elif W >= L:
             q = 0
