@@ -14,7 +14,8 @@ from numba import njit
 from vnumba import fused
 from vnumba.config import ModelConfig
 from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad
-from vnumba.simd import lanes, sfma, vbcast, vfma, vload, vload_head, vsplat, vstore, vsum
+from vnumba.simd import (lanes, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
+                         vsplat, vstore, vstore_index, vsub, vsum, vwhere_between)
 import naive
 
 
@@ -203,6 +204,42 @@ def _vector_tail_and_sum(row, i, n):
     return out, vsum(v)
 
 
+@njit
+def _pointwise_ops(x, y, lo, hi, out, idx):
+    a = vload(x, 0)
+    b = vload(y, 0)
+    vstore(out[0], 0, vadd(a, b))
+    vstore(out[1], 0, vsub(a, b))
+    vstore(out[2], 0, vdiv(a, b))
+    vstore(out[3], 0, vfloor(a))
+    vstore(out[4], 0, vwhere_between(a, lo, hi, a, b))
+    vstore_index(idx, 0, vfloor(a), np.int32(7))
+    out[5, 0] = sfloor(x[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_vector_primitives_match_numpy(dtype):
+    L = 32 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(24)
+    x = rng.uniform(-3, 3, L).astype(dtype)
+    x[0] = np.nan
+    x[1] = -2.5
+    y = rng.uniform(0.5, 2, L).astype(dtype)
+    out = np.zeros((6, L), dtype)
+    idx = np.zeros(L, np.int32)
+    lo, hi = dtype(-1), dtype(1)
+    _pointwise_ops(x, y, lo, hi, out, idx)
+    np.testing.assert_array_equal(out[0], x + y)
+    np.testing.assert_array_equal(out[1], x - y)
+    np.testing.assert_array_equal(out[2], x / y)
+    np.testing.assert_array_equal(out[3], np.floor(x))
+    # NaN is not between the bounds: it takes the other value
+    np.testing.assert_array_equal(out[4], np.where((x >= lo) & (x <= hi), x, y))
+    assert out[4, 0] == y[0]
+    np.testing.assert_array_equal(idx[1:], np.floor(x[1:]).astype(np.int32) + 7)  # lane 0: NaN
+    assert out[5, 0] == -3 and out.dtype == dtype
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_partial_vector_load_zero_fills_and_lane_sum_adds_every_lane(dtype):
     L = 32 // np.dtype(dtype).itemsize
@@ -284,6 +321,26 @@ def test_rbf_orders_agree_with_the_full_evaluation(order):
     for a, b in zip(part, full):
         # same sums; only fastmath's instruction choice differs between the variants
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rbf_value_does_not_depend_on_row_width(dtype):
+    # the setup runs vector by vector (last vector overlapping) or, in rows narrower than a
+    # vector, pixel by pixel; the Horner passes interleave four or two pixels: none of it
+    # may change a value's bits (tiled prediction relies on it)
+    grid = RBFGrid(ModelConfig())
+    rng = np.random.default_rng(31)
+    L = 32 // np.dtype(dtype).itemsize
+    Wmax = 4 * L + 3
+    x = rng.uniform(-1.5, 1.5, (1, 2, 3, Wmax)).astype(dtype)
+    x[0, 0, 0, :3] = [np.nan, 5.0, -5.0]  # NaN and values out of reach
+    w = rng.standard_normal((2, grid.n_w)).astype(dtype)
+    full = rbf_apply(x, w, grid, order=2)
+    assert np.all(np.isfinite(full[0]))
+    for W in (1, 3, L - 1, L, L + 1, 2 * L + 3, Wmax - 1):
+        part = rbf_apply(np.ascontiguousarray(x[..., :W]), w, grid, order=2)
+        for k in range(3):
+            assert np.array_equal(part[k], full[k][..., :W]), f"order {k}, row width {W}"
 
 
 def test_float32_rbf_and_weight_gradient_match_float64_reference():

@@ -22,11 +22,15 @@ guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
 * ``vload(row, i)`` / ``vstore(row, i, v)`` — ``row[i:i + lanes]`` of a 1-D contiguous array
   (unaligned); ``vload_head(row, i, n)`` — the first ``n`` of them, zeros after;
 * ``vfma(a, b, c)`` — ``a * b + c`` rounded once (IEEE fused multiply-add), lane by lane;
-* ``vmul(a, b)`` — ``a * b``; ``vsum(v)`` — the sum of the lanes; ``vtailmask(x, n)`` — 1 in
-  the last ``n`` lanes, 0 before them;
+* ``vadd``, ``vsub``, ``vmul``, ``vdiv``, ``vfloor`` — lane by lane; ``vwhere_between(x, lo,
+  hi, a, b)`` — ``a`` where ``lo <= x <= hi``, else ``b``; ``vstore_index(row, i, v, off)`` —
+  ``int32(v) + off`` into an int32 row;
+* ``vsum(v)`` — the sum of the lanes; ``vtailmask(x, n)`` — 1 in the last ``n`` lanes, 0
+  before them;
 * ``sfma(a, b, c)`` — the same on scalars, so that scalar code computes a value exactly as
   a vector lane does;
-* ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops).
+* ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops); ``sfloor`` —
+  ``floor`` of a scalar in its own dtype.
 """
 from __future__ import annotations
 
@@ -35,8 +39,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vload_head", "vstore", "vfma", "vmul",
-           "vsum", "vtailmask", "sfma", "load"]
+__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vload_head", "vstore", "vstore_index",
+           "vfma", "vadd", "vsub", "vmul", "vdiv", "vfloor", "vwhere_between", "vsum", "vtailmask",
+           "sfma", "sfloor", "load"]
 
 VECTOR_BYTES = 32
 
@@ -251,3 +256,86 @@ def vtailmask(typingctx, x, n):
             v = builder.insert_element(v, builder.select(keep, one, zero), ir.Constant(ir.IntType(32), k))
         return v
     return vt(x, n), codegen
+
+
+def _binary(op_name):
+    def impl(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b):
+            raise TypeError(f"{op_name} needs two vectors of one type, got {a}, {b}")
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op_name)(args[0], args[1])
+        return a(a, b), codegen
+    return impl
+
+
+vadd = intrinsic(_binary("fadd"))
+vadd.__doc__ = "``a + b`` lane by lane."
+vsub = intrinsic(_binary("fsub"))
+vsub.__doc__ = "``a - b`` lane by lane."
+vdiv = intrinsic(_binary("fdiv"))
+vdiv.__doc__ = "``a / b`` lane by lane (IEEE division)."
+
+
+def _floor_call(builder, x, llty, suffix):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(llty, [llty]),
+                                        f"llvm.floor.{suffix}")
+    return builder.call(fn, [x])
+
+
+@intrinsic
+def vfloor(typingctx, a):
+    """``floor(a)`` lane by lane."""
+    if not isinstance(a, Vec):
+        raise TypeError(f"vfloor needs a vector, got {a}")
+
+    def codegen(context, builder, sig, args):
+        return _floor_call(builder, args[0], context.get_value_type(a), f"v{a.lanes}f{a.dtype.bitwidth}")
+    return a(a), codegen
+
+
+@intrinsic
+def sfloor(typingctx, a):
+    """``floor(a)`` of a scalar in its own dtype (``np.floor`` of a float32 scalar is float64
+    in Numba)."""
+    if not isinstance(a, types.Float):
+        raise TypeError(f"sfloor needs a float, got {a}")
+
+    def codegen(context, builder, sig, args):
+        return _floor_call(builder, args[0], context.get_value_type(a), f"f{a.bitwidth}")
+    return a(a), codegen
+
+
+@intrinsic
+def vwhere_between(typingctx, x, lo, hi, a, b):
+    """Lanes with ``lo <= x <= hi`` (scalars ``lo``, ``hi``) take ``a``, the others ``b``;
+    a NaN lane of ``x`` takes ``b``."""
+    if not (isinstance(x, Vec) and x == a == b and lo == hi == x.dtype):
+        raise TypeError(f"vwhere_between needs vectors and bounds of one type, got "
+                        f"{x}, {lo}, {hi}, {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(x)
+        ge = builder.fcmp_ordered(">=", args[0], _splat(builder, args[1], vty))
+        le = builder.fcmp_ordered("<=", args[0], _splat(builder, args[2], vty))
+        return builder.select(builder.and_(ge, le), args[3], args[4])
+    return a(x, lo, hi, a, b), codegen
+
+
+@intrinsic
+def vstore_index(typingctx, row, i, v, offset):
+    """``row[i:i + lanes] = int32(v) + offset`` for a vector ``v`` of integral values and a
+    1-D contiguous int32 ``row``."""
+    _check_row(row, floats=False)
+    if row.dtype != types.int32 or not isinstance(v, Vec):
+        raise TypeError(f"vstore_index stores a vector into int32, got {row}, {v}")
+
+    def codegen(context, builder, sig, args):
+        ity = ir.VectorType(ir.IntType(32), v.lanes)
+        k = builder.fptosi(args[2], ity)
+        off = context.cast(builder, args[3], sig.args[3], types.int32)
+        k = builder.add(k, _splat(builder, off, ity))
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        builder.store(k, builder.bitcast(ptr, ity.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(row, i, v, offset), codegen
