@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vnumba.memory import keep_freed_memory  # noqa: E402
 from vnumba import model  # noqa: E402
 from vnumba.config import ModelConfig  # noqa: E402
 from vnumba.optim import Adam  # noqa: E402
@@ -285,8 +286,12 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
     ap.add_argument("--no-matmul", action="store_true", help="skip the matrix-product peak")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds alone (default: vnumba.memory.keep_freed_memory, "
+                         "as the command-line entry points do)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    kept = False if args.system_malloc else keep_freed_memory()
     if args.memory_only:
         return memory_run(args)
     if args.quick:
@@ -299,7 +304,8 @@ def main(argv=None):
     H = W = args.size
     macs = macs_per_image(cfg, H, W, args.store)
     print(f"vnumba CPU benchmark: {H}x{W}, {cfg.n_steps} steps, nf {cfg.nf_u}/{cfg.nf_m}/{cfg.nf}, "
-          f"kernels {cfg.ks_u}/{cfg.ks_m}/{cfg.ks}, float32, numba threads {numba.get_num_threads()}")
+          f"kernels {cfg.ks_u}/{cfg.ks_m}/{cfg.ks}, float32, numba threads {numba.get_num_threads()}, "
+          f"malloc: {'freed memory kept (vnumba.memory)' if kept else 'system defaults'}")
     per_px = conv_macs_per_pixel(cfg)
     print(f"  multiply-adds per pixel per operator application: {per_px} -> "
           f"{2 * sum(per_px.values())} per pixel per forward step")
@@ -403,6 +409,8 @@ def main(argv=None):
         import subprocess
         cmd = [sys.executable, __file__, "--memory-only", "--size", str(H), "--steps", str(cfg.n_steps),
                "--train-batch", str(args.train_batch), "--seed", str(args.seed), "--store", args.store]
+        if args.system_malloc:
+            cmd.append("--system-malloc")
         out = subprocess.run(cmd, capture_output=True, text=True)
         print("\n" + (out.stdout.strip() or out.stderr.strip()))
     return results

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .memory import keep_freed_memory
+
 __all__ = [
     "confusion_counts", "scores_from_counts", "pixel_metrics", "match_points",
     "detection_metrics", "instance_majority_class", "instance_centroids", "density_selection",
@@ -744,6 +746,7 @@ def main(argv=None) -> int:
     from .predict import load_model_arg
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # reuse the pages of each step's arrays (vnumba.memory)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     try:
         model = load_model_arg(args.model, args.scenario)

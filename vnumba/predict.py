@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .memory import keep_freed_memory
 from .imageio_utils import (ImageData, encode_mask16, float_to_uint, image_to_float,
                             match_channels, read_image, write_png)
 
@@ -427,6 +428,7 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 some image failed,
     2 bad arguments or model)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # reuse the pages of each step's arrays (vnumba.memory)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     stems = {}
     for im in args.images:

@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .memory import keep_freed_memory
 from .config import ModelConfig
 from .data import SyntheticDataset, batch_plan
 from .backend import BackendUnavailable
@@ -247,6 +248,7 @@ def train(args) -> Model:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # a training process reuses its arrays' pages (vnumba.memory)
     try:
         train(args)
     except (FileNotFoundError, ValueError) as e:
