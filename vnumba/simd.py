@@ -5,7 +5,7 @@ a convolution it vectorises the innermost loop over a row with the accumulators 
 (load/store bound, ``bench/README.md``).  A register-tiled convolution needs a dozen vector
 accumulators that live in registers across the whole tap loop.  This module gives kernels a
 value type for one machine vector, ``Vec(dtype, lanes)`` (an LLVM ``<lanes x float>``), and
-five operations on it, so the tile can be written as plain Numba code with named
+the few operations the kernels need, so a tile can be written as plain Numba code with named
 accumulators — LLVM keeps such SSA values in registers, which it does not reliably do for a
 small local array.
 
@@ -22,13 +22,13 @@ guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
 * ``vload(row, i)`` / ``vstore(row, i, v)`` — ``row[i:i + lanes]`` of a 1-D contiguous array
   (unaligned); ``vload_head(row, i, n)`` — the first ``n`` of them, zeros after;
 * ``vfma(a, b, c)`` — ``a * b + c`` rounded once (IEEE fused multiply-add), lane by lane;
+  ``sfma(a, b, c)`` the same on scalars, so that scalar code computes a value exactly as a
+  vector lane does;
 * ``vadd``, ``vsub``, ``vmul``, ``vdiv``, ``vfloor`` — lane by lane; ``vwhere_between(x, lo,
   hi, a, b)`` — ``a`` where ``lo <= x <= hi``, else ``b``; ``vstore_index(row, i, v, off)`` —
   ``int32(v) + off`` into an int32 row;
 * ``vsum(v)`` — the sum of the lanes; ``vtailmask(x, n)`` — 1 in the last ``n`` lanes, 0
   before them;
-* ``sfma(a, b, c)`` — the same on scalars, so that scalar code computes a value exactly as
-  a vector lane does;
 * ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops); ``sfloor`` —
   ``floor`` of a scalar in its own dtype.
 """
