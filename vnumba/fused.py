@@ -204,6 +204,13 @@ def _corr_valid_tiled(xf, Wp, offs, kt, orow, out):
 OB = 3  # output channels per register tile of _corr_valid_tiled
 
 
+def block_rows(O):
+    """Output channel of each row of the blocks of three (intp, length a multiple of three):
+    ``0 .. O - 1``, then the last channel repeated to fill the last block."""
+    nb = -(-O // OB)
+    return np.minimum(np.arange(nb * OB), O - 1).astype(np.intp)
+
+
 def pack_filters(k):
     """Filter bank (O, C, ks, ks) → ``(kt, orow)`` of :func:`_corr_valid_tiled`.
 
@@ -212,8 +219,8 @@ def pack_filters(k):
     block is filled up with copies of its last real channel (``orow`` names it twice).
     """
     O, C, ks, _ = k.shape
-    nb = -(-O // OB)
-    orow = np.minimum(np.arange(nb * OB), O - 1).astype(np.intp)
+    orow = block_rows(O)
+    nb = orow.shape[0] // OB
     kt = k[orow].reshape(nb, OB, C * ks * ks).transpose(0, 2, 1)
     return np.ascontiguousarray(kt).reshape(nb, OB * C * ks * ks), orow
 
@@ -372,12 +379,11 @@ def kernel_grad_fast(y, xp, ks):
     offs4 = np.empty(-(-M // 4) * 4, dtype=np.intp)
     offs4[:M] = offs
     offs4[M:] = offs[-1]
-    nb = -(-O // OB)
-    orow = np.minimum(np.arange(nb * OB), O - 1).astype(np.intp)
+    orow = block_rows(O)
     nch = min(_KG_CHUNKS, N * H)
     chunk = -(-(N * H) // nch)
     nch = -(-(N * H) // chunk)
-    acc = np.empty((nch, nb * OB, offs4.shape[0]), dtype=np.float64)
+    acc = np.empty((nch, orow.shape[0], offs4.shape[0]), dtype=np.float64)
     _kgrad_tiled(y, xp.reshape(N, C * Hp * Wp), Wp, offs4, orow, chunk, acc)
     out = acc.sum(axis=0)[:O, :M]
     return out.reshape(O, C, ks, ks).astype(y.dtype)
@@ -490,7 +496,8 @@ def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb, bi):
     """Per pixel: padded index ``jb`` of the nearest centre, ``A = exp(-δ² s²/2)`` (zero for
     values out of reach or NaN), ``d = δ s``, ``B = exp(δ s²)`` and ``1/B``.
 
-    Written with explicit vectors (the loop vectoriser produced code half as fast); a row's
+    Written with explicit vectors (the loop vectoriser's version took 1.75× as long in one
+    comparison, bench/README.md); a row's
     last vector overlaps the previous one, rows narrower than a vector go pixel by pixel
     with the same operations, so a value does not depend on where it falls in a row.
     """
