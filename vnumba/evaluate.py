@@ -18,10 +18,27 @@ Scores, per image and pooled over all images (sums of pixel counts and of matche
 * object detection precision, recall and F1: predicted objects (split connected components,
   :mod:`vnumba.objects`) and target nuclei are matched one-to-one, minimising the total
   centroid distance among pairs closer than 15 px (the PUMA challenge's rule;
-  :func:`match_points`).
+  :func:`match_points`).  On an image without target nuclei they are *not applicable*
+  (None, "–"), and such images do not enter the pooled detection counts;
+* where the annotation has ``classes``, for every class that occurs (``tumour`` 1,
+  ``immune`` 2, ``other`` 3, ``epithelial`` 4): the fraction of its nuclei that the
+  thresholded mask **marks** — a nucleus (an instance, of the majority class of its pixels)
+  is marked when at least half of its pixels are in the mask — and the fraction of its
+  pixels in the mask (:func:`class_marking`).  These do not depend on the target: they show
+  *which* nuclei a method selects, e.g. immune nuclei a tumour model should leave out.
+
+Every score is also given for an **all-background** mask (nothing marked): the pixel
+accuracy a method must beat.  Besides per image and overall, scores are pooled per dataset
+folder (the image's folder below ``DATA_DIR``, e.g. ``he_melanoma_puma``, ``he_consep``).
+
+Scenario 3 on images with class 4 (CoNSeP: epithelial nuclei, tumour vs normal not
+distinguished, and no class 1): the target is the class-1 nuclei only, i.e. none; the
+epithelial nuclei are reported as their own class and never scored as tumour, detection
+scores are not applicable, pixel accuracy counts every pixel outside class 1 as background.
 
 Command line: ``python -m vnumba.evaluate --model MODEL DATA_DIR [--baseline-model OTHER]
-[--out REPORT_DIR]``; writes ``report.md``, ``report.json`` and overlay PNGs.
+[--out REPORT_DIR]``; writes ``report.md``, ``report.json``, ``marked_fractions.png``
+(:func:`vnumba.figures.plot_marked_fractions`) and overlay PNGs.
 """
 from __future__ import annotations
 
@@ -43,8 +60,8 @@ __all__ = [
     "confusion_counts", "scores_from_counts", "pixel_metrics", "match_points",
     "detection_metrics", "instance_majority_class", "instance_centroids", "density_selection",
     "DensityRule", "scenario_rule", "target_from_annotations", "find_annotated_images",
-    "nominal_mpp", "evaluate_masks", "run_evaluation", "format_report", "main",
-    "MATCH_RADIUS",
+    "nominal_mpp", "class_name", "class_marking", "evaluate_masks", "pool_results",
+    "run_evaluation", "format_report", "main", "MATCH_RADIUS", "MARK_FRACTION", "CLASS_NAMES",
 ]
 
 #: Centroid distance (pixels) within which a detection counts as the annotated nucleus (PUMA).
@@ -56,6 +73,15 @@ _DEFAULT_RULES = {
     "scenario2": dict(cell_class=2, density_class=2, radius=40.0, threshold=0.2),
 }
 TUMOUR, IMMUNE, EPITHELIAL_UNKNOWN = 1, 2, 4
+
+#: Names of the annotation classes (``shared/data/real/README.md``) in reports.
+CLASS_NAMES = {1: "tumour", 2: "immune", 3: "other", 4: "epithelial"}
+
+#: A nucleus is *marked* when at least this fraction of its pixels is in the mask.
+MARK_FRACTION = 0.5
+
+#: Name of the all-zero reference mask in messages and report.md.
+ALL_BACKGROUND = "all background"
 
 
 # ----------------------------------------------------------------------------- pixel scores
@@ -328,7 +354,7 @@ def _script_rule(scenario: str):
 
 
 def target_from_annotations(instances: np.ndarray, classes: np.ndarray | None, target: str,
-                            rule: DensityRule | None = None):
+                            rule: DensityRule | None = None, epithelial_not_target: bool = False):
     """Target mask and target instances for one annotated image.
 
     Parameters
@@ -338,6 +364,11 @@ def target_from_annotations(instances: np.ndarray, classes: np.ndarray | None, t
     target : {"scenario1", "scenario2", "scenario3", "nuclei"}
     rule : DensityRule, optional
         Required for scenarios 1 and 2 (:func:`scenario_rule`).
+    epithelial_not_target : bool
+        Scenario 3 only: with class 4 present, take the class-1 nuclei (possibly none) as the
+        target and class 4 as non-target instead of raising.  The evaluation does this so
+        that CoNSeP images are still scored (pixel accuracy, marked fractions) without ever
+        counting an epithelial nucleus as tumour.
 
     Returns
     -------
@@ -360,8 +391,9 @@ def target_from_annotations(instances: np.ndarray, classes: np.ndarray | None, t
         raise LookupError(f"target {target!r} needs per-nucleus classes; the annotation has none")
     classes = np.asarray(classes)
     _check_labels(instances, classes)
-    needs_tumour = target == "scenario3" or (target == "scenario1" and rule is not None
-                                             and TUMOUR in (rule.cell_class, rule.density_class))
+    needs_tumour = ((target == "scenario3" and not epithelial_not_target)
+                    or (target == "scenario1" and rule is not None
+                        and TUMOUR in (rule.cell_class, rule.density_class)))
     if needs_tumour and np.any(classes == EPITHELIAL_UNKNOWN):
         raise LookupError(f"target {target!r} needs tumour nuclei, but the annotation has "
                           f"class {EPITHELIAL_UNKNOWN} (epithelial, tumour vs normal not "
@@ -418,11 +450,27 @@ def find_annotated_images(data_dir) -> list:
 
 
 def nominal_mpp(data_dir, image_path) -> float | None:
-    """Pixel size of an image from a ``manifest.csv`` in ``data_dir`` (or an ancestor of the
-    image up to it): ``10 / magnification`` µm/px for a ``magnification`` like ``40x`` (the
-    usual nominal 0.25 µm/px at 40×), else a single number in the ``mpp`` column; None if
-    unknown."""
-    data_dir, image_path = Path(data_dir).resolve(), Path(image_path).resolve()
+    """Pixel size of an image from the nearest ``manifest.csv`` that lists it.
+
+    The image's folder and all its ancestors, up to the filesystem root, are searched in
+    that order; the first ``manifest.csv`` with a row whose ``file`` (relative to the
+    manifest's folder) is the image decides: ``10 / magnification`` µm/px for a
+    ``magnification`` like ``40x`` (the usual nominal 0.25 µm/px at 40×), else a single
+    number in the ``mpp`` column, else None.  The search does not stop at ``data_dir``, so an
+    image gets the same pixel size whether its own folder or a parent is evaluated.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        The evaluated folder (kept for the interface; it does not limit the search).
+    image_path : path-like
+
+    Returns
+    -------
+    float or None
+        µm/px, None if no manifest lists the image or its row states no usable size.
+    """
+    image_path = Path(image_path).resolve()
     for folder in [image_path.parent, *image_path.parent.parents]:
         man = folder / "manifest.csv"
         if man.is_file():
@@ -437,14 +485,73 @@ def nominal_mpp(data_dir, image_path) -> float | None:
                     if len(nums) == 1 and float(nums[0]) > 0:
                         return float(nums[0])
                     return None
-        if folder == data_dir or folder == folder.parent:
-            break
     return None
 
 
 # ----------------------------------------------------------------------------- evaluation
+def class_name(c: int) -> str:
+    """Report name of annotation class ``c`` (:data:`CLASS_NAMES`, else ``"class c"``)."""
+    return CLASS_NAMES.get(int(c), f"class {int(c)}")
+
+
+def _class_entry(nuclei: int, marked: int, pixels: int, marked_pixels: int) -> dict:
+    return {"nuclei": nuclei, "marked": marked,
+            "marked_fraction": marked / nuclei if nuclei else None,
+            "pixels": pixels, "marked_pixels": marked_pixels,
+            "pixel_fraction": marked_pixels / pixels if pixels else None}
+
+
+def class_marking(mask: np.ndarray, instances: np.ndarray, classes: np.ndarray) -> dict:
+    """Which annotated nuclei of each class a mask marks.
+
+    A nucleus is an instance id of ``instances``; its class is the most frequent non-zero
+    class of its pixels (:func:`instance_majority_class`).  It is **marked** when at least
+    half (:data:`MARK_FRACTION`) of its pixels are in ``mask``.  Independently of the
+    instances, the pixel fraction of a class is the number of mask pixels where
+    ``classes == c`` divided by the number of pixels where ``classes == c``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+        A thresholded mask.
+    instances, classes : ndarray of int, shape (H, W)
+        Annotation (0 = background).
+
+    Returns
+    -------
+    dict
+        Class name (:func:`class_name`) -> ``{"nuclei", "marked", "marked_fraction",
+        "pixels", "marked_pixels", "pixel_fraction"}``, for the classes that occur in
+        ``classes`` or as an instance's class, in class order.  A fraction is None when its
+        denominator is 0.
+    """
+    mask = np.asarray(mask)
+    _check_labels(instances, classes)
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be a bool array, got {mask.dtype}")
+    if mask.shape != instances.shape:
+        raise ValueError(f"mask {mask.shape} and annotation {instances.shape} differ in shape")
+    cls_of = instance_majority_class(instances, classes)
+    inst = instances.ravel().astype(np.int64)
+    area = np.bincount(inst, minlength=cls_of.size)
+    inside = np.bincount(inst[mask.ravel()], minlength=cls_of.size)
+    present = area > 0
+    present[0] = False
+    marked = present & (inside >= MARK_FRACTION * area)
+    cls_flat = classes.ravel().astype(np.int64)
+    k = max(int(cls_flat.max()) + 1 if cls_flat.size else 1, int(cls_of.max()) + 1)
+    px = np.bincount(cls_flat, minlength=k)
+    px_in = np.bincount(cls_flat[mask.ravel()], minlength=k)
+    n_of = np.bincount(cls_of[present], minlength=k)
+    m_of = np.bincount(cls_of[marked], minlength=k)
+    return {class_name(c): _class_entry(int(n_of[c]), int(m_of[c]), int(px[c]), int(px_in[c]))
+            for c in range(1, k) if px[c] or n_of[c]}
+
+
 def evaluate_masks(pred_mask: np.ndarray, pred_labels: np.ndarray, target_mask: np.ndarray,
-                   target_labels: np.ndarray, radius: float = MATCH_RADIUS) -> dict:
+                   target_labels: np.ndarray, radius: float = MATCH_RADIUS,
+                   instances: np.ndarray | None = None,
+                   classes: np.ndarray | None = None) -> dict:
     """All scores of one method on one image.
 
     Parameters
@@ -454,29 +561,65 @@ def evaluate_masks(pred_mask: np.ndarray, pred_labels: np.ndarray, target_mask: 
         Predicted objects and target instances (0 = background).
     radius : float
         Centroid matching distance.
+    instances, classes : ndarray of int, shape (H, W), optional
+        The full annotation; with both, the per-class marked fractions of ``pred_mask``
+        (:func:`class_marking`) are added.
 
     Returns
     -------
     dict
         ``pixel`` (counts, accuracy, dice, iou), ``objects`` (tp, fp, fn, precision, recall,
-        f1), ``n_pred``, ``n_target``.
+        f1; the three scores None — not applicable — when there is no target nucleus),
+        ``n_pred``, ``n_target`` and, with ``classes``, ``classes``.
     """
     from .objects import object_table
     px = pixel_metrics(pred_mask, target_mask)
     pc = object_table(np.asarray(pred_labels)).centroids()
     tc = object_table(np.asarray(target_labels)).centroids()
     ob = detection_metrics(pc, tc, radius)
-    return {"pixel": px, "objects": ob, "n_pred": int(len(pc)), "n_target": int(len(tc))}
+    if len(tc) == 0:
+        ob.update(precision=None, recall=None, f1=None)
+    out = {"pixel": px, "objects": ob, "n_pred": int(len(pc)), "n_target": int(len(tc))}
+    if classes is not None:
+        if instances is None:
+            raise ValueError("classes given without instances")
+        out["classes"] = class_marking(np.asarray(pred_mask), np.asarray(instances),
+                                       np.asarray(classes))
+    return out
 
 
-def _pool(results: list) -> dict:
+def _class_order(name: str):
+    order = {v: k for k, v in CLASS_NAMES.items()}
+    m = re.fullmatch(r"class (\d+)", name)
+    return order.get(name, int(m.group(1)) if m else 1 << 30), name
+
+
+def pool_results(results: list) -> dict:
+    """Pooled scores of several :func:`evaluate_masks` results (e.g. one method over images).
+
+    Pixel counts, match counts and per-class nucleus and pixel counts are summed, then the
+    ratios recomputed.  Detection counts are summed over the images that have target nuclei
+    only (``n_images_detection``); with none the detection scores are None.  ``classes``
+    (if any result has it) lists every class that occurs in any of them.
+    """
     keys = ("tp", "fp", "fn", "tn")
     px = {k: sum(r["pixel"][k] for r in results) for k in keys}
-    ob = {k: sum(r["objects"][k] for r in results) for k in keys[:3]}
-    return {"pixel": {**px, **scores_from_counts(px)}, "objects": {**ob, **detection_scores(ob)},
-            "n_pred": sum(r["n_pred"] for r in results),
-            "n_target": sum(r["n_target"] for r in results),
-            "n_images": len(results)}
+    det = [r for r in results if r["n_target"] > 0]
+    ob = {k: sum(r["objects"][k] for r in det) for k in keys[:3]}
+    scores = detection_scores(ob) if det else dict(precision=None, recall=None, f1=None)
+    out = {"pixel": {**px, **scores_from_counts(px)}, "objects": {**ob, **scores},
+           "n_pred": sum(r["n_pred"] for r in results),
+           "n_target": sum(r["n_target"] for r in results),
+           "n_images": len(results), "n_images_detection": len(det)}
+    with_cls = [r["classes"] for r in results if "classes" in r]
+    if with_cls:
+        names = sorted({n for c in with_cls for n in c}, key=_class_order)
+        out["classes"] = {
+            n: _class_entry(*(sum(c[n][k] for c in with_cls if n in c)
+                              for k in ("nuclei", "marked", "pixels", "marked_pixels")))
+            for n in names}
+        out["n_images_classes"] = len(with_cls)
+    return out
 
 
 def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", rule_model=None,
@@ -512,7 +655,18 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
     Returns
     -------
     dict
-        The report (also written as ``report.json`` and ``report.md`` in ``out_dir``).
+        The report (also written as ``report.json`` and ``report.md`` in ``out_dir``, with
+        the figure ``marked_fractions.png`` when any image has classes).  Keys:
+        ``images`` (per image: ``folder``, ``results`` per method, ``all_background``,
+        ``skipped`` reasons, ``note``), ``overall`` and ``per_folder`` (folder -> method ->
+        :func:`pool_results`), ``all_background`` (``{"overall", "per_folder"}``: the same
+        scores for an all-zero mask), ``settings``, ``methods``, ``figures``.
+
+    Notes
+    -----
+    An image's folder is its folder below ``data_dir``; images directly in ``data_dir``
+    get ``data_dir``'s own name, so that a tile is pooled under the same folder name
+    whether ``data_dir`` is its folder or a parent.
     """
     from .baseline import BaselineConfig, segment_nuclei
     from .figures import overlay_contours
@@ -526,10 +680,13 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
     pairs = find_annotated_images(data_dir)
     if not pairs:
         raise FileNotFoundError(f"{data_dir}: no annotated images (NAME_labels.npz) found")
+    data_dir = Path(data_dir)
     images, per_method = [], {name: [] for name in methods}
+    all_bg = []
     for k, (img_path, lab_path) in enumerate(pairs, 1):
         rel = str(img_path.relative_to(data_dir)) if img_path.is_relative_to(data_dir) else str(img_path)
-        entry = {"image": rel, "results": {}, "skipped": {}}
+        entry = {"image": rel, "folder": _folder_name(data_dir, rel), "results": {},
+                 "skipped": {}}
         images.append(entry)
         try:
             with np.load(lab_path) as z:
@@ -554,15 +711,22 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
         entry["mpp"] = img_mpp
         rule = scenario_rule(target, rule_model, img_mpp) if target in _DEFAULT_RULES else None
         try:
-            t_mask, t_labels = target_from_annotations(instances, classes, target, rule)
+            t_mask, t_labels = target_from_annotations(
+                instances, classes, target, rule, epithelial_not_target=target == "scenario3")
         except LookupError as e:
             entry["skipped"]["all"] = str(e)
             say(f"[{k}/{len(pairs)}] {rel}: skipped — {e}")
             continue
         if rule is not None:
             entry["rule"] = dataclasses.asdict(rule)
+        if target == "scenario3" and np.any(classes == EPITHELIAL_UNKNOWN):
+            entry["note"] = (f"class {EPITHELIAL_UNKNOWN} (epithelial, tumour vs normal not "
+                             "distinguished): target = class-1 nuclei only; epithelial nuclei "
+                             "are reported, not scored as tumour")
+        n_t = int(len(np.unique(t_labels)) - 1)
         say(f"[{k}/{len(pairs)}] {rel}: {img.array.shape[1]}x{img.array.shape[0]}, mpp {img_mpp}, "
-            f"{int(len(np.unique(t_labels)) - 1)} target nuclei")
+            f"{n_t} target nuclei" + (f" ({entry['note']})" if "note" in entry else ""))
+        cls_kw = dict(instances=instances, classes=classes) if classes is not None else {}
         for name, method in methods.items():
             t0 = time.perf_counter()
             if isinstance(method, str) and method == "baseline":
@@ -583,18 +747,25 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
                 p_mask = pred.mask > threshold
                 p_labels = label_objects(pred.mask, threshold, h=split_h, min_area=min_area)
                 base = pred.image
-            res = evaluate_masks(p_mask, p_labels, t_mask, t_labels, radius)
+            res = evaluate_masks(p_mask, p_labels, t_mask, t_labels, radius, **cls_kw)
             res["seconds"] = time.perf_counter() - t0
             entry["results"][name] = res
-            per_method[name].append(res)
-            say(f"    {name}: pixel acc {res['pixel']['accuracy']:.4f}, Dice "
-                f"{res['pixel']['dice']:.3f}, F1 {res['objects']['f1']:.3f} "
-                f"({res['n_pred']} objects, {res['seconds']:.1f} s)")
+            per_method[name].append((entry["folder"], res))
+            say(f"    {name}: {_summary_line(res)} ({res['n_pred']} objects, "
+                f"{res['seconds']:.1f} s)")
             if overlays:
                 # The image's path below DATA_DIR keeps equal names in different folders apart.
                 fn = out_dir / f"{_slug(str(Path(rel).with_suffix('')))}__{_slug(name)}_overlay.png"
                 write_png(fn, overlay_contours(base, p_labels, second=t_labels))
                 res["overlay"] = fn.name
+        if entry["results"]:
+            # The reference every method must beat, on the images the methods were scored on.
+            bg = evaluate_masks(np.zeros(instances.shape, bool),
+                                np.zeros(instances.shape, np.int32), t_mask, t_labels, radius,
+                                **cls_kw)
+            entry["all_background"] = bg
+            all_bg.append((entry["folder"], bg))
+            say(f"    {ALL_BACKGROUND}: {_summary_line(bg)}")
     report = {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "data_dir": str(data_dir),
@@ -603,13 +774,64 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
                          match_radius=radius, tile=tile, mpp=mpp,
                          baseline=dataclasses.asdict(baseline_cfg)),
         "methods": [_describe(n, m) for n, m in methods.items()],
+        "mark_fraction": MARK_FRACTION,
         "images": images,
-        "overall": {name: _pool(r) for name, r in per_method.items() if r},
+        "overall": {name: pool_results([r for _, r in rs])
+                    for name, rs in per_method.items() if rs},
+        "per_folder": {},
+        "all_background": {"overall": pool_results([r for _, r in all_bg]) if all_bg else None,
+                           "per_folder": {}},
+        "figures": [],
     }
+    folders = list(dict.fromkeys(f for f, _ in all_bg))
+    for f in folders:
+        report["per_folder"][f] = {name: pool_results([r for g, r in rs if g == f])
+                                   for name, rs in per_method.items()
+                                   if any(g == f for g, _ in rs)}
+        report["all_background"]["per_folder"][f] = pool_results([r for g, r in all_bg if g == f])
+    if any("classes" in r for r in report["overall"].values()):
+        from .figures import plot_marked_fractions
+        plot_marked_fractions(report, out_dir / "marked_fractions.png")
+        report["figures"].append("marked_fractions.png")
     from .imageio_utils import atomic_write_text
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=_jsonable))
     atomic_write_text(out_dir / "report.md", format_report(report))
     return report
+
+
+def _folder_name(data_dir: Path, rel: str) -> str:
+    """Pooling folder of an image: its folder below ``data_dir``, else ``data_dir``'s name."""
+    parent = Path(rel).parent
+    if str(parent) == ".":
+        return Path(data_dir).resolve().name or str(data_dir)
+    return parent.as_posix()
+
+
+def _fmt(v, spec=".3f") -> str:
+    """A score, or "–" when not applicable (None)."""
+    return "–" if v is None else format(v, spec)
+
+
+def _marked_text(classes: dict) -> str:
+    nuc = ", ".join(f"{n} {_fmt(c['marked_fraction'])} ({c['marked']}/{c['nuclei']})"
+                    for n, c in classes.items())
+    pix = ", ".join(f"{n} {_fmt(c['pixel_fraction'])}" for n, c in classes.items())
+    return f"marked nuclei {nuc}; mask pixels per class {pix}"
+
+
+def _n_images(r: dict) -> str:
+    n = r["n_images"]
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def _summary_line(r: dict) -> str:
+    """One-line scores of a result or pooled result (stderr messages)."""
+    p, o = r["pixel"], r["objects"]
+    s = (f"pixel acc {100 * p['accuracy']:.2f} %, Dice {p['dice']:.3f}, "
+         f"P {_fmt(o['precision'])} R {_fmt(o['recall'])} F1 {_fmt(o['f1'])}")
+    if "classes" in r:
+        s += "; " + _marked_text(r["classes"])
+    return s
 
 
 def _describe(name, method) -> dict:
@@ -633,7 +855,7 @@ def _jsonable(o):
 
 
 _TARGET_TEXT = {
-    "scenario3": "tumour nuclei (classes == 1)",
+    "scenario3": "tumour nuclei (classes == 1 only; epithelial class 4 never counts as tumour)",
     "scenario2": "immune nuclei in immune-rich neighbourhoods (scenario 2 density rule)",
     "scenario1": "immune nuclei near tumour cells (scenario 1 density rule)",
     "nuclei": "all annotated nuclei",
@@ -667,8 +889,10 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         "Pixel accuracy, Dice and IoU of the thresholded mask against the target mask; "
-        "precision / recall / F1 of object detection. *Overall* pools the pixel and match "
-        "counts of all evaluated images.", "",
+        "precision / recall / F1 of object detection (\"–\": not applicable, the image has "
+        "no target nucleus). *Overall* and *per folder* pool the pixel and match counts of "
+        "the evaluated images (detection: of the images with target nuclei). "
+        f"*{ALL_BACKGROUND}* is an all-zero mask: the pixel accuracy of marking nothing.", "",
     ]
     rules = {json.dumps(im["rule"], sort_keys=True) for im in report["images"] if "rule" in im}
     for r in sorted(rules):
@@ -676,21 +900,43 @@ def format_report(report: dict) -> str:
         lines.insert(4, f"- density rule: class {d['cell_class']} nuclei whose disc of radius "
                         f"{d['radius']:.1f} px has a class-{d['density_class']} pixel fraction "
                         f"> {d['threshold']} ({d['source']})")
+    bg = report.get("all_background") or {}
     head = ("| image | method | pixel acc. | Dice | IoU | precision | recall | F1 | "
             "objects | targets |")
     sep = "|" + "---|" * 10
     lines += ["## Overall", "", head, sep]
     for name, r in report["overall"].items():
         lines.append(_row(f"all ({r['n_images']})", name, r))
+    if bg.get("overall"):
+        lines.append(_row(f"all ({bg['overall']['n_images']})", ALL_BACKGROUND, bg["overall"]))
+    per_folder = report.get("per_folder") or {}
+    if per_folder:
+        lines += ["", "## Per folder", "", head, sep]
+        for f, by_method in per_folder.items():
+            for name, r in by_method.items():
+                lines.append(_row(f"{f} ({r['n_images']})", name, r))
+            if f in bg.get("per_folder", {}):
+                b = bg["per_folder"][f]
+                lines.append(_row(f"{f} ({b['n_images']})", ALL_BACKGROUND, b))
+    lines += _marked_section(report)
     lines += ["", "## Per image", "", head, sep]
-    skipped = []
+    skipped, notes = [], []
     for im in report["images"]:
         for name, r in im["results"].items():
             lines.append(_row(im["image"], name, r))
+        if "all_background" in im:
+            lines.append(_row(im["image"], ALL_BACKGROUND, im["all_background"]))
         for name, why in im["skipped"].items():
             skipped.append(f"- `{im['image']}` ({name}): {why}")
+        if "note" in im:
+            notes.append(f"- `{im['image']}`: {im['note']}")
+    if notes:
+        lines += ["", "## Notes", ""] + notes
     if skipped:
         lines += ["", "## Skipped", ""] + skipped
+    if report.get("figures"):
+        lines += ["", "## Figures", ""]
+        lines += [f"![{fn}]({fn})" for fn in report["figures"]]
     overlays = [(im["image"], n, r["overlay"]) for im in report["images"]
                 for n, r in im["results"].items() if "overlay" in r]
     if overlays:
@@ -703,8 +949,52 @@ def format_report(report: dict) -> str:
 def _row(image, name, r):
     p, o = r["pixel"], r["objects"]
     return (f"| {image} | {name} | {100 * p['accuracy']:.2f} % | {p['dice']:.3f} | "
-            f"{p['iou']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} | {o['f1']:.3f} | "
+            f"{p['iou']:.3f} | {_fmt(o['precision'])} | {_fmt(o['recall'])} | {_fmt(o['f1'])} | "
             f"{r['n_pred']} | {r['n_target']} |")
+
+
+def _marked_section(report: dict) -> list:
+    """Markdown lines of the per-class marked-nucleus table (empty without classes)."""
+    bg = report.get("all_background") or {}
+    rows = []   # (scope, method, pooled-or-single result)
+    for name, r in report["overall"].items():
+        rows.append((f"all ({r['n_images']})", name, r))
+    if bg.get("overall"):
+        rows.append((f"all ({bg['overall']['n_images']})", ALL_BACKGROUND, bg["overall"]))
+    for f, by_method in (report.get("per_folder") or {}).items():
+        for name, r in by_method.items():
+            rows.append((f"{f} ({r['n_images']})", name, r))
+        if f in bg.get("per_folder", {}):
+            rows.append((f"{f} ({bg['per_folder'][f]['n_images']})", ALL_BACKGROUND,
+                         bg["per_folder"][f]))
+    for im in report["images"]:
+        for name, r in im["results"].items():
+            rows.append((im["image"], name, r))
+        if "all_background" in im:
+            rows.append((im["image"], ALL_BACKGROUND, im["all_background"]))
+    rows = [x for x in rows if "classes" in x[2]]
+    if not rows:
+        return []
+    names = sorted({n for _, _, r in rows for n in r["classes"]}, key=_class_order)
+    frac = report.get("mark_fraction", MARK_FRACTION)
+    out = ["", "## Marked nuclei per class", "",
+           f"A nucleus (an annotated instance, of the majority class of its pixels) is "
+           f"*marked* when at least {'half' if frac == 0.5 else frac} of its pixels are in the "
+           "thresholded mask. Each cell: marked fraction (marked / nuclei of the class in the "
+           "image(s)); px: mask pixels of the class / pixels of the class. \"–\": the class "
+           "does not occur. Classes are reported whatever the target: epithelial (class 4, "
+           "tumour vs normal not distinguished) is never scored as tumour.", "",
+           "| image | method | " + " | ".join(names) + " |",
+           "|" + "---|" * (2 + len(names))]
+    for scope, name, r in rows:
+        cells = []
+        for n in names:
+            c = r["classes"].get(n)
+            cells.append("–" if c is None else
+                         f"{_fmt(c['marked_fraction'])} ({c['marked']}/{c['nuclei']}), "
+                         f"px {_fmt(c['pixel_fraction'])}")
+        out.append(f"| {scope} | {name} | " + " | ".join(cells) + " |")
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -772,11 +1062,14 @@ def main(argv=None) -> int:
         print("error: no image could be evaluated (see report.md, section Skipped)",
               file=sys.stderr)
         return 2
-    for name, r in report["overall"].items():
-        say(f"overall {name}: pixel acc {100 * r['pixel']['accuracy']:.2f} %, Dice "
-            f"{r['pixel']['dice']:.3f}, P {r['objects']['precision']:.3f} R "
-            f"{r['objects']['recall']:.3f} F1 {r['objects']['f1']:.3f} ({r['n_images']} images)")
-    say(f"wrote {args.out / 'report.md'} and report.json")
+    bg = report["all_background"]
+    for f, by_method in report["per_folder"].items():
+        for name, r in list(by_method.items()) + [(ALL_BACKGROUND, bg["per_folder"][f])]:
+            say(f"folder {f} {name}: {_summary_line(r)} ({_n_images(r)})")
+    for name, r in list(report["overall"].items()) + [(ALL_BACKGROUND, bg["overall"])]:
+        say(f"overall {name}: {_summary_line(r)} ({_n_images(r)})")
+    written = ", ".join(["report.json"] + report["figures"])
+    say(f"wrote {args.out / 'report.md'} and {written}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Figures: training curves (the article's Fig. 3), sample panels (Fig. 4/5) and overlays.
+"""Figures: training curves (the article's Fig. 3), sample panels (Fig. 4/5), overlays and
+the evaluation's per-class marked-nucleus fractions.
 
 Matplotlib is used through its object API with the Agg canvas (no pyplot state, no display
 needed).  Command line::
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["overlay_contours", "read_training_log", "plot_training_curves", "plot_panels",
-           "main"]
+           "plot_marked_fractions", "main"]
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -272,6 +273,105 @@ def plot_panels(samples, out_png, row_labels=None, dpi: int = 150, panel_size: f
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=dpi)
+    return out_png
+
+
+# ----------------------------------------------------------------------------- evaluation
+def plot_marked_fractions(report: dict, out_png, per_folder: bool = True, dpi: int = 150) -> Path:
+    """Grouped bars of the fraction of annotated nuclei of each class that each method marks.
+
+    One panel for the pooled images and, with ``per_folder``, one per dataset folder (when
+    there is more than one); in each, one group of bars per class (tumour, immune, other,
+    epithelial — those that occur) and one bar per method, side by side, labelled
+    ``marked / nuclei``.  A nucleus is marked when at least half of its pixels are in the
+    method's thresholded mask (:func:`vnumba.evaluate.class_marking`).  The file is written
+    atomically (:func:`vnumba.imageio_utils.atomic_write_bytes`).
+
+    Parameters
+    ----------
+    report : dict
+        A report of :func:`vnumba.evaluate.run_evaluation` (or its ``report.json``): keys
+        ``methods``, ``overall`` and optionally ``per_folder``, pooled results with a
+        ``classes`` entry.
+    out_png : path-like
+    per_folder : bool
+    dpi : int
+
+    Returns
+    -------
+    Path
+        ``out_png``.
+
+    Raises
+    ------
+    ValueError
+        No method has per-class results (no evaluated image has ``classes``).
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .evaluate import _class_order
+    from .imageio_utils import atomic_write_bytes
+
+    methods = [m["name"] for m in report.get("methods", [])] or list(report["overall"])
+    scopes = [("overall", report["overall"])]
+    folders = report.get("per_folder") or {}
+    if per_folder and len(folders) > 1:
+        scopes += list(folders.items())
+    panels = []
+    for title, by_method in scopes:
+        have = [m for m in methods if "classes" in (by_method.get(m) or {})]
+        if not have:
+            continue
+        names = sorted({n for m in have for n in by_method[m]["classes"]}, key=_class_order)
+        n_img = max(by_method[m].get("n_images_classes", by_method[m]["n_images"]) for m in have)
+        panels.append((f"{title} ({n_img} image{'s' if n_img != 1 else ''})", by_method, have,
+                       names))
+    if not panels:
+        raise ValueError("no per-class marked fractions in the report (no image with classes)")
+    widths = [max(2, len(names)) * (0.35 + 0.3 * len(methods)) + 0.6
+              for _, _, _, names in panels]
+    fig = Figure(figsize=(sum(widths) + 0.8, 3.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False,
+                                      gridspec_kw={"width_ratios": widths})[0])
+    bar_w = 0.8 / len(methods)
+    for ax, (title, by_method, have, names) in zip(axes, panels):
+        x = np.arange(len(names))
+        for j, m in enumerate(methods):
+            if m not in have:
+                continue
+            cls = by_method[m]["classes"]
+            vals = [cls[n]["marked_fraction"] if n in cls else None for n in names]
+            heights = [np.nan if v is None else v for v in vals]
+            pos = x - 0.4 + bar_w * (j + 0.5)
+            ax.bar(pos, heights, bar_w * 0.95, color=f"C{j}", label=m)
+            for xp, n in zip(pos, names):
+                if n in cls and cls[n]["nuclei"]:
+                    h = cls[n]["marked_fraction"]
+                    ax.text(xp, h + 0.01, f"{cls[n]['marked']}/{cls[n]['nuclei']}",
+                            ha="center", va="bottom", fontsize=6, rotation=90)
+        counts = [max((by_method[m]["classes"].get(n) or {}).get("nuclei", 0) for m in have)
+                  for n in names]
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{n}\n({c} nuclei)" for n, c in zip(names, counts)], fontsize=8)
+        ax.set_ylim(0.0, 1.15)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("fraction of nuclei marked\n(≥ half of the pixels in the mask)")
+    handles, labels = [], []
+    for ax in axes:   # every method once, in the order of the report
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    out_png = Path(out_png)
+    atomic_write_bytes(out_png, buf.getvalue())
     return out_png
 
 
