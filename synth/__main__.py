@@ -17,7 +17,7 @@ from pathlib import Path
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
 
 #: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
-CLI_PLUGINS = ("synth.reference", "synth.scenario3")
+CLI_PLUGINS = ("synth.reference", "synth.scenario3", "synth.layouts")
 
 
 def _cmd_generate(args) -> int:
