@@ -61,6 +61,8 @@ __all__ = [
     "ExtractionConfig",
     "ColourStats",
     "TextureSet",
+    "NucleusSet",
+    "NUCLEUS_SETS",
     "ReferenceBundle",
     "LabelledImage",
     "find_labelled_images",
@@ -75,11 +77,20 @@ __all__ = [
 
 #: Value of the ``format`` attribute of a reference bundle (guards against foreign files).
 FORMAT = "vnumba-synth-reference"
-#: Version of the bundle layout written by :func:`save_reference`.
-VERSION = 1
+#: Version of the bundle layout written by :func:`save_reference` (2 added the look-alike
+#: nucleus sets ``nuclei_immune`` / ``nuclei_other``; version-1 bundles still load, with those
+#: sets empty).
+VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 TUMOUR_CLASS = 1
 IMMUNE_CLASS = 2
+OTHER_CLASS = 3
+
+#: Look-alike nucleus sets cut out besides the tumour nuclei: set name -> labelled class.
+#: Scenario 3 pastes them as immune cells, lymphocyte aggregates, fibroblasts and endothelium;
+#: they never enter the target mask.
+NUCLEUS_SETS = {"immune": IMMUNE_CLASS, "other": OTHER_CLASS}
 
 #: Texture sets, in the order they are stored.
 TEXTURE_KINDS = ("tumour", "immune")
@@ -103,6 +114,8 @@ class ExtractionConfig:
         Number of colour cohorts per texture set (article: 3).
     min_nucleus_area : int
         Tumour nuclei with fewer pixels are not cut out (annotation slivers).
+    min_lookalike_area : int
+        The same for the look-alike sets (:data:`NUCLEUS_SETS`); lymphocytes are small.
     cytoplasm_width : float
         Pixels farther than this from every tumour nucleus are not counted as tumour cytoplasm.
     background_min_lightness : float
@@ -124,6 +137,7 @@ class ExtractionConfig:
     max_patches_per_cell: int = 4
     n_cohorts: int = 3
     min_nucleus_area: int = 40
+    min_lookalike_area: int = 30
     cytoplasm_width: float = 12.0
     background_min_lightness: float = 70.0
     vessel_hue: tuple = (-20.0, 60.0)
@@ -134,7 +148,7 @@ class ExtractionConfig:
 
     def __post_init__(self):
         for name in ("patch_size", "max_patches_per_cell", "n_cohorts", "min_nucleus_area",
-                     "min_colour_pixels"):
+                     "min_lookalike_area", "min_colour_pixels"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"ExtractionConfig.{name} must be a positive int, got {v!r}")
@@ -211,6 +225,34 @@ class TextureSet:
 
 
 @dataclass(frozen=True)
+class NucleusSet:
+    """Whole-nucleus patches of one labelled class (premultiplied RGBA, like the tumour nuclei).
+
+    Attributes
+    ----------
+    patches : tuple of ndarray
+        Each uint8 of shape (h, w, 4); alpha 255 exactly on the nucleus.
+    source, instance : ndarray of int32, shape (M,)
+        Source image index (into :attr:`ReferenceBundle.sources`) and instance id.
+    bbox : ndarray of int32, shape (M, 4)
+        ``(row0, col0, row1, col1)`` in the source image, end-exclusive.
+    """
+
+    patches: tuple
+    source: np.ndarray
+    instance: np.ndarray
+    bbox: np.ndarray
+
+    def __len__(self):
+        return len(self.patches)
+
+    @staticmethod
+    def empty() -> "NucleusSet":
+        return NucleusSet((), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                          np.zeros((0, 4), np.int32))
+
+
+@dataclass(frozen=True)
 class ReferenceBundle:
     """Everything scenario 3 takes from real images (see the module docstring).
 
@@ -233,6 +275,8 @@ class ReferenceBundle:
     mpp : float
         Pixel size of the sources in µm (NaN if not given).
     config : ExtractionConfig
+    nucleus_sets : dict of str to NucleusSet
+        Look-alike nuclei, keys :data:`NUCLEUS_SETS` (empty sets for a version-1 bundle).
     """
 
     nuclei: tuple
@@ -248,6 +292,8 @@ class ReferenceBundle:
     ref_lab_std: np.ndarray
     mpp: float
     config: ExtractionConfig = field(default_factory=ExtractionConfig)
+    nucleus_sets: dict = field(default_factory=lambda: {k: NucleusSet.empty()
+                                                        for k in NUCLEUS_SETS})
 
     @property
     def patch_size(self) -> int:
@@ -274,6 +320,14 @@ class ReferenceBundle:
             h.update(np.asarray(cs.mean, np.float64).tobytes())
             h.update(np.asarray(cs.cov, np.float64).tobytes())
         h.update(np.float64(self.mpp).tobytes())
+        # Only non-empty look-alike sets enter the hash, so a version-1 bundle keeps its
+        # fingerprint (and datasets made from it their provenance record).
+        for kind, ns in sorted(self.nucleus_sets.items()):
+            if len(ns):
+                h.update(f"nuclei_{kind}".encode())
+                for p in ns.patches:
+                    h.update(np.asarray(p.shape, np.int64).tobytes())
+                    h.update(np.ascontiguousarray(p).tobytes())
         return h.hexdigest()
 
     def summary(self) -> str:
@@ -282,6 +336,8 @@ class ReferenceBundle:
                  f"reference image {self.ref_image}, mpp {self.mpp:g}",
                  f"  fingerprint {self.fingerprint()[:16]}",
                  f"  tumour-nucleus patches: {len(self.nuclei)}"]
+        for kind, ns in self.nucleus_sets.items():
+            lines.append(f"  {kind}-nucleus patches: {len(ns)}")
         for kind, ts in self.textures.items():
             counts = np.bincount(ts.cohort.astype(np.int64), minlength=self.n_cohorts)
             lines.append(f"  {kind} texture patches ({self.patch_size}x{self.patch_size}): "
@@ -317,8 +373,11 @@ def labels_path_for(image_path) -> Path:
 def find_labelled_images(paths) -> list:
     """Expand image files and folders into a sorted list of image paths.
 
-    A folder contributes every ``*.png`` in it that has a ``_labels.npz`` beside it (an image
-    without labels in a folder is skipped); a file given explicitly must exist.
+    A folder contributes every ``*.png`` in it or below it that has a ``_labels.npz`` beside
+    it (an image without labels in a folder is skipped; so, in :func:`build_reference`, is
+    one from a folder whose labels have no ``classes`` or that is not RGB uint8, e.g. CPM-15
+    and fluorescence images under ``shared/data/real``); a file given explicitly must exist
+    and be usable.
 
     Raises
     ------
@@ -329,7 +388,7 @@ def find_labelled_images(paths) -> list:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.glob("*.png") if labels_path_for(q).is_file())
+            found = sorted(q for q in p.rglob("*.png") if labels_path_for(q).is_file())
             if not found:
                 raise FileNotFoundError(f"{p}: no NAME.png with NAME_labels.npz beside it")
             out.extend(found)
@@ -465,20 +524,22 @@ def _instance_classes(inst: np.ndarray, cls: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nucleus_patches(img: LabelledImage, rgb: np.ndarray, inst_cls, cfg, src_idx):
-    """Tumour-nucleus RGBA patches of one image (see module docstring, item (a))."""
+def _nucleus_patches(img: LabelledImage, rgb: np.ndarray, inst_cls, cfg, src_idx,
+                     klass: int = TUMOUR_CLASS, min_area: int | None = None):
+    """RGBA patches of the nuclei of class ``klass`` in one image (module docstring, (a))."""
+    min_area = cfg.min_nucleus_area if min_area is None else min_area
     H, W = img.instances.shape
     patches, prov_inst, prov_bbox = [], [], []
     slices = ndi.find_objects(img.instances)
     for i, sl in enumerate(slices, start=1):
-        if sl is None or inst_cls[i] != TUMOUR_CLASS:
+        if sl is None or inst_cls[i] != klass:
             continue
         r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         # A nucleus cut by the tile border would be pasted with a straight edge.
         if r0 == 0 or c0 == 0 or r1 == H or c1 == W:
             continue
         m = img.instances[sl] == i
-        if int(m.sum()) < cfg.min_nucleus_area:
+        if int(m.sum()) < min_area:
             continue
         rgba = np.zeros(m.shape + (4,), dtype=np.uint8)
         rgba[..., :3] = np.where(m[..., None], rgb[sl], 0)
@@ -665,7 +726,19 @@ def build_reference(paths, ref_image=None, patch_size: int | None = None, mpp: f
     mpp = float(mpp)
     if not (np.isnan(mpp) or mpp > 0):
         raise ValueError(f"mpp must be positive (or NaN for unknown), got {mpp}")
-    image_paths = find_labelled_images(paths)
+    explicit = {Path(p) for p in paths if not Path(p).is_dir()}
+    image_paths, skipped = [], []
+    for p in find_labelled_images(paths):
+        if p not in explicit and not _usable(p):
+            skipped.append(p)
+            continue
+        image_paths.append(p)
+    if progress and skipped:
+        progress(f"skipped {len(skipped)} image(s) without a class map or not RGB uint8: "
+                 + ", ".join(q.name for q in skipped))
+    if not image_paths:
+        raise FileNotFoundError("no class-annotated RGB image among "
+                                + ", ".join(str(p) for p in paths))
     ref_path = Path(ref_image) if ref_image is not None else image_paths[0]
     ref_rgb = _read_rgb(ref_path) if ref_image is not None else None
     if ref_rgb is None:
@@ -674,6 +747,7 @@ def build_reference(paths, ref_image=None, patch_size: int | None = None, mpp: f
     rng = np.random.default_rng(cfg.seed)
 
     nuc_patches, nuc_src, nuc_inst, nuc_bbox = [], [], [], []
+    sets = {k: ([], [], [], []) for k in NUCLEUS_SETS}
     tex = {k: [] for k in TEXTURE_KINDS}
     colour_px = {k: [] for k in COLOUR_CLASSES}
     sources, hashes = [], []
@@ -691,6 +765,13 @@ def build_reference(paths, ref_image=None, patch_size: int | None = None, mpp: f
         nuc_src.append(b)
         nuc_inst.append(c)
         nuc_bbox.append(d)
+        for kind, klass in NUCLEUS_SETS.items():
+            for acc, part in zip(sets[kind], _nucleus_patches(img, rgb, inst_cls, cfg, si, klass,
+                                                              cfg.min_lookalike_area)):
+                if isinstance(part, list):
+                    acc.extend(part)
+                else:
+                    acc.append(part)
         cyto = _tumour_cell_map(img.instances, inst_cls, cfg.cytoplasm_width)
         tex["tumour"].append(_square_patches(cyto, rgb, cfg, rng, si))
         immune = np.where(inst_cls[img.instances] == IMMUNE_CLASS, img.instances, 0)
@@ -731,7 +812,22 @@ def build_reference(paths, ref_image=None, patch_size: int | None = None, mpp: f
         ref_lab_std=ref_std,
         mpp=mpp,
         config=cfg,
+        nucleus_sets={k: NucleusSet(tuple(v[0]), np.concatenate(v[1]), np.concatenate(v[2]),
+                                    np.concatenate(v[3]).reshape(-1, 4))
+                      for k, v in sets.items()},
     )
+
+
+def _usable(path: Path) -> bool:
+    """True when ``path`` is RGB uint8 and its labels have a ``classes`` map (cheap checks)."""
+    try:
+        with np.load(labels_path_for(path), allow_pickle=False) as z:
+            if "classes" not in z.files:
+                return False
+        _read_rgb(path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------
@@ -770,18 +866,10 @@ def save_reference(bundle: ReferenceBundle, path) -> Path:
             f.create_dataset("sources", data=np.array(bundle.sources, dtype=object), dtype=str_dt)
             f.create_dataset("source_sha256", data=np.array(bundle.source_sha256, dtype=object),
                              dtype=str_dt)
-            g = f.create_group("nuclei")
-            shapes = np.array([p.shape[:2] for p in bundle.nuclei], np.int32).reshape(-1, 2)
-            sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1] * 4
-            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-            flat = (np.concatenate([p.ravel() for p in bundle.nuclei]) if bundle.nuclei
-                    else np.zeros(0, np.uint8))
-            g.create_dataset("rgba", data=flat.astype(np.uint8))
-            g.create_dataset("shape", data=shapes)
-            g.create_dataset("offset", data=offsets)
-            g.create_dataset("source", data=np.asarray(bundle.nuclei_source, np.int32))
-            g.create_dataset("instance", data=np.asarray(bundle.nuclei_instance, np.int32))
-            g.create_dataset("bbox", data=np.asarray(bundle.nuclei_bbox, np.int32).reshape(-1, 4))
+            _write_patch_group(f.create_group("nuclei"), NucleusSet(
+                bundle.nuclei, bundle.nuclei_source, bundle.nuclei_instance, bundle.nuclei_bbox))
+            for kind, ns in bundle.nucleus_sets.items():
+                _write_patch_group(f.create_group(f"nuclei_{kind}"), ns)
             gt = f.create_group("textures")
             for kind, ts in bundle.textures.items():
                 k = gt.create_group(kind)
@@ -809,6 +897,37 @@ def save_reference(bundle: ReferenceBundle, path) -> Path:
             pass
         raise
     return path
+
+
+def _write_patch_group(g, ns: NucleusSet) -> None:
+    """Variable-size RGBA patches as one flat uint8 array with shapes and offsets."""
+    shapes = np.array([p.shape[:2] for p in ns.patches], np.int32).reshape(-1, 2)
+    sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1] * 4
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    flat = (np.concatenate([p.ravel() for p in ns.patches]) if ns.patches
+            else np.zeros(0, np.uint8))
+    g.create_dataset("rgba", data=flat.astype(np.uint8))
+    g.create_dataset("shape", data=shapes)
+    g.create_dataset("offset", data=offsets)
+    g.create_dataset("source", data=np.asarray(ns.source, np.int32))
+    g.create_dataset("instance", data=np.asarray(ns.instance, np.int32))
+    g.create_dataset("bbox", data=np.asarray(ns.bbox, np.int32).reshape(-1, 4))
+
+
+def _read_patch_group(g, name: str) -> NucleusSet:
+    flat = g["rgba"][()]
+    shapes = g["shape"][()]
+    offsets = g["offset"][()]
+    patches = []
+    for (h, w), o in zip(shapes, offsets):
+        n = int(h) * int(w) * 4
+        if o < 0 or o + n > flat.size:
+            raise ValueError(f"{name} patch extends beyond the pixel data")
+        patches.append(flat[o:o + n].reshape(int(h), int(w), 4))
+    src, inst, bbox = g["source"][()], g["instance"][()], g["bbox"][()]
+    if not (len(src) == len(inst) == len(bbox) == len(patches)):
+        raise ValueError(f"{name} provenance arrays and patches differ in length")
+    return NucleusSet(tuple(patches), src, inst, bbox)
 
 
 def _attr_str(v) -> str:
@@ -843,9 +962,9 @@ def load_reference(path) -> ReferenceBundle:
             raise ValueError(f"{path}: not a synth reference bundle (format attribute "
                              f"{fmt!r}, expected {FORMAT!r})")
         version = int(f.attrs.get("version", -1))
-        if version != VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ValueError(f"{path}: reference bundle version {version} is not supported "
-                             f"(this code reads version {VERSION}); rebuild it")
+                             f"(this code reads versions {_READABLE_VERSIONS}); rebuild it")
         try:
             cfg_dict = json.loads(_attr_str(f.attrs["config"]))
             known = {fl.name for fl in dataclasses.fields(ExtractionConfig)}
@@ -856,19 +975,10 @@ def load_reference(path) -> ReferenceBundle:
                                       for k, v in cfg_dict.items()})
             sources = tuple(_attr_str(s) for s in f["sources"][()])
             hashes = tuple(_attr_str(s) for s in f["source_sha256"][()])
-            g = f["nuclei"]
-            flat = g["rgba"][()]
-            shapes = g["shape"][()]
-            offsets = g["offset"][()]
-            nuclei = []
-            for (h, w), o in zip(shapes, offsets):
-                n = int(h) * int(w) * 4
-                if o < 0 or o + n > flat.size:
-                    raise ValueError("nucleus patch extends beyond the pixel data")
-                nuclei.append(flat[o:o + n].reshape(int(h), int(w), 4))
-            nsrc, ninst, nbbox = g["source"][()], g["instance"][()], g["bbox"][()]
-            if not (len(nsrc) == len(ninst) == len(nbbox) == len(nuclei)):
-                raise ValueError("nucleus provenance arrays and patches differ in length")
+            tum = _read_patch_group(f["nuclei"], "nucleus")
+            nuclei, nsrc, ninst, nbbox = tum.patches, tum.source, tum.instance, tum.bbox
+            nsets = {k: (_read_patch_group(f[f"nuclei_{k}"], f"nuclei_{k}") if version >= 2
+                         else NucleusSet.empty()) for k in NUCLEUS_SETS}
             textures = {}
             for kind in TEXTURE_KINDS:
                 k = f["textures"][kind]
@@ -896,7 +1006,7 @@ def load_reference(path) -> ReferenceBundle:
                 source_sha256=hashes, ref_image=_attr_str(f.attrs["ref_image"]),
                 ref_lab_mean=np.asarray(f.attrs["ref_lab_mean"], np.float64),
                 ref_lab_std=np.asarray(f.attrs["ref_lab_std"], np.float64),
-                mpp=float(f.attrs["mpp"]), config=cfg)
+                mpp=float(f.attrs["mpp"]), config=cfg, nucleus_sets=nsets)
         except KeyError as exc:
             raise ValueError(f"{path}: malformed reference bundle, missing {exc}") from exc
         except (ValueError, TypeError, OSError) as exc:

@@ -42,12 +42,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .color import ColorSpec, color_noise, sample_object_colors
+from .degrade import DegradeSpec, canvas_size, degrade_input, rescale, stain_variation
 from .fmm import fmm_labels, fmm_regions, random_speed_field, region_boundaries, travel_time
 from .generator import RenderSpec, Sample, compose
 from .layers import FilterSpec, Layer, apply_filters
 from .noise import gaussian_random_field
 from .reference import ReferenceBundle, load_reference
 from .script import ParseContext, Script, param, register_scenario
+from . import tme
+from .tme import (_check_patch, _rotated_alpha, _rotated_rgb, _rotation, _warp,  # noqa: F401
+                  density_jitter, ellipse_box, rotate_patch)
 
 __all__ = [
     "LAYER_NAMES", "SpeedSpec", "ReferenceSpec", "RegionsSpec", "ConnectiveSpec", "NucleiSpec",
@@ -57,9 +61,10 @@ __all__ = [
     "PreparedReference", "prepare_reference", "generate",
 ]
 
-#: Layer names, bottom to top (the article's order).
-LAYER_NAMES = ("background", "vessels", "connective", "tumour_cells", "tumour_nuclei",
-               "immune_cells")
+#: Layer names, bottom to top (the article's order, with the look-alike layers of
+#: :mod:`synth.tme` inserted; a layer whose section is absent or off is left out).
+LAYER_NAMES = ("background", "vessels", "connective", "vessel_cells", "stroma", "tumour_cells",
+               "tumour_nuclei", "aggregates", "immune_cells", "pigment", "debris")
 
 
 # --------------------------------------------------------------------------- script schema
@@ -131,9 +136,12 @@ class NucleiSpec:
     min_gap: float = param(6.0, ge=0.0, le=100.0, doc="pixels between two nuclei at least")
     scale: tuple[float, float] = param((0.9, 1.1), gt=0.0, le=10.0)
     tries: int = param(30, ge=1, le=10000, doc="placement attempts per wanted nucleus")
+    flip: bool = param(False, doc="mirror half of the patches (more variety from few nuclei)")
+    density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0,
+                                         doc="stain density factor range per nucleus")
 
     def check(self):
-        for k in ("count", "scale"):
+        for k in ("count", "scale", "density"):
             lo, hi = getattr(self, k)
             if lo > hi:
                 yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
@@ -169,23 +177,130 @@ class ImmuneSpec:
     cluster_sigma: float = param(25.0, gt=0.0, le=10000.0)
     patch_overlap: int = param(2, ge=0, le=100)
     tries: int = param(20, ge=1, le=10000)
+    real_fraction: float = param(0.0, ge=0.0, le=1.0,
+                                 doc="fraction drawn as real immune-nucleus patches")
+    scale: tuple[float, float] = param((0.9, 1.1), gt=0.0, le=10.0)
+    density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0)
 
     def check(self):
-        for k in ("count", "semi_axis", "axis_ratio", "clusters"):
+        for k in ("count", "semi_axis", "axis_ratio", "clusters", "scale", "density"):
             lo, hi = getattr(self, k)
             if lo > hi:
                 yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
 
 
+def _ranges(spec, names):
+    for k in names:
+        lo, hi = getattr(spec, k)
+        if lo > hi:
+            yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """``[aggregates]``: dense lymphocyte aggregates (look-alikes, never in the mask).
+
+    With probability ``probability`` an image gets ``count`` aggregates.  Each is a region
+    grown by fast marching from a uniform seed up to travel time ``radius`` over the velocity
+    field ``speed`` (:func:`synth.tme.grow_region`), filled with the ``[colors.aggregate]``
+    matrix and packed with real immune-nucleus patches at uniform centres until they cover
+    ``packing`` of it, each overlapping earlier ones by at most ``max_overlap``.  Tumour nuclei
+    are not centred inside an aggregate (``exclude_tumour``).
+    """
+
+    probability: float = param(0.0, ge=0.0, le=1.0)
+    count: tuple[int, int] = param((1, 2), ge=0, le=100)
+    radius: tuple[float, float] = param((20.0, 60.0), gt=0.0, le=5000.0)
+    speed: SpeedSpec = field(default_factory=lambda: SpeedSpec(corr=15.0, std=0.4))
+    packing: tuple[float, float] = param((0.45, 0.7), ge=0.0, le=1.0)
+    max_overlap: float = param(0.25, ge=0.0, le=1.0)
+    scale: tuple[float, float] = param((0.85, 1.15), gt=0.0, le=10.0)
+    density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0)
+    tries: int = param(8, ge=1, le=1000, doc="candidate centres per wanted nucleus")
+    exclude_tumour: bool = True
+
+    def check(self):
+        yield from _ranges(self, ("count", "radius", "packing", "scale", "density"))
+
+
+@dataclass(frozen=True)
+class StromaSpec:
+    """``[stroma]``: fibrous stroma with fibroblast nuclei (look-alikes, never in the mask).
+
+    ``regions`` (a range) of the region decomposition's regions after the vessel ones become
+    stroma: ``[colors.stroma]`` noise, no tumour cells.  Fibroblasts: ``density`` nuclei per
+    10 000 px of stroma; a fraction ``real_fraction`` are real "other" nucleus patches (spindle,
+    endothelial), the rest dark ellipses of long semi-axis ``semi_axis`` and ratio
+    ``axis_ratio`` textured with immune patches, their long axes following a smooth random
+    direction field of correlation ``corr`` px (collagen bundles run parallel).
+    """
+
+    regions: tuple[int, int] = param((0, 0), ge=0, le=100)
+    density: tuple[float, float] = param((2.0, 6.0), ge=0.0, le=1000.0)
+    semi_axis: tuple[float, float] = param((12.0, 20.0), gt=0.0, le=1000.0)
+    axis_ratio: tuple[float, float] = param((0.2, 0.4), gt=0.0, le=1.0)
+    corr: float = param(30.0, gt=0.0, le=1000.0)
+    real_fraction: float = param(0.5, ge=0.0, le=1.0)
+    scale: tuple[float, float] = param((0.9, 1.1), gt=0.0, le=10.0)
+
+    def check(self):
+        yield from _ranges(self, ("regions", "density", "semi_axis", "axis_ratio", "scale"))
+
+
+@dataclass(frozen=True)
+class VesselCellSpec:
+    """``[vessel_cells]``: red blood cells filling ``fill`` of the vessel lumen (ellipses of
+    radius ``red_cell_radius``) and endothelial nuclei every ``endothelial_spacing`` px along
+    the vessel wall, long axis along it (0 = none)."""
+
+    fill: tuple[float, float] = param((0.0, 0.0), ge=0.0, le=1.0)
+    red_cell_radius: tuple[float, float] = param((12.0, 16.0), gt=0.0, le=1000.0)
+    endothelial_spacing: float = param(0.0, ge=0.0, le=10000.0)
+    endothelial_semi_axis: tuple[float, float] = param((10.0, 16.0), gt=0.0, le=1000.0)
+    endothelial_axis_ratio: tuple[float, float] = param((0.25, 0.4), gt=0.0, le=1.0)
+
+    def check(self):
+        yield from _ranges(self, ("fill", "red_cell_radius", "endothelial_semi_axis",
+                                  "endothelial_axis_ratio"))
+
+
+@dataclass(frozen=True)
+class GranuleSpec:
+    """``[pigment]`` (melanin, melanophages) and ``[debris]`` (apoptotic / necrotic fragments):
+    with probability ``probability``, ``count`` granular blobs of radius ``radius`` whose
+    pixels are set with density ``density`` at grain ``grain`` px (:func:`synth.tme.granules`),
+    at uniform positions or, with ``near_immune``, next to immune nuclei."""
+
+    probability: float = param(0.0, ge=0.0, le=1.0)
+    count: tuple[int, int] = param((1, 5), ge=0, le=10000)
+    radius: tuple[float, float] = param((8.0, 25.0), gt=0.0, le=1000.0)
+    density: tuple[float, float] = param((0.3, 0.7), gt=0.0, le=1.0)
+    grain: float = param(1.0, ge=0.0, le=50.0)
+
+    def check(self):
+        yield from _ranges(self, ("count", "radius", "density"))
+
+
+def _default_colour(mean, sd=0.03, corr=1.0, source="chosen by eye"):
+    c = tuple(tuple((sd * sd if i == j else 0.5 * sd * sd) for j in range(3)) for i in range(3))
+    return field(default_factory=lambda: ColorSpec(mean=mean, cov=c, cov_between=c, corr=corr,
+                                                   source=source))
+
+
 @dataclass(frozen=True)
 class Scenario3Colors:
     """``[colors]``: noise-layer colours (:class:`synth.color.ColorSpec`) and the contour colour
-    of tumour cells (only its ``mean`` is used)."""
+    of tumour cells (only its ``mean`` is used).  The look-alike colours have defaults."""
 
     background: ColorSpec
     vessel: ColorSpec
     stroma: ColorSpec
     contour: ColorSpec
+    aggregate: ColorSpec = _default_colour((0.50, 0.30, 0.62))
+    red_cells: ColorSpec = _default_colour((0.86, 0.36, 0.40))
+    fibroblast: ColorSpec = _default_colour((0.30, 0.12, 0.45))
+    pigment: ColorSpec = _default_colour((0.42, 0.30, 0.22), sd=0.05)
+    debris: ColorSpec = _default_colour((0.25, 0.08, 0.38), sd=0.05)
 
 
 @dataclass(frozen=True)
@@ -215,6 +330,12 @@ _SECTIONS = {
     "tumour_nuclei": NucleiSpec,
     "tumour_cells": TumourCellSpec,
     "immune_cells": ImmuneSpec,
+    "aggregates": AggregateSpec,
+    "stroma": StromaSpec,
+    "vessel_cells": VesselCellSpec,
+    "pigment": GranuleSpec,
+    "debris": GranuleSpec,
+    "degrade": DegradeSpec,
     "colors": Scenario3Colors,
     "filters": _parse_filters,
     "render": RenderSpec,
@@ -223,104 +344,6 @@ _SECTIONS = {
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def rotate_patch(rgba: np.ndarray, angle: float, scale: float = 1.0) -> np.ndarray:
-    """Rotate (and scale) a premultiplied RGBA nucleus patch with bilinear interpolation.
-
-    The output box is just large enough for the rotated patch.  Colour and alpha are
-    interpolated premultiplied, then alpha is thresholded at 1/2, so the result is again a
-    binary-alpha patch whose area equals the input's up to interpolation error along the
-    contour; colour is un-premultiplied where alpha is 1.
-
-    Parameters
-    ----------
-    rgba : ndarray of uint8, shape (h, w, 4)
-        RGB zero where alpha is zero (as stored in a reference bundle), alpha 0 or 255.
-    angle : float
-        Counter-clockwise rotation in degrees.
-    scale : float
-        Scale factor (> 0).
-
-    Returns
-    -------
-    ndarray of float32, shape (h', w', 4)
-        RGB in [0, 1] (0 outside the nucleus), alpha in {0, 1}.
-    """
-    a = _check_patch(rgba)
-    if not np.isfinite(angle):
-        raise ValueError(f"angle must be finite, got {angle!r}")
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
-    rot = _rotation(a.shape[0], a.shape[1], angle, scale)
-    al, box = _rotated_alpha(a, rot)
-    if box is None:
-        return np.zeros((1, 1, 4), np.float32)
-    out = np.empty(al[box].shape + (4,), np.float32)
-    out[..., :3] = _rotated_rgb(a, rot, al, box)
-    out[..., 3] = al[box] >= 0.5
-    return out
-
-
-def _check_patch(rgba) -> np.ndarray:
-    a = np.asarray(rgba)
-    if a.ndim != 3 or a.shape[2] != 4 or a.dtype != np.uint8:
-        raise ValueError(f"rgba must be uint8 (h, w, 4), got {a.dtype} {a.shape}")
-    return a
-
-
-def _rotation(h: int, w: int, angle: float, scale: float):
-    """Inverse matrix, offset and output shape of the rotation about the patch centre."""
-    t = np.deg2rad(angle)
-    c, s = np.cos(t), np.sin(t)
-    # In (row, col) coordinates with rows growing downwards this turns counter-clockwise on
-    # screen (angle 90 equals numpy.rot90).
-    fwd = scale * np.array([[c, -s], [s, c]])
-    half = np.array([h / 2.0, w / 2.0])
-    corners = np.array([[0, 0], [0, w], [h, 0], [h, w]], float) - half
-    ext = corners @ fwd.T
-    H2 = int(np.ceil(np.ptp(ext[:, 0]) - 1e-9)) + 2
-    W2 = int(np.ceil(np.ptp(ext[:, 1]) - 1e-9)) + 2
-    inv = np.array([[c, s], [-s, c]]) / scale
-    # Pixel centres sit at index + 1/2: input centre = inv @ (out centre - half2) + half.
-    half2 = np.array([H2 / 2.0, W2 / 2.0])
-    offset = half - inv @ half2 + inv @ np.array([0.5, 0.5]) - 0.5
-    return inv, offset, (H2, W2)
-
-
-def _warp(channel: np.ndarray, rot, origin=(0, 0), shape=None) -> np.ndarray:
-    """Bilinear warp of one uint8 channel to float32 in [0, 1] (output window at origin)."""
-    inv, offset, full = rot
-    shape = full if shape is None else shape
-    off = offset + inv @ np.asarray(origin, np.float64)
-    out = ndi.affine_transform(channel.astype(np.float32), inv, offset=off, output_shape=shape,
-                               order=1, mode="constant", cval=0.0)
-    out *= np.float32(1.0 / 255.0)
-    return out
-
-
-def _rotated_alpha(a: np.ndarray, rot):
-    """Interpolated alpha (H2, W2) and the tight box of its >= 1/2 part (or None)."""
-    al = _warp(a[..., 3], rot)
-    inside = al >= 0.5
-    rows = np.flatnonzero(inside.any(axis=1))
-    if rows.size == 0:
-        return al, None
-    cols = np.flatnonzero(inside.any(axis=0))
-    return al, (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-
-
-def _rotated_rgb(a: np.ndarray, rot, al: np.ndarray, box) -> np.ndarray:
-    """Un-premultiplied colour (h', w', 3) inside ``box``; 0 where alpha < 1/2."""
-    origin = (box[0].start, box[1].start)
-    alb = al[box]
-    inside = alb >= 0.5
-    rgb = np.zeros(alb.shape + (3,), np.float32)
-    for k in range(3):
-        ck = _warp(a[..., k], rot, origin, alb.shape)
-        np.divide(ck, alb, out=rgb[..., k], where=inside)
-    np.clip(rgb, 0.0, 1.0, out=rgb)
-    return rgb
 
 
 def _blend_window(P: int, overlap: int) -> np.ndarray:
@@ -513,7 +536,8 @@ def _dilate(mask: np.ndarray, r: float) -> np.ndarray:
 
 def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=None,
                  min_gap: float = 0.0, scale=(1.0, 1.0), tries: int = 30,
-                 base_scale: float = 1.0, positions_per_rotation: int = 4):
+                 base_scale: float = 1.0, positions_per_rotation: int = 4,
+                 flip: bool = False, density=(1.0, 1.0)):
     """Place rotated real nucleus patches without overlap.
 
     Each attempt draws a centre uniform in the image, a patch, a uniform rotation and a scale
@@ -537,6 +561,12 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
     tries : int
     base_scale : float
         Pixel-size factor applied to every patch (bundle mpp / script mpp).
+    flip : bool
+        Mirror each drawn patch with probability 1/2 (drawn only when True, so that scripts
+        without it keep their samples).
+    density : (float, float)
+        Stain density factor range (:func:`synth.tme.density_jitter`); drawn only when the
+        range is not (1, 1).
 
     Returns
     -------
@@ -565,6 +595,9 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
             continue
         k = int(rng.integers(len(patches)))
         src = patches[k]
+        if flip and rng.integers(2):
+            src = src[:, ::-1]
+        dens = float(rng.uniform(*density)) if tuple(density) != (1.0, 1.0) else 1.0
         sc = base_scale * float(rng.uniform(scale[0], scale[1]))
         rot = _rotation(src.shape[0], src.shape[1], float(rng.uniform(0.0, 360.0)), sc)
         al_f, box = _rotated_alpha(src, rot)
@@ -590,6 +623,8 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
             win = labels[y0:y1, x0:x1]
             win[sub] = nid
             col = _rotated_rgb(src, rot, al_f, box)
+            if dens != 1.0:
+                col = density_jitter(col, dens)
             rgb[y0:y1, x0:x1][sub] = col[y0 - r0:y1 - r0, x0 - c0:x1 - c0][sub]
             # Forbid the nucleus dilated by the gap (computed on the full, unclipped patch).
             g = int(np.ceil(min_gap))
@@ -602,21 +637,6 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
             centres.append((cy, cx))
             break
     return labels, rgb, np.asarray(centres, np.float64).reshape(-1, 2)
-
-
-def _ellipse_box(cy, cx, a, b, th, H, W):
-    c, s = np.cos(th), np.sin(th)
-    ry = np.sqrt((a * s) ** 2 + (b * c) ** 2)
-    rx = np.sqrt((a * c) ** 2 + (b * s) ** 2)
-    y0, y1 = max(int(np.floor(cy - ry)), 0), min(int(np.ceil(cy + ry)) + 1, H)
-    x0, x1 = max(int(np.floor(cx - rx)), 0), min(int(np.ceil(cx + rx)) + 1, W)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    yy = np.arange(y0, y1, dtype=np.float64)[:, None] - cy
-    xx = np.arange(x0, x1, dtype=np.float64)[None, :] - cx
-    u = xx * c + yy * s
-    v = -xx * s + yy * c
-    return y0, x0, (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
 def place_immune_cells(rng: np.random.Generator, shape, spec: ImmuneSpec, count: int | None = None):
@@ -652,7 +672,7 @@ def place_immune_cells(rng: np.random.Generator, shape, spec: ImmuneSpec, count:
         th = float(rng.uniform(0.0, np.pi))
         if not (0 <= cy < H and 0 <= cx < W):
             continue
-        box = _ellipse_box(cy, cx, a, b, th, H, W)
+        box = ellipse_box(cy, cx, a, b, th, H, W)
         if box is None:
             continue
         y0, x0, m = box
@@ -742,13 +762,27 @@ def vessel_regions(rng: np.random.Generator, shape, spec: RegionsSpec) -> np.nda
     H, W = (int(v) for v in shape)
     if spec.vessel == 0:
         return np.zeros((H, W), bool)
+    return region_masks(rng, (H, W), spec, [(0, spec.vessel)])[0]
+
+
+def region_masks(rng: np.random.Generator, shape, spec: RegionsSpec, bounds) -> list:
+    """Unions of consecutive regions of one decomposition: for every ``(lo, hi)`` of
+    ``bounds`` the pixels of regions ``lo <= label < hi`` (bool (H, W)); see
+    :func:`vessel_regions`, which is ``region_masks(..., [(0, spec.vessel)])[0]``."""
+    H, W = (int(v) for v in shape)
     h2, w2 = -(-H // 2), -(-W // 2)
     seeds = np.column_stack([rng.integers(0, h2, spec.count), rng.integers(0, w2, spec.count)])
     half = dataclasses.replace(spec.speed, corr=spec.speed.corr / 2.0)
     regions = fmm_regions(seeds, speed_field(rng, (h2, w2), half))
-    ind = (regions < spec.vessel).astype(np.float32)
-    up = ndi.zoom(ind, (H / h2, W / w2), order=1, grid_mode=True, mode="nearest")[:H, :W]
-    return up >= 0.5
+    out = []
+    for lo, hi in bounds:
+        if hi <= lo:
+            out.append(np.zeros((H, W), bool))
+            continue
+        ind = ((regions >= lo) & (regions < hi)).astype(np.float32)
+        up = ndi.zoom(ind, (H / h2, W / w2), order=1, grid_mode=True, mode="nearest")[:H, :W]
+        out.append(up >= 0.5)
+    return out
 
 
 # --------------------------------------------------------------------------- reference
@@ -783,6 +817,8 @@ class PreparedReference:
     immune: tuple
     base_scale: float
     fingerprint: str = ""
+    immune_nuclei: tuple = ()  # look-alike nucleus patches (bundle version >= 2)
+    other_nuclei: tuple = ()
 
 
 _CACHE: dict = {}
@@ -813,7 +849,9 @@ def prepare_reference(bundle: ReferenceBundle, mpp: float) -> PreparedReference:
         bundle=bundle, nuclei=bundle.nuclei,
         tumour=_rescale_textures(bundle.textures["tumour"], bundle.n_cohorts, s),
         immune=_rescale_textures(bundle.textures["immune"], bundle.n_cohorts, s),
-        base_scale=s, fingerprint=bundle.fingerprint())
+        base_scale=s, fingerprint=bundle.fingerprint(),
+        immune_nuclei=bundle.nucleus_sets["immune"].patches,
+        other_nuclei=bundle.nucleus_sets["other"].patches)
 
 
 def _get_reference(script: Script, reference) -> PreparedReference:
@@ -897,38 +935,210 @@ def generate(script: Script, rng: np.random.Generator, reference=None) -> Sample
     Returns
     -------
     Sample
-        Layers :data:`LAYER_NAMES`, noisy / clean (3, H, W) float32 and the mask of visible
-        tumour-nucleus pixels.
+        Layers (a subset of :data:`LAYER_NAMES`, bottom to top), noisy / clean (3, H, W)
+        float32 and the mask of visible tumour-nucleus pixels.
+
+    Notes
+    -----
+    With ``[degrade].scale`` the layers are drawn on a canvas of ``size / s`` pixels and the
+    images, mask and layers are resampled by ``s`` afterwards (:mod:`synth.degrade`); stain
+    variation then changes both images alike and blur, noise and JPEG only the input.
     """
     ref = _get_reference(script, reference)
     H, W = script.size
+    deg = script["degrade"] or DegradeSpec()
+    s_jit = 1.0
+    if deg.active and tuple(deg.scale) != (1.0, 1.0):
+        s_jit = float(rng.uniform(*deg.scale))
+    Hc, Wc = canvas_size((H, W), s_jit) if s_jit != 1.0 else (H, W)
+    layers, mask, info = _draw_layers(script, rng, ref, (Hc, Wc))
+    render = script["render"] or RenderSpec()
+    noisy, clean = compose(layers, rng, render)
+    if deg.active:
+        if s_jit != 1.0:
+            noisy, clean = rescale(noisy, s_jit, (H, W)), rescale(clean, s_jit, (H, W))
+            mask = (rescale(mask, s_jit, (H, W)) >= 0.5).astype(np.float32)
+            layers = [_rescale_layer(l, s_jit, (H, W)) for l in layers]
+        stain = stain_variation(rng, deg)
+        clean, noisy = stain(clean), stain(noisy)
+        noisy = degrade_input(rng, noisy, deg)
+        info["scale_jitter"] = s_jit
+    return Sample(layers=layers, noisy=np.clip(noisy, 0, 1).astype(np.float32),
+                  clean=np.clip(clean, 0, 1).astype(np.float32), mask=mask, info=info)
+
+
+def _rescale_layer(layer: Layer, s: float, size) -> Layer:
+    """The layer resampled like the images (for previews; its noise is already rendered)."""
+    rgba = rescale(layer.rgba.transpose(2, 0, 1), s, size).transpose(1, 2, 0)
+    labels = None if layer.labels is None else rescale(layer.labels, s, size, order=0)
+    return Layer(layer.name, layer.category, np.ascontiguousarray(rgba, np.float32),
+                 labels=labels, centers=None if layer.centers is None else layer.centers * s,
+                 filters=layer.filters, info=layer.info)
+
+
+def _centres_uniform(rng, region, n):
+    """``n`` uniform centres (row, col) in the pixels of ``region``."""
+    ys, xs = np.nonzero(region)
+    if ys.size == 0 or n <= 0:
+        return np.zeros((0, 2))
+    k = rng.integers(0, ys.size, size=int(n))
+    return np.column_stack([ys[k] + rng.uniform(size=k.size), xs[k] + rng.uniform(size=k.size)])
+
+
+def _mean_area(patches, base_scale) -> float:
+    if not patches:
+        return 1.0
+    return float(np.mean([np.count_nonzero(p[..., 3] >= 128) for p in patches])) * base_scale ** 2
+
+
+def _need(patches, what):
+    if not patches:
+        raise ValueError(f"the reference bundle has no {what}-nucleus patches (a version-1 "
+                         f"bundle?): rebuild it with 'python -m synth reference'")
+    return patches
+
+
+def _aggregates(rng, shape, spec: AggregateSpec, ref: "PreparedReference"):
+    """Regions and packed nuclei of the lymphocyte aggregates (see :class:`AggregateSpec`)."""
+    H, W = shape
+    region = np.zeros((H, W), bool)
+    labels = np.zeros((H, W), np.int32)
+    rgb = np.zeros((H, W, 3), np.float32)
+    if not (rng.random() < spec.probability):
+        return region, labels, rgb, 0
+    patches = _need(ref.immune_nuclei, "immune")
+    area1 = _mean_area(patches, ref.base_scale)
+    n_done = 0
+    for _ in range(int(rng.integers(spec.count[0], spec.count[1] + 1))):
+        seed = (rng.uniform(0, H), rng.uniform(0, W))
+        sp = speed_field(rng, (H, W), spec.speed)
+        reg = tme.grow_region(rng, (H, W), seed, float(rng.uniform(*spec.radius)), sp)
+        region |= reg
+        want = int(round(float(rng.uniform(*spec.packing)) * reg.sum() / area1))
+        cand = _centres_uniform(rng, reg, want * spec.tries)
+        before = n_done
+        labels, rgb, acc = tme.paste_patches(
+            rng, (H, W), patches, cand, max_overlap=spec.max_overlap, scale=spec.scale,
+            base_scale=ref.base_scale, density=spec.density, region=reg, labels=labels,
+            rgb=rgb, id_offset=n_done, max_count=want)
+        n_done = before + acc.shape[0]
+    return region, labels, rgb, n_done
+
+
+def _texture_ellipses(rng, labels, ref, overlap):
+    """Dark nuclei (fibroblast, endothelial) textured with immune-nucleus patches; the blend
+    overlap is capped for small (rescaled) patches."""
+    n = int(labels.max(initial=0))
+    overlap = min(overlap, ref.immune[0].shape[1] - 1)
+    return texture_cells(rng, labels, rng.integers(0, len(ref.immune), size=n), ref.immune,
+                         overlap)
+
+
+def _layer(name, category, rgb, alpha, filters, rng, labels=None, centers=None, noise=None):
+    rgba = np.concatenate([rgb.astype(np.float32), alpha[..., None].astype(np.float32)], axis=-1)
+    f = tuple(filters.get(name, ()))
+    return _bake(Layer(name, category, np.ascontiguousarray(rgba), noise=noise, labels=labels,
+                       centers=centers, filters=f), f, rng)
+
+
+def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReference", shape):
+    """All layers, the target mask and the info record of one sample on an (H, W) canvas."""
+    H, W = shape
     filters = script["filters"] or {}
     regs = script["regions"] or RegionsSpec()
     conn = script["connective"] or ConnectiveSpec()
     nsp = script["tumour_nuclei"] or NucleiSpec()
     csp = script["tumour_cells"] or TumourCellSpec()
     isp = script["immune_cells"] or ImmuneSpec()
-    render = script["render"] or RenderSpec()
     target = (script["mask"] or MaskSpec()).target
+    colors = script["colors"]
+    stroma_spec, agg_spec = script["stroma"], script["aggregates"]
+    vc_spec = script["vessel_cells"]
 
-    # Regions: fast-marching decomposition; the first `vessel` labels hold vessels (seeds
-    # are i.i.d., so which labels is immaterial).
-    vessel = vessel_regions(rng, (H, W), regs)
-    tumour_area = ~vessel
+    # Regions: fast-marching decomposition; the first `vessel` labels hold vessels, the next
+    # ones (if [stroma] asks for them) fibrous stroma (seeds are i.i.d., so which labels is
+    # immaterial).
+    n_str = (int(rng.integers(stroma_spec.regions[0], stroma_spec.regions[1] + 1))
+             if stroma_spec is not None else 0)
+    if n_str:
+        hi = min(regs.vessel + n_str, regs.count - 1)
+        vessel, stroma = region_masks(rng, (H, W), regs, [(0, regs.vessel), (regs.vessel, hi)])
+    else:
+        vessel, stroma = vessel_regions(rng, (H, W), regs), np.zeros((H, W), bool)
+    tumour_area = ~vessel & ~stroma
 
+    ribbons = _ribbons(rng, vessel, conn)
     layers = [_noise_layer(rng, "background", np.ones((H, W), bool),
                            _colour(script, ref, "background", "background"),
                            filters.get("background", ())),
               _noise_layer(rng, "vessels", vessel, _colour(script, ref, "vessel", "vessel"),
                            filters.get("vessels", ())),
-              _noise_layer(rng, "connective", _ribbons(rng, vessel, conn),
+              _noise_layer(rng, "connective", ribbons,
                            _colour(script, ref, "stroma", "stroma"),
                            filters.get("connective", ()))]
+    info = {}
+
+    if vc_spec is not None:
+        # Red cells fill part of the lumen; endothelial nuclei line the wall.
+        lumen = vessel & ~ribbons
+        rbc = tme.discs(rng, lumen, float(rng.uniform(*vc_spec.fill)), vc_spec.red_cell_radius)
+        col = sample_object_colors(rng, colors.red_cells, 1)[0].astype(np.float32)
+        rgb = np.where((rbc > 0)[..., None], col, 0).astype(np.float32)
+        endo = np.zeros((H, W), np.int32)
+        if vc_spec.endothelial_spacing > 0 and vessel.any() and not vessel.all():
+            wall = vessel & ~ndi.binary_erosion(vessel, iterations=2)
+            n_e = int(wall.sum() / 2.0 / vc_spec.endothelial_spacing)
+            sm = ndi.gaussian_filter(vessel.astype(np.float64), 3.0)
+            tangent = np.arctan2(ndi.sobel(sm, 0), ndi.sobel(sm, 1)) + np.pi / 2
+            endo, _ = tme.oriented_ellipses(rng, (H, W), _centres_uniform(rng, wall, n_e),
+                                            vc_spec.endothelial_semi_axis,
+                                            vc_spec.endothelial_axis_ratio, angle=tangent,
+                                            angle_jitter=0.15)
+            tex = _texture_ellipses(rng, endo, ref, 2)
+            rgb = np.where((endo > 0)[..., None], tex, rgb)
+        lab = np.where(endo > 0, endo + int(rbc.max(initial=0)), rbc).astype(np.int32)
+        noise = color_noise(rng, (H, W), colors.red_cells) * (rbc > 0)[..., None]
+        layers.append(_layer("vessel_cells", "vessel_cell", rgb, lab > 0, filters, rng,
+                             labels=lab, noise=noise.astype(np.float32)))
+        info["red_cells"], info["endothelial_nuclei"] = int(rbc.max(initial=0)), int(endo.max(initial=0))
+
+    if n_str:
+        st = _noise_layer(rng, "stroma", stroma, _colour(script, ref, "stroma", "stroma"), filters.get("stroma", ()))
+        area = float(stroma.sum())
+        n_f = int(rng.poisson(float(rng.uniform(*stroma_spec.density)) * area / 1e4))
+        n_real = int(rng.binomial(n_f, stroma_spec.real_fraction)) if ref.other_nuclei else 0
+        ang = tme.smooth_angle_field(rng, (H, W), stroma_spec.corr)
+        fl, _ = tme.oriented_ellipses(rng, (H, W), _centres_uniform(rng, stroma, n_f - n_real),
+                                      stroma_spec.semi_axis, stroma_spec.axis_ratio, angle=ang,
+                                      region=stroma)
+        frgb = _texture_ellipses(rng, fl, ref, 2)
+        fl, frgb, acc = tme.paste_patches(rng, (H, W), ref.other_nuclei,
+                                          _centres_uniform(rng, stroma, n_real),
+                                          scale=stroma_spec.scale, base_scale=ref.base_scale,
+                                          region=stroma, labels=fl, rgb=frgb,
+                                          id_offset=int(fl.max(initial=0)))
+        on = fl > 0
+        st.rgba[on, :3] = frgb[on]
+        st.noise[on] = 0.0
+        st.labels = fl
+        layers.append(st)
+        info["fibroblasts"] = int(fl.max(initial=0))
+
+    agg_region = np.zeros((H, W), bool)
+    if agg_spec is not None:
+        agg_region, agg_lab, agg_rgb, n_agg = _aggregates(rng, (H, W), agg_spec, ref)
+        info["aggregate_nuclei"] = n_agg
+        info["aggregate_fraction"] = float(agg_region.mean())
+    nuc_region = tumour_area & ~agg_region if (agg_spec is not None and agg_spec.exclude_tumour) else tumour_area
+    for l in layers[3:]:
+        # Endothelial nuclei reach past the vessel wall: tumour nuclei must not cover them.
+        nuc_region &= ~l.footprint
 
     n_nuc = int(rng.integers(nsp.count[0], nsp.count[1] + 1))
-    nuc_lab, nuc_rgb, nuc_ctr = place_nuclei(rng, (H, W), ref.nuclei, n_nuc, region=tumour_area,
+    nuc_lab, nuc_rgb, nuc_ctr = place_nuclei(rng, (H, W), ref.nuclei, n_nuc, region=nuc_region,
                                              min_gap=nsp.min_gap, scale=nsp.scale,
-                                             tries=nsp.tries, base_scale=ref.base_scale)
+                                             tries=nsp.tries, base_scale=ref.base_scale,
+                                             flip=nsp.flip, density=nsp.density)
     n = nuc_ctr.shape[0]
 
     cell_speed = speed_field(rng, (H, W), csp.speed)
@@ -937,35 +1147,72 @@ def generate(script: Script, rng: np.random.Generator, reference=None) -> Sample
     cell_cohort = rng.integers(0, n_coh, size=n)
     cell_rgb = texture_cells(rng, cells, cell_cohort, ref.tumour, csp.patch_overlap)
     contour = region_boundaries(cells) & (cells > 0)
-    ccol = np.asarray(script["colors"].contour.mean, np.float32)
+    ccol = np.asarray(colors.contour.mean, np.float32)
     op = np.float32(csp.contour_opacity)
     cell_rgb[contour] = (1 - op) * cell_rgb[contour] + op * ccol
-    rgba = np.concatenate([cell_rgb, (cells > 0)[..., None].astype(np.float32)], axis=-1)
-    layers.append(_bake(Layer("tumour_cells", "tumour_cell", rgba, labels=cells,
-                              filters=tuple(filters.get("tumour_cells", ()))),
-                        filters.get("tumour_cells", ()), rng))
+    layers.append(_layer("tumour_cells", "tumour_cell", cell_rgb, cells > 0, filters, rng,
+                         labels=cells))
+    layers.append(_layer("tumour_nuclei", "tumour_nucleus", nuc_rgb, nuc_lab > 0, filters, rng,
+                         labels=nuc_lab, centers=nuc_ctr))
 
-    rgba = np.concatenate([nuc_rgb, (nuc_lab > 0)[..., None].astype(np.float32)], axis=-1)
-    layers.append(_bake(Layer("tumour_nuclei", "tumour_nucleus", rgba, labels=nuc_lab,
-                              centers=nuc_ctr,
-                              filters=tuple(filters.get("tumour_nuclei", ()))),
-                        filters.get("tumour_nuclei", ()), rng))
+    if agg_spec is not None and agg_region.any():
+        # The matrix between packed lymphocytes, with the nuclei over it; nuclei at the edge
+        # may stick out of the grown region, as in real aggregates.
+        col = sample_object_colors(rng, colors.aggregate, 1)[0].astype(np.float32)
+        on = agg_lab > 0
+        rgb = np.where(on[..., None], agg_rgb, col).astype(np.float32)
+        alpha = agg_region | on
+        noise = (color_noise(rng, (H, W), colors.aggregate) * (alpha & ~on)[..., None])
+        layers.append(_layer("aggregates", "lymphocyte_aggregate", rgb, alpha, filters, rng,
+                             labels=agg_lab, noise=noise.astype(np.float32)))
 
-    imm_lab, imm_par = place_immune_cells(rng, (H, W), isp)
+    m_ell = None
+    if isp.real_fraction > 0 and ref.immune_nuclei:
+        n_imm = int(rng.integers(isp.count[0], isp.count[1] + 1))
+        n_real = int(rng.binomial(n_imm, isp.real_fraction))
+        m_ell = n_imm - n_real
+    imm_lab, imm_par = place_immune_cells(rng, (H, W), isp, count=m_ell)
     m = imm_par.shape[0]
     imm_rgb = texture_cells(rng, imm_lab, rng.integers(0, n_coh, size=m), ref.immune,
                             isp.patch_overlap)
-    rgba = np.concatenate([imm_rgb, (imm_lab > 0)[..., None].astype(np.float32)], axis=-1)
-    layers.append(_bake(Layer("immune_cells", "immune_cell", rgba, labels=imm_lab,
-                              centers=imm_par[:, :2].copy(), axes=imm_par[:, 2:].copy(),
-                              filters=tuple(filters.get("immune_cells", ()))),
-                        filters.get("immune_cells", ()), rng))
+    centres = imm_par[:, :2].copy()
+    if m_ell is not None:
+        # Real lymphocyte / plasma-cell nuclei: clustered like the ellipses (same rule).
+        n_cl = int(rng.integers(isp.clusters[0], isp.clusters[1] + 1))
+        cl = np.column_stack([rng.uniform(0, H, n_cl), rng.uniform(0, W, n_cl)])
+        k = n_real * isp.tries
+        pick = rng.random(k) < isp.cluster_fraction
+        cand = np.column_stack([rng.uniform(0, H, k), rng.uniform(0, W, k)])
+        cand[pick] = (cl[rng.integers(0, n_cl, size=int(pick.sum()))]
+                      + isp.cluster_sigma * rng.standard_normal((int(pick.sum()), 2)))
+        imm_lab, imm_rgb, acc = tme.paste_patches(
+            rng, (H, W), ref.immune_nuclei, cand, max_overlap=isp.max_overlap, scale=isp.scale,
+            base_scale=ref.base_scale, density=isp.density, labels=imm_lab, rgb=imm_rgb,
+            id_offset=m, max_count=n_real)
+        centres = np.concatenate([centres, acc])
+    layers.append(_layer("immune_cells", "immune_cell", imm_rgb, imm_lab > 0, filters, rng,
+                         labels=imm_lab, centers=centres))
+    if isp.real_fraction == 0:
+        layers[-1].axes = imm_par[:, 2:].copy()
+
+    for name in ("pigment", "debris"):
+        g = script[name]
+        if g is None or not (rng.random() < g.probability):
+            continue
+        k = int(rng.integers(g.count[0], g.count[1] + 1))
+        cen = np.column_stack([rng.uniform(0, H, k), rng.uniform(0, W, k)])
+        gm = tme.granules(rng, (H, W), cen, g.radius, g.density, g.grain)
+        spec = getattr(colors, name)
+        col = sample_object_colors(rng, spec, 1)[0].astype(np.float32)
+        rgb = np.where(gm[..., None], col, 0).astype(np.float32)
+        noise = (color_noise(rng, (H, W), spec) * gm[..., None]).astype(np.float32)
+        layers.append(_layer(name, name, rgb, gm, filters, rng, noise=noise))
+        info[name] = k
 
     mask = visible_mask(layers, target)
-    noisy, clean = compose(layers, rng, render)
-    info = {"tumour_nuclei": n, "wanted_tumour_nuclei": n_nuc, "immune_cells": m,
-            "vessel_fraction": float(vessel.mean()), "reference": ref.fingerprint}
-    return Sample(layers=layers, noisy=noisy, clean=clean, mask=mask, info=info)
+    info.update({"tumour_nuclei": n, "wanted_tumour_nuclei": n_nuc, "immune_cells": int(imm_lab.max(initial=0)),
+                 "vessel_fraction": float(vessel.mean()), "reference": ref.fingerprint})
+    return layers, mask, info
 
 
 def _load_for_kind(path) -> ReferenceBundle:

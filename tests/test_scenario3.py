@@ -245,7 +245,7 @@ def test_place_immune_cells_bounds_the_overlap():
     assert 5 <= params.shape[0] <= 40
     covered = np.zeros((80, 80), bool)
     for k, (cy, cx, a, b, th) in enumerate(params):
-        y0, x0, m = S3._ellipse_box(cy, cx, a, b, th, 80, 80)
+        y0, x0, m = S3.ellipse_box(cy, cx, a, b, th, 80, 80)
         full = np.zeros_like(covered)
         full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
         assert np.count_nonzero(full & covered) <= 0.2 * full.sum()
@@ -288,13 +288,19 @@ def test_mask_is_the_visible_part_of_the_nuclei_on_a_hand_made_arrangement():
 
 
 def test_generated_mask_equals_visible_nucleus_pixels(small_bundle):
-    s = small_script()
+    # without scale jitter the mask is exactly the nuclei not covered by a layer above them
+    s = small_script(**{"scale = [0.85, 1.15]\nhed_scale": "scale = [1.0, 1.0]\nhed_scale"})
     smp = generate_sample(s, sample_rng(11, 0), small_bundle)
     names = [l.name for l in smp.layers]
-    assert names == list(S3.LAYER_NAMES)
-    nuc = smp.layers[names.index("tumour_nuclei")].footprint
+    assert names == [n for n in S3.LAYER_NAMES if n in names]
+    assert {"background", "tumour_cells", "tumour_nuclei", "immune_cells"} <= set(names)
+    i = names.index("tumour_nuclei")
+    nuc = smp.layers[i].footprint
+    above = np.zeros_like(nuc)
+    for l in smp.layers[i + 1:]:
+        above |= l.footprint
     imm = smp.layers[names.index("immune_cells")].footprint
-    np.testing.assert_array_equal(smp.mask.astype(bool), nuc & ~imm)
+    np.testing.assert_array_equal(smp.mask.astype(bool), nuc & ~above)
     assert smp.mask.any() and imm.any()
     # each nucleus sits inside its own tumour cell
     cells = smp.layers[names.index("tumour_cells")].labels
@@ -353,10 +359,10 @@ def test_prepare_reference_rescales_patches_to_the_script_pixel_size(small_bundl
 
 
 @pytest.mark.parametrize("old,new,key", [
-    ("min_gap = 6.0", "min_gap = 6.0\nfoo = 1", "tumour_nuclei.foo: unknown key"),
+    ("min_gap = 1.5", "min_gap = 1.5\nfoo = 1", "tumour_nuclei.foo: unknown key"),
     ("vessel = 1", "vessel = 11", "regions.vessel: must be < count"),
-    ("count = [18, 30]", "count = [30, 18]", "tumour_nuclei.count: range must be"),
-    ("growth_time = 30.0", "growth_time = -1.0", "tumour_cells.growth_time: must be > 0"),
+    ("count = [50, 110]", "count = [110, 50]", "tumour_nuclei.count: range must be"),
+    ("growth_time = 20.0", "growth_time = -1.0", "tumour_cells.growth_time: must be > 0"),
     ('colors = ["stroma"]', 'colors = ["nuclei"]', "reference.colors[0]: must be one of"),
     ('tumour_nuclei = [{ kind = "blur"', 'nuclei = [{ kind = "blur"',
      "filters.nuclei: unknown layer"),
@@ -369,7 +375,8 @@ def test_script_validation_names_the_key(old, new, key):
 
 def test_shipped_script_parses_with_the_article_layout():
     s = load_script("scenario3")
-    assert s.scenario == "scenario3" and s.size == (300, 300) and s.mpp == 0.24
+    # 20x, as the article (docs/scenario3.md: why not the 40x of the PUMA tile)
+    assert s.scenario == "scenario3" and s.size == (300, 300) and s.mpp == 0.48
     assert s["regions"].count == 11 and s["regions"].vessel == 1
     assert s.normalization.method == "reinhard"
 
@@ -389,16 +396,19 @@ def test_shipped_script_with_the_puma_bundle(real_data_dir, tmp_path):
         pytest.skip(f"{puma} not found")
     bundle = R.build_reference([puma], mpp=0.24)
     s = load_script("scenario3")
+    ratio = (bundle.mpp / s.mpp) ** 2          # real areas in script pixels
     src = R.read_labelled_image(bundle.sources[0])
     real_areas = np.bincount(src.instances[src.classes == R.TUMOUR_CLASS])
     real_median = np.median(real_areas[real_areas > 0])
     areas = []
     for i in range(2):
         smp = generate_sample(s, sample_rng(1, i), bundle)
-        lab = smp.layers[S3.LAYER_NAMES.index("tumour_nuclei")].labels
+        names = [l.name for l in smp.layers]
+        lab = smp.layers[names.index("tumour_nuclei")].labels
         a = np.bincount(lab.ravel())[1:]
-        assert smp.info["tumour_nuclei"] >= 15
-        areas.extend(a[a > 0].tolist())
+        assert smp.info["tumour_nuclei"] >= 30
+        # the layers are resampled by the scale jitter: compare at the script's nominal scale
+        areas.extend((a[a > 0] / smp.info.get("scale_jitter", 1.0) ** 2).tolist())
         assert 0.05 < smp.mask.mean() < 0.5
-    # nucleus size in pixels matches the real tile (same mpp, random scale 0.9..1.1)
-    assert 0.7 < np.median(areas) / real_median < 1.3
+    # nucleus size in µm matches the real tile (random scale 0.8..1.25, mostly uncovered)
+    assert 0.7 < np.median(areas) / (real_median * ratio) < 1.4
