@@ -168,3 +168,42 @@ def test_unet_trains_through_the_same_cli_and_model_container(tmp_path):
     pb, pc = modelio.load_model(b).params, modelio.load_model(c).params
     for k in pb:
         np.testing.assert_array_equal(pb[k], pc[k])
+
+
+def test_cosine_schedule_runs_from_lr_to_a_twentieth_and_is_logged(tmp_path):
+    assert train.lr_at(1e-3, 0, 100, "cosine") == pytest.approx(1e-3)
+    assert train.lr_at(1e-3, 99, 100, "cosine") == pytest.approx(5e-5)
+    assert train.lr_at(1e-3, 49, 99, "cosine") == pytest.approx(0.5 * (1e-3 + 5e-5))
+    assert train.lr_at(1e-3, 70, 100, "constant") == 1e-3
+    data = _toy_dataset(tmp_path / "toy.h5")
+    out = tmp_path / "m.h5"
+    assert train.main([str(data), *TINY, "--iters", "5", "--batch", "2", "--crop", "12",
+                       "--lr", "1e-3", "--lr-schedule", "cosine", "--out", str(out),
+                       "--quiet"]) == 0
+    lrs = [float(r["lr"]) for r in _read_log(out.with_suffix(".csv"))]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(5e-5, rel=1e-3)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    m = modelio.load_model(out)
+    assert m.meta["train"]["lr_schedule"] == "cosine"
+    assert m.meta["train"]["adam_eps"] == train.ADAM_EPS
+
+
+def test_adam_eps_reaches_the_optimizer_and_belongs_to_the_run(tmp_path, capsys):
+    data = _toy_dataset(tmp_path / "toy.h5")
+    common = [str(data), *TINY, "--batch", "2", "--crop", "12", "--checkpoint-every", "1",
+              "--quiet", "--out", str(tmp_path / "a.h5")]
+    assert train.main([*common, "--iters", "2", "--adam-eps", "1e-3"]) == 0
+    # a huge eps damps the step: the parameters move less than with the default
+    a = modelio.load_model(tmp_path / "a.h5").params
+    assert train.main([*common[:-1], str(tmp_path / "b.h5"), "--iters", "2"]) == 0
+    b = modelio.load_model(tmp_path / "b.h5").params
+    init = init_params(ModelConfig(n_steps=2, n_channels=3, nf_u=4, nf_m=2, ks_u=5, ks_m=3, ks=3),
+                       np.random.default_rng(np.random.SeedSequence(0, spawn_key=(0,))))
+    da = np.abs(a["Ku"] - init["Ku"]).max()
+    db = np.abs(b["Ku"] - init["Ku"]).max()
+    assert da < 0.1 * db
+    # resuming run a with another eps is refused (the checkpoint belongs to another run)
+    with pytest.raises(SystemExit, match="different run"):
+        train.main([*common, "--iters", "3", "--resume"])
+    with pytest.raises(SystemExit, match="--adam-eps"):
+        train.main([*common, "--iters", "1", "--adam-eps", "0"])

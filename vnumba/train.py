@@ -50,6 +50,11 @@ def build_parser():
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--lr", type=float, default=None,
                    help="Adam step size (default 1e-4; the article uses 5e-5 for scenario 3 and the U-Net)")
+    p.add_argument("--adam-eps", type=float, default=ADAM_EPS,
+                   help=f"Adam's eps (default {ADAM_EPS:g}: the loss is a mean over pixels, so "
+                        "gradients are ~1e-8 and the usual 1e-8 would damp Adam's steps)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant step size, or a cosine decay from --lr to --lr/20 over --iters")
     p.add_argument("--crop", type=int, default=None,
                    help="train on random square crops of this size (default: whole images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch draws")
@@ -72,6 +77,32 @@ def build_parser():
     return p
 
 
+#: Adam's eps.  The loss (3) is divided by batch size and pixel count, which puts the
+#: gradients of the filters, RBF weights and λ at 1e-9 ... 1e-7 at initialisation
+#: (``bench/grad_scale.py``); with the customary eps = 1e-8 the denominator
+#: ``sqrt(v) + eps`` would then be dominated by eps, turning Adam into a damped SGD step.
+#: 1e-12 keeps eps three orders below the smallest typical gradient, i.e. Adam's
+#: scale-free update as in the article.
+ADAM_EPS = 1e-12
+
+
+def lr_at(lr: float, it: int, iters: int, schedule: str) -> float:
+    """Step size of iteration ``it`` (0-based): ``constant`` or ``cosine`` from ``lr`` down
+    to ``lr / 20`` at the last iteration."""
+    if schedule == "constant" or iters <= 1:
+        return lr
+    lo = lr / 20.0
+    return lo + 0.5 * (lr - lo) * (1.0 + np.cos(np.pi * it / (iters - 1)))
+
+
+def _set_lr(trainer, lr: float) -> None:
+    # CPUTrainer keeps it in its Adam object, CudaTrainer on itself.
+    if hasattr(trainer, "opt"):
+        trainer.opt.lr = float(lr)
+    else:
+        trainer.lr = float(lr)
+
+
 def _model_config(args, ds):
     if args.arch == "unet":
         from .unet import UNetConfig
@@ -91,6 +122,7 @@ def _meta(ds, args, lr):
     if norm is not None and "reinhard_mean" not in meta:
         meta["reinhard_mean"], meta["reinhard_std"] = norm
     meta["train"] = {"iters": args.iters, "batch": args.batch, "lr": lr, "crop": args.crop,
+                     "lr_schedule": args.lr_schedule, "adam_eps": args.adam_eps,
                      "seed": args.seed, "device": args.device, "dtype": args.dtype}
     return meta
 
@@ -164,6 +196,8 @@ def train(args) -> Model:
 
     if args.iters < 0 or args.batch < 1 or args.checkpoint_every < 1:
         raise SystemExit("error: --iters must be >= 0, --batch and --checkpoint-every >= 1")
+    if not (np.isfinite(args.adam_eps) and args.adam_eps > 0):
+        raise SystemExit(f"error: --adam-eps must be a positive number, got {args.adam_eps}")
     out = Path(args.out)
     log_path = Path(args.log) if args.log else out.with_suffix(".csv")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.h5")
@@ -184,7 +218,9 @@ def train(args) -> Model:
     else:
         from .model import init_params as init
     run_key = json.dumps({"data": str(Path(args.data).resolve()), "arch": args.arch, "cfg": cfg.to_dict(),
-                          "seed": args.seed, "batch": args.batch, "crop": crop, "lr": lr, "dtype": args.dtype},
+                          "seed": args.seed, "batch": args.batch, "crop": crop, "lr": lr, "dtype": args.dtype,
+                          "eps": args.adam_eps, "schedule": args.lr_schedule,
+                          **({"iters": args.iters} if args.lr_schedule != "constant" else {})},
                          sort_keys=True)
     backend = get_backend(args.device)
 
@@ -203,7 +239,7 @@ def train(args) -> Model:
     if params is None:
         rng = np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(0,)))
         params = init(cfg, rng, dtype)
-    trainer = backend.trainer(args.arch, cfg, params, lr)
+    trainer = backend.trainer(args.arch, cfg, params, lr, eps=args.adam_eps)
     if opt_state is not None:
         trainer.load_optimizer_state(opt_state)
     _rewrite_log(log_path, rows)
@@ -220,12 +256,14 @@ def train(args) -> Model:
         for it in range(start_it, args.iters):
             plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
             u0, gu, gm = ds.batch(plan, dtype)
+            lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
+            _set_lr(trainer, lr_it)
             loss, u_T, m_T = trainer.step(u0, gu, gm)
             met = batch_metrics(u_T, m_T, gu, gm)
             elapsed = elapsed0 + time.perf_counter() - t0
             done = it + 1
             w.writerow([done, f"{loss:.8g}", f"{met['accuracy']:.6f}", f"{met['psnr']:.4f}",
-                        f"{elapsed:.2f}", f"{lr:g}"])
+                        f"{elapsed:.2f}", f"{lr_it:g}"])
             fh.flush()
             rate = (done - start_it) / max(time.perf_counter() - t0, 1e-9)
             if not args.quiet or done % 10 == 0 or done == args.iters:
