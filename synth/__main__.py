@@ -14,6 +14,8 @@ import importlib
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
 
 #: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
@@ -70,9 +72,32 @@ def _cmd_preview(args) -> int:
         if script.kind.load_reference is None:
             raise SystemExit(f"error: scenario kind {script.scenario!r} takes no --reference")
         reference = script.kind.load_reference(args.reference)
-    write_preview(script, args.output, n=args.n, seed=args.seed, reference=reference)
+    real = None
+    if args.real is not None:
+        import imageio.v3 as iio
+        try:
+            real = iio.imread(args.real)
+        except Exception as e:  # imageio raises several types for unreadable files
+            raise SystemExit(f"error: {args.real}: cannot read image ({e})")
+        if real.ndim != 3 or real.shape[2] < 3:
+            raise SystemExit(f"error: {args.real}: not an RGB image (shape {real.shape})")
+        if args.real_mpp is None:
+            print(f"warning: --real-mpp not given; {args.real} is taken to be at the script's "
+                  f"{script.mpp} um/px", file=sys.stderr)
+    write_preview(script, args.output, n=args.n, seed=args.seed, reference=reference,
+                  real=real, real_mpp=args.real_mpp)
     print(f"wrote {args.output}")
     return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (np.isfinite(v) and 0 < v < 100):
+        raise argparse.ArgumentTypeError(f"must be a pixel size in (0, 100) um, got {text}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--n", type=int, default=3, help="number of samples (rows)")
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
+    pv.add_argument("--real", type=Path, default=None,
+                    help="a real RGB image shown as crops at the script's scale in a last row")
+    pv.add_argument("--real-mpp", type=_positive_float, default=None,
+                    help="pixel size of --real in um (default: the script's)")
     pv.set_defaults(func=_cmd_preview)
 
     for mod in CLI_PLUGINS:

@@ -132,3 +132,24 @@ def test_correlation_length_fit_inverts_the_gaussian_model(corr):
     rho = np.exp(-np.array([1.0, 4.0, 9.0]) / (4 * corr * corr))
     assert fit_correlation_length(rho) == pytest.approx(corr, rel=1e-9)
     assert fit_correlation_length([0.0, -0.1, 0.0]) == 0.0
+
+
+def test_preview_with_a_real_image_adds_a_row_of_crops_at_the_script_scale(tmp_path, capsys):
+    from synth.preview import real_crops
+    s = load_script("scenario2").with_size(40, 48)            # 0.5 um/px, Reinhard target
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    crops = real_crops(s, real, 0.25, 3, seed=2)                # 0.25 -> 0.5: half size
+    assert len(crops) == 3 and all(c.shape == (30, 40, 3) for c in crops)
+    assert all(c.dtype == np.float32 and 0 <= c.min() and c.max() <= 1 for c in crops)
+    same = real_crops(s, real, None, 1, seed=2)[0]
+    assert same.shape == (40, 48, 3)
+    out = tmp_path / "p.png"
+    from synth.preview import write_preview
+    with_real = iio.imread(write_preview(s, out, n=1, seed=1, real=real, real_mpp=0.25))
+    without = iio.imread(write_preview(s, tmp_path / "q.png", n=1, seed=1))
+    assert with_real.shape[0] > 1.5 * without.shape[0]          # one more row
+    # the CLI refuses what it cannot show, in one line
+    iio.imwrite(tmp_path / "grey.png", real[..., 0])
+    with pytest.raises(SystemExit, match="not an RGB image"):
+        main(["preview", "scenario2", "-o", str(out), "--n", "1", "--real", str(tmp_path / "grey.png")])
