@@ -747,17 +747,29 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
                 p_mask = pred.mask > threshold
                 p_labels = label_objects(pred.mask, threshold, h=split_h, min_area=min_area)
                 base = pred.image
-            res = evaluate_masks(p_mask, p_labels, t_mask, t_labels, radius, **cls_kw)
-            res["seconds"] = time.perf_counter() - t0
-            entry["results"][name] = res
-            per_method[name].append((entry["folder"], res))
-            say(f"    {name}: {_summary_line(res)} ({res['n_pred']} objects, "
-                f"{res['seconds']:.1f} s)")
-            if overlays:
-                # The image's path below DATA_DIR keeps equal names in different folders apart.
-                fn = out_dir / f"{_slug(str(Path(rel).with_suffix('')))}__{_slug(name)}_overlay.png"
-                write_png(fn, overlay_contours(base, p_labels, second=t_labels))
-                res["overlay"] = fn.name
+            variants = [(name, p_mask, p_labels)]
+            filt = _object_filter(method)
+            if filt is not None:
+                # The optional object classifier (vnumba.objclass): the article's mask, minus
+                # the objects it rejects, scored as a method of its own.
+                from .predict import model_mpp, normalise_colours
+                f_mpp = img_mpp or model_mpp(method)
+                if f_mpp:
+                    kept = filt.apply(normalise_colours(pred.image, method), pred.mask,
+                                      p_labels, f_mpp)
+                    variants.append((f"{name} + object filter", kept > 0, kept))
+            for vname, v_mask, v_labels in variants:
+                res = evaluate_masks(v_mask, v_labels, t_mask, t_labels, radius, **cls_kw)
+                res["seconds"] = time.perf_counter() - t0
+                entry["results"][vname] = res
+                per_method.setdefault(vname, []).append((entry["folder"], res))
+                say(f"    {vname}: {_summary_line(res)} ({res['n_pred']} objects, "
+                    f"{res['seconds']:.1f} s)")
+                if overlays:
+                    # The image's path below DATA_DIR keeps equal names in different folders apart.
+                    fn = out_dir / f"{_slug(str(Path(rel).with_suffix('')))}__{_slug(vname)}_overlay.png"
+                    write_png(fn, overlay_contours(base, v_labels, second=t_labels))
+                    res["overlay"] = fn.name
         if entry["results"]:
             # The reference every method must beat, on the images the methods were scored on.
             bg = evaluate_masks(np.zeros(instances.shape, bool),
@@ -832,6 +844,15 @@ def _summary_line(r: dict) -> str:
     if "classes" in r:
         s += "; " + _marked_text(r["classes"])
     return s
+
+
+def _object_filter(method):
+    """The model's fitted object classifier (``meta["object_filter"]``), or None."""
+    meta = getattr(method, "meta", None) or {}
+    if "object_filter" not in meta:
+        return None
+    from .objclass import ObjectFilter
+    return ObjectFilter.from_meta(meta["object_filter"])
 
 
 def _describe(name, method) -> dict:
