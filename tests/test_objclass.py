@@ -115,3 +115,31 @@ def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monk
     assert filt_r["classes"]["immune"]["marked"] == 0
     assert filt_r["classes"]["tumour"]["marked"] == 1
     assert filt_r["objects"]["f1"] == 1.0 and plain["objects"]["fp"] == 9
+
+
+def test_predict_cli_writes_only_the_objects_the_filter_keeps(tmp_path, monkeypatch):
+    import csv
+
+    import imageio.v3 as iio
+    import vnumba.predict
+
+    rgb, _, lab = _scene()
+    iio.imwrite(tmp_path / "t.png", (rgb * 255).astype(np.uint8))
+    n = len(FEATURES)
+    coef = np.zeros(n)
+    coef[FEATURES.index("neighbours")] = -10.0
+    filt = ObjectFilter(tuple(np.zeros(n)), tuple(np.ones(n)), tuple(coef), 25.0, 0.5)
+    model = FakeLocalModel(r=0, passes=1, meta={"object_filter": filt.to_meta(), "mpp": 0.5})
+    monkeypatch.setattr(vnumba.predict, "load_model_arg", lambda arg, scen: model)
+
+    def rows(out):
+        with open(out / "t_objects.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    args = [str(tmp_path / "t.png"), "--mpp", "0.5", "--min-area", "5", "-q"]
+    assert vnumba.predict.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert vnumba.predict.main(args + ["--out", str(tmp_path / "b"), "--no-object-filter"]) == 0
+    assert len(rows(tmp_path / "a")) == 1 and len(rows(tmp_path / "b")) == 10
+    # the mask PNG is the network's either way
+    np.testing.assert_array_equal(iio.imread(tmp_path / "a" / "t_mask.png"),
+                                  iio.imread(tmp_path / "b" / "t_mask.png"))

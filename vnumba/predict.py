@@ -321,7 +321,7 @@ def predict_image(model, image, mpp: float | None = None, tile: int = DEFAULT_TI
 
 def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.5,
                      split_h: float = 2.0, min_area: int = 20, scenario=None,
-                     bit_depth: int = 8) -> dict:
+                     bit_depth: int = 8, object_filter=None, filter_image=None) -> dict:
     """Write the five output files of one image.
 
     Parameters
@@ -336,6 +336,9 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
         Names the QuPath class of the detections.
     bit_depth : {8, 16}
         Of the reconstruction PNG (use the input's).
+    object_filter : vnumba.objclass.ObjectFilter, optional
+        Drops the objects it rejects from the overlay, CSV and GeoJSON (the mask PNG stays the
+        network's); needs ``filter_image`` (the colour-normalised input) and a known pixel size.
 
     Returns
     -------
@@ -348,6 +351,9 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = label_objects(pred.mask, threshold, h=split_h, min_area=min_area)
+    f_mpp = pred.input_mpp or pred.model_mpp
+    if object_filter is not None and f_mpp:
+        labels = object_filter.apply(filter_image, pred.mask, labels, f_mpp)
     table = object_table(labels, pred.mask, mpp=pred.input_mpp)
     cls_name, color = scenario_class(scenario)
     paths = {k: out_dir / f"{name}_{k}{ext}" for k, ext in
@@ -420,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=("dtype", "percentile"), default="dtype",
                    help="intensity scaling: by the type's maximum (default) or each "
                         "channel's 0.5-99.5th percentiles (dim 16-bit fluorescence)")
+    p.add_argument("--no-object-filter", action="store_true",
+                   help="keep every object of the mask even when the model carries an object "
+                        "classifier (vnumba.objclass)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
 
@@ -446,6 +455,15 @@ def main(argv=None) -> int:
     scenario = (model.meta or {}).get("scenario") or args.scenario
     say(f"model: {args.model or args.scenario} (arch {model.arch}, scenario {scenario}, "
         f"mpp {model_mpp(model)}, receptive radius {model.receptive_radius} px)")
+    filt = None
+    if not args.no_object_filter and "object_filter" in (model.meta or {}):
+        from .objclass import ObjectFilter
+        try:
+            filt = ObjectFilter.from_meta(model.meta["object_filter"])
+        except ValueError as e:
+            print(f"error: {args.model or args.scenario}: {e}", file=sys.stderr)
+            return 2
+        say("    objects pass the model's object classifier (--no-object-filter: all objects)")
     failed = 0
     for i, path in enumerate(args.images, 1):
         t0 = time.perf_counter()
@@ -471,7 +489,9 @@ def main(argv=None) -> int:
                     "and back")
             res = write_prediction(args.out, img.name, pred, args.threshold, args.split_h,
                                    args.min_area, scenario,
-                                   bit_depth=16 if img.array.dtype == np.uint16 else 8)
+                                   bit_depth=16 if img.array.dtype == np.uint16 else 8,
+                                   object_filter=filt,
+                                   filter_image=None if filt is None else normalise_colours(pred.image, model))
             say(f"    {res['n_objects']} objects, {time.perf_counter() - t0:.1f} s -> "
                 f"{args.out / img.name}_*")
         except (OSError, ValueError, TypeError) as e:
