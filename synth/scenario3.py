@@ -50,7 +50,7 @@ from .noise import gaussian_random_field
 from .reference import ReferenceBundle, load_reference
 from .script import ParseContext, Script, param, register_scenario
 from . import tme
-from .tme import (_check_patch, _rotated_alpha, _rotated_rgb, _rotation, _warp,  # noqa: F401
+from .tme import (_rotated_alpha, _rotated_rgb, _rotation,
                   density_jitter, ellipse_box, rotate_patch)
 
 __all__ = [

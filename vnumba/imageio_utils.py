@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,15 +314,12 @@ def decode_mask16(a: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- writing
 def _atomic(path, write_fn):
+    from .outpaths import temp_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_path(path)  # .NAME.<pid>.tmp, 0666 less the umask
     try:
         write_fn(tmp)
-        # mkstemp creates the file private (0600); give it the permissions a plain open()
-        # would have.
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -331,12 +327,6 @@ def _atomic(path, write_fn):
         except FileNotFoundError:
             pass
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_png(path, arr: np.ndarray) -> None:

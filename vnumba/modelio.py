@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,14 +97,10 @@ class Model:
 
 def atomic_h5(path, write):
     """Call ``write(h5file)`` on a temporary HDF5 file, then move it to ``path`` atomically."""
+    from .outpaths import temp_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    tmp = temp_path(path)
     try:
         with h5py.File(tmp, "w") as f:
             write(f)

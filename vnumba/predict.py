@@ -319,6 +319,10 @@ def predict_image(model, image, mpp: float | None = None, tile: int = DEFAULT_TI
                       scale=scale, n_tiles=n_tiles, seconds=time.perf_counter() - t0)
 
 
+#: The files written per input NAME: NAME_<kind> (see :func:`write_prediction`).
+OUTPUT_KINDS = ("reconstruction.png", "mask.png", "overlay.png", "objects.csv", "objects.geojson")
+
+
 def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.5,
                      split_h: float = 2.0, min_area: int = 20, scenario=None,
                      bit_depth: int = 8, object_filter=None, filter_image=None) -> dict:
@@ -446,6 +450,19 @@ def main(argv=None) -> int:
     if dup:
         print(f"error: inputs with the same name would overwrite each other's outputs: {dup}",
               file=sys.stderr)
+        return 2
+    from .outpaths import OutputConflict, check_outputs
+    try:
+        # An output of one image must not replace another input (x.png, x_mask.png --out .).
+        outs = {}
+        for im in args.images:
+            for k in OUTPUT_KINDS:
+                outs[f"output {k} of {im}"] = args.out / f"{Path(im).stem}_{k}"
+        check_outputs({f"input {im}": im for im in args.images}, outs)
+        if args.out.exists() and not args.out.is_dir():
+            raise OutputConflict(f"--out {args.out}: exists and is not a directory")
+    except OutputConflict as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         model = load_model_arg(args.model, args.scenario)

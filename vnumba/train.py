@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from .config import ModelConfig
 from .data import SyntheticDataset, batch_plan
 from .backend import BackendUnavailable
 from .modelio import Model, atomic_h5, read_model_group, save_model, write_model_group
+from .outpaths import check_outputs, remove_stale_temporaries
 
 __all__ = ["main", "train", "build_parser"]
 
@@ -103,6 +103,23 @@ def _set_lr(trainer, lr: float) -> None:
         trainer.lr = float(lr)
 
 
+#: Largest parameter magnitude a training may reach.  Trained filters, RBF weights and λ are
+#: of order 1e-3 ... 1e2; a value beyond this means the step size has blown the run up (the
+#: projections keep the loss finite, so the loss alone does not show it).
+WEIGHT_LIMIT = 1e6
+
+
+def _check_weights(params, done_it: int) -> None:
+    for k, v in params.items():
+        v = np.asarray(v)
+        if not np.all(np.isfinite(v)):
+            raise FloatingPointError(f"parameter {k} became non-finite at iteration {done_it}")
+        m = float(np.abs(v).max(initial=0.0))
+        if m > WEIGHT_LIMIT:
+            raise FloatingPointError(f"parameter {k} exploded at iteration {done_it} "
+                                     f"(max |{k}| = {m:.3g} > {WEIGHT_LIMIT:g})")
+
+
 def _model_config(args, ds):
     if args.arch == "unet":
         from .unet import UNetConfig
@@ -167,17 +184,19 @@ def _read_checkpoint(path):
 
 
 def _rewrite_log(path, rows):
+    from .outpaths import temp_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a log should be readable
-    with os.fdopen(fd, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(LOG_COLUMNS)
-        w.writerows(rows)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(LOG_COLUMNS)
+            w.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_log(path, upto):
@@ -202,6 +221,11 @@ def train(args) -> Model:
     log_path = Path(args.log) if args.log else out.with_suffix(".csv")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.h5")
     dtype = np.dtype(args.dtype)
+    # Before anything is read or written: no output may replace the dataset or another output.
+    check_outputs({"dataset": args.data}, {"--out": out, "--log": log_path,
+                                           "--checkpoint": ckpt_path})
+    for p in (out, log_path, ckpt_path):
+        remove_stale_temporaries(p)
     ds = SyntheticDataset(args.data)
     scenario = ds.attrs.get("scenario", "")
     lr = args.lr if args.lr is not None else (5e-5 if args.arch == "unet" else 1e-4)
@@ -259,6 +283,7 @@ def train(args) -> Model:
             lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
             _set_lr(trainer, lr_it)
             loss, u_T, m_T = trainer.step(u0, gu, gm)
+            _check_weights(trainer.params(), done_it=it + 1)
             met = batch_metrics(u_T, m_T, gu, gm)
             elapsed = elapsed0 + time.perf_counter() - t0
             done = it + 1
@@ -291,6 +316,10 @@ def main(argv=None):
         train(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}; training stopped, no model written (the last checkpoint is kept; "
+              f"lower --lr?)", file=sys.stderr)
         return 2
     except BackendUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

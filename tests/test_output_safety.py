@@ -1,0 +1,123 @@
+"""Outputs never destroy data (issue 14, first part): an output that is an input of the same
+command, another output of it, a directory or a device is refused before any work, with one
+line naming both; stale temporary files of killed writers are removed."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from test_train import TINY, _toy_dataset
+from vnumba import train
+from vnumba.outpaths import (OutputConflict, check_outputs, remove_stale_temporaries,
+                             same_file, temp_path)
+
+
+def _digest(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _toy_dataset(tmp_path_factory.mktemp("safety") / "D.h5")
+
+
+def _one_error_line(err):
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--log", "--checkpoint"])
+def test_train_refuses_to_write_over_its_dataset(dataset, tmp_path, capsys, flag):
+    before = _digest(dataset)
+    link = tmp_path / "alias.h5"
+    os.symlink(dataset, link)              # resolved paths are compared, not strings
+    args = [str(dataset), *TINY, "--iters", "1", "--batch", "1", "--out", str(tmp_path / "m.h5")]
+    args += [flag, str(link)]
+    assert train.main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert flag in line and "dataset" in line and str(dataset) in line
+    assert _digest(dataset) == before
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_train_refuses_two_outputs_on_one_path_and_non_regular_outputs(dataset, tmp_path, capsys):
+    base = [str(dataset), *TINY, "--iters", "1", "--batch", "1"]
+    assert train.main(base + ["--out", str(tmp_path / "x.h5"), "--log", str(tmp_path / "x.h5")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--out" in line and "--log" in line
+    (tmp_path / "dir.h5").mkdir()
+    assert train.main(base + ["--out", str(tmp_path / "dir.h5")]) == 2
+    assert "is a directory" in _one_error_line(capsys.readouterr().err)
+    if os.path.exists("/dev/null"):
+        assert train.main(base + ["--out", str(tmp_path / "m.h5"), "--log", "/dev/null"]) == 2
+        assert "not a regular file" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_exploding_training_stops_with_one_line(dataset, tmp_path, capsys):
+    out = tmp_path / "m.h5"
+    rc = train.main([str(dataset), *TINY, "--iters", "6", "--batch", "2", "--crop", "12",
+                     "--lr", "1e30", "--out", str(out), "--quiet"])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert ("exploded" in line or "non-finite" in line or "training loss is" in line)
+    assert "no model written" in line
+    assert not out.exists()
+
+
+def test_generate_refuses_to_overwrite_its_script(tmp_path):
+    from synth.__main__ import main
+    from synth.script import load_script
+
+    script = tmp_path / "my.toml"
+    script.write_text(load_script("scenario2").text)
+    before = _digest(script)
+    with pytest.raises(SystemExit, match=r"output .*my.toml is the same file as the script"):
+        main(["generate", str(script), "-n", "1", "-o", str(script), "--seed", "0", "-q"])
+    assert _digest(script) == before
+
+
+def test_predict_refuses_outputs_that_replace_another_input(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from vnumba.predict import main
+
+    a = np.full((8, 8, 3), 100, np.uint8)
+    iio.imwrite(tmp_path / "x.png", a)
+    iio.imwrite(tmp_path / "x_mask.png", a[..., 0])
+    before = _digest(tmp_path / "x_mask.png")
+    rc = main([str(tmp_path / "x.png"), str(tmp_path / "x_mask.png"), "--out", str(tmp_path)])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "x_mask.png" in line and "same file" in line
+    assert _digest(tmp_path / "x_mask.png") == before
+
+
+def test_check_outputs_and_same_file_compare_resolved_paths(tmp_path):
+    f = tmp_path / "a.h5"
+    f.write_bytes(b"x")
+    os.link(f, tmp_path / "hard.h5")
+    assert same_file(f, tmp_path / "hard.h5")
+    assert same_file(tmp_path / "new.h5", tmp_path / "sub" / ".." / "new.h5")
+    assert not same_file(f, tmp_path / "b.h5")
+    check_outputs({"in": f}, {"out": tmp_path / "b.h5", "log": None})
+    with pytest.raises(OutputConflict, match="out .*hard.h5 is the same file as the in"):
+        check_outputs({"in": f}, {"out": tmp_path / "hard.h5"})
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    out = tmp_path / "data.h5"
+    dead = tmp_path / ".data.h5.999999999.tmp"       # no such pid
+    live = tmp_path / f".data.h5.{os.getppid()}.tmp"
+    other = tmp_path / ".other.h5.999999999.tmp"
+    for p in (dead, live, other):
+        p.write_bytes(b"partial")
+    assert remove_stale_temporaries(out) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
+    t = temp_path(out)
+    assert t.name == f".data.h5.{os.getpid()}.tmp" and t.stat().st_size == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert t.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,0 +1,135 @@
+"""Output paths that never destroy data: checked before any work starts.
+
+Every command of the project writes its results atomically (temporary file, then
+``os.replace``).  An atomic rename is exactly what destroys a user's file when the output path
+*is* one of the command's own inputs (``vnumba.train D.h5 --out D.h5`` would replace the
+dataset by the model), when two outputs of one command share a path, or when the output is a
+device or a folder (the rename would replace ``/dev/full``).  :func:`check_outputs` refuses all
+of these with one line that names both sides, comparing resolved paths (``os.path.samefile``
+for existing files, so hard links and symlinks count) rather than strings.
+
+:func:`remove_stale_temporaries` deletes the ``.NAME.<pid>.tmp`` files that a killed writer
+left next to an output, when process ``pid`` no longer exists.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["OutputConflict", "same_file", "check_outputs", "temp_path", "remove_stale_temporaries"]
+
+
+class OutputConflict(ValueError):
+    """An output path that would overwrite an input, another output or a non-regular file."""
+
+
+def same_file(a, b) -> bool:
+    """True when paths ``a`` and ``b`` name the same file (existing: same inode; else the
+    same resolved path)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(inputs: Mapping[str, object], outputs: Mapping[str, object]) -> None:
+    """Refuse output paths that would destroy data, before any work is done.
+
+    Parameters
+    ----------
+    inputs : mapping of label -> path (or None, skipped)
+        What the command reads, e.g. ``{"dataset": "D.h5"}``.
+    outputs : mapping of label -> path (or None, skipped)
+        What it writes, e.g. ``{"--out": "m.h5", "--log": "m.csv"}``.
+
+    Raises
+    ------
+    OutputConflict
+        One line naming the output and the input (or other output) it collides with, or the
+        output that exists and is not a regular file, or whose folder is not writable.
+    """
+    ins = {k: Path(v) for k, v in inputs.items() if v is not None}
+    outs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    for k, p in outs.items():
+        if p.exists() and not p.is_file():
+            kind = "a directory" if p.is_dir() else "not a regular file"
+            raise OutputConflict(f"{k} {p}: exists and is {kind}; outputs are only written to "
+                                 f"regular files")
+        folder = p.parent if str(p.parent) else Path(".")
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputConflict(f"{k} {p}: folder {folder} is not writable")
+        if folder.exists() and not folder.is_dir():
+            raise OutputConflict(f"{k} {p}: {folder} is not a folder")
+    for k, p in outs.items():
+        for j, q in ins.items():
+            if same_file(p, q):
+                raise OutputConflict(f"{k} {p} is the same file as the {j} {q}: it would be "
+                                     f"overwritten; choose another output path")
+    items = list(outs.items())
+    for i, (k, p) in enumerate(items):
+        for j, q in items[i + 1:]:
+            if same_file(p, q):
+                raise OutputConflict(f"{k} {p} and {j} {q} are the same file; give each output "
+                                     f"its own path")
+
+
+def temp_path(path) -> Path:
+    """Create and return the empty temporary file ``.NAME.<pid>.tmp`` beside ``path``.
+
+    Named after this process so that a later run can tell a leftover of a killed writer
+    (:func:`remove_stale_temporaries`); created with the permissions a plain ``open()`` gives
+    (0666 less the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        tmp.unlink()  # this process's own leftover of an earlier failed write
+    except FileNotFoundError:
+        pass
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return tmp
+
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list:
+    """Delete ``.NAME.<pid>.tmp`` beside ``path`` (NAME its file name) whose process is gone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for q in folder.glob(f".{path.name}.*.tmp"):
+        m = _TMP.match(q.name)
+        if m and m.group("name") == path.name and int(m.group("pid")) != os.getpid() \
+                and not _alive(int(m.group("pid"))):
+            try:
+                q.unlink()
+                removed.append(q)
+            except FileNotFoundError:
+                pass
+    return removed
