@@ -32,7 +32,7 @@ def _cmd_generate(args) -> int:
         if kind.load_reference is None:
             raise SystemExit(f"error: scenario kind {script.scenario!r} takes no --reference")
         reference = kind.load_reference(args.reference)
-    from vnumba.outpaths import OutputConflict, check_outputs, remove_stale_temporaries
+    from vnumba.outpaths import OutputConflict, OutputLock, check_outputs, remove_stale_temporaries
 
     from .writer import write_dataset
     user_script = Path(args.script) if Path(args.script).is_file() else None
@@ -43,8 +43,11 @@ def _cmd_generate(args) -> int:
         raise SystemExit(f"error: {e}")
     remove_stale_temporaries(args.output)  # left by a killed run (.NAME.<pid>.tmp)
     try:
-        out = write_dataset(args.output, script, args.n, args.seed, workers=args.workers,
-                            reference=reference, progress=not args.quiet)
+        with OutputLock(args.output):
+            out = write_dataset(args.output, script, args.n, args.seed, workers=args.workers,
+                                reference=reference, progress=not args.quiet)
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}")
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted; {args.output} was not written") from None
     print(f"wrote {out} ({args.n} samples of {script.name}, {script.size[0]}x{script.size[1]}, "

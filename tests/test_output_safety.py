@@ -121,3 +121,85 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert t.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _train_args(data, out, iters, *extra):
+    return [str(data), *TINY, "--iters", str(iters), "--batch", "2", "--crop", "12",
+            "--checkpoint-every", "2", "--seed", "3", "--quiet", "--out", str(out), *extra]
+
+
+def test_failed_start_leaves_the_previous_run_untouched_and_resume_checks_iters(tmp_path, capsys):
+    data = _toy_dataset(tmp_path / "D.h5")
+    out = tmp_path / "m.h5"
+    assert train.main(_train_args(data, out, 4)) == 0
+    files = [out, out.with_suffix(".csv"), out.with_suffix(".ckpt.h5")]
+    before = [_digest(p) for p in files]
+    # a run that stops before its first checkpoint (the weights explode at once)
+    assert train.main(_train_args(data, out, 4, "--lr", "1e30", "--checkpoint-every", "3")) == 2
+    assert [_digest(p) for p in files] == before
+    # --resume with fewer iterations than the checkpoint holds
+    with pytest.raises(SystemExit, match="--iters 2 is below the checkpoint's iteration 4"):
+        train.main(_train_args(data, out, 2, "--resume"))
+    assert [_digest(p) for p in files] == before
+
+
+def test_a_deleted_log_is_rebuilt_from_the_checkpoint(tmp_path):
+    import csv
+
+    data = _toy_dataset(tmp_path / "D.h5")
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert train.main(_train_args(data, a, 6)) == 0
+    assert train.main(_train_args(data, b, 4)) == 0
+    b.with_suffix(".csv").unlink()
+    assert train.main(_train_args(data, b, 6, "--resume")) == 0
+
+    def rows(p):
+        with open(p.with_suffix(".csv"), newline="") as fh:
+            return [(r["iter"], r["loss"], r["lr"]) for r in csv.DictReader(fh)]
+    assert rows(b) == rows(a)
+    np.testing.assert_array_equal(__import__("vnumba").modelio.load_model(a).params["Ku"],
+                                  __import__("vnumba").modelio.load_model(b).params["Ku"])
+
+
+def test_resume_follows_the_dataset_content_not_its_path(tmp_path):
+    import shutil
+
+    data = _toy_dataset(tmp_path / "D.h5")
+    out = tmp_path / "m.h5"
+    assert train.main(_train_args(data, out, 2)) == 0
+    moved = tmp_path / "moved.h5"
+    shutil.move(data, moved)
+    assert train.main([*_train_args(moved, out, 4, "--resume")]) == 0      # same content
+    _toy_dataset(tmp_path / "D.h5", seed=5)                                # other content, old path
+    with pytest.raises(SystemExit, match="dataset content differs"):
+        train.main(_train_args(tmp_path / "D.h5", out, 6, "--resume"))
+
+
+def test_a_second_writer_of_the_same_output_is_refused_a_stale_lock_taken_over(tmp_path, capsys):
+    data = _toy_dataset(tmp_path / "D.h5")
+    out = tmp_path / "m.h5"
+    lock = tmp_path / "m.h5.lock"
+    lock.write_text(f"{os.getppid()}\n")                   # a live process holds it
+    assert train.main(_train_args(data, out, 2)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"pid {os.getppid()}" in line and "m.h5" in line
+    assert not out.exists() and lock.exists()
+    lock.write_text("999999999\n")                          # its writer was killed
+    assert train.main(_train_args(data, out, 2)) == 0
+    assert out.exists() and not lock.exists()
+
+
+def test_generate_removes_a_dead_writers_temporary_and_respects_a_live_lock(tmp_path):
+    from synth.__main__ import main
+
+    out = tmp_path / "s.h5"
+    stale = tmp_path / ".s.h5.999999999.tmp"
+    stale.write_bytes(b"partial")
+    (tmp_path / "s.h5.lock").write_text(f"{os.getppid()}\n")
+    args = ["generate", "scenario2", "--size", "24", "24", "-n", "1", "-o", str(out),
+            "--seed", "0", "-q"]
+    with pytest.raises(SystemExit, match="another process"):
+        main(args)
+    (tmp_path / "s.h5.lock").unlink()
+    assert main(args) == 0
+    assert out.is_file() and not stale.exists() and not (tmp_path / "s.h5.lock").exists()

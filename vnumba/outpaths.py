@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["OutputConflict", "same_file", "check_outputs", "temp_path", "remove_stale_temporaries"]
+__all__ = ["OutputConflict", "same_file", "check_outputs", "temp_path", "remove_stale_temporaries",
+           "OutputLock"]
 
 
 class OutputConflict(ValueError):
@@ -133,3 +134,45 @@ def remove_stale_temporaries(path) -> list:
             except FileNotFoundError:
                 pass
     return removed
+
+
+class OutputLock:
+    """``with OutputLock(path):`` — one writer at a time for ``path``.
+
+    Creates ``path`` + ``.lock`` holding this process's pid (exclusively); a second process
+    gets :class:`OutputConflict` naming the holder.  A lock whose process is gone (killed) is
+    stale and taken over.  The lock file is removed on exit.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.lock = self.path.with_name(self.path.name + ".lock")
+        self._held = False
+
+    def __enter__(self):
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                try:
+                    pid = int(self.lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise OutputConflict(f"{self.path}: another process (pid {pid}) is writing "
+                                         f"it (lock {self.lock}); wait for it or choose another "
+                                         f"output") from None
+                self.lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            self._held = True
+            return self
+        raise OutputConflict(f"{self.path}: cannot take the lock {self.lock}")
+
+    def __exit__(self, *exc):
+        if self._held:
+            self.lock.unlink(missing_ok=True)
+            self._held = False
+        return False

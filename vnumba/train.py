@@ -30,7 +30,7 @@ from .config import ModelConfig
 from .data import SyntheticDataset, batch_plan
 from .backend import BackendUnavailable
 from .modelio import Model, atomic_h5, read_model_group, save_model, write_model_group
-from .outpaths import check_outputs, remove_stale_temporaries
+from .outpaths import OutputLock, check_outputs, remove_stale_temporaries
 
 __all__ = ["main", "train", "build_parser"]
 
@@ -163,7 +163,39 @@ def _fmt_time(s):
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _write_checkpoint(path, model, opt_state, iteration, elapsed, run_key):
+def dataset_identity(ds) -> str:
+    """SHA-256 of what makes a dataset the same data wherever it lies: its sample count and
+    shapes and its attrs (scenario, seed, script text, generator version, mpp, ...)."""
+    import hashlib
+
+    ident = {"n": ds.n, "shape": [ds.channels, ds.height, ds.width]}
+    for k, v in sorted(ds.attrs.items()):
+        ident[k] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run_mismatch(key: str, run: dict) -> list:
+    """What differs between a checkpoint's run key and this run (empty: the same run)."""
+    try:
+        old = json.loads(key)
+    except ValueError:
+        return ["unreadable run key"]
+    diffs = []
+    for k, v in run.items():
+        if k == "data" and "dataset_id" in old:
+            continue  # the dataset's identity is known: it may have been moved
+        if k == "dataset_id" and k not in old:
+            continue  # checkpoint written before identities were recorded: its path decides
+        if old.get(k) != v:
+            what = {"data": "dataset path", "dataset_id": "dataset content", "cfg": "model config"}
+            diffs.append(f"{what.get(k, k)} differs" + (f": {old.get(k)} vs {v}"
+                                                        if k in ("seed", "batch", "crop", "lr", "dtype",
+                                                                 "eps", "schedule", "iters", "arch")
+                                                        else ""))
+    return diffs
+
+
+def _write_checkpoint(path, model, opt_state, iteration, elapsed, run_key, rows=None):
     def write(f):
         write_model_group(f, model)
         g = f.create_group("optimizer")
@@ -172,15 +204,33 @@ def _write_checkpoint(path, model, opt_state, iteration, elapsed, run_key):
         f.attrs["iteration"] = iteration
         f.attrs["elapsed"] = elapsed
         f.attrs["run_key"] = run_key
+        if rows is not None:
+            # A copy of the log up to this iteration: a deleted or truncated log is rebuilt.
+            f.attrs["log_csv"] = "\n".join(",".join(r) for r in rows)
     atomic_h5(path, write)
 
 
 def _read_checkpoint(path):
-    with h5py.File(path, "r") as f:
-        model = read_model_group(f, str(path))
-        opt = {}
-        f["optimizer"].visititems(lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
-        return model, opt, int(f.attrs["iteration"]), float(f.attrs["elapsed"]), str(f.attrs["run_key"])
+    """Model, optimizer state, iteration, elapsed seconds, run key and log rows (or None)."""
+    try:
+        with h5py.File(path, "r") as f:
+            model = read_model_group(f, str(path))
+            if "optimizer" not in f or "iteration" not in f.attrs or "run_key" not in f.attrs:
+                missing = [k for k, ok in (("optimizer", "optimizer" in f),
+                                           ("iteration", "iteration" in f.attrs),
+                                           ("run_key", "run_key" in f.attrs)) if not ok]
+                raise ValueError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+            opt = {}
+            f["optimizer"].visititems(lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
+            rows = None
+            if "log_csv" in f.attrs:
+                text = f.attrs["log_csv"]
+                text = text.decode() if isinstance(text, bytes) else str(text)
+                rows = [line.split(",") for line in text.split("\n") if line]
+            return (model, opt, int(f.attrs["iteration"]), float(f.attrs.get("elapsed", 0.0)),
+                    str(f.attrs["run_key"]), rows)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or foreign file): {e}") from None
 
 
 def _rewrite_log(path, rows):
@@ -210,9 +260,6 @@ def _read_log(path, upto):
 
 def train(args) -> Model:
     """Run training as configured by the parsed command line ``args``; return the model."""
-    from .backend import get_backend
-    from .model import batch_metrics
-
     if args.iters < 0 or args.batch < 1 or args.checkpoint_every < 1:
         raise SystemExit("error: --iters must be >= 0, --batch and --checkpoint-every >= 1")
     if not (np.isfinite(args.adam_eps) and args.adam_eps > 0):
@@ -226,6 +273,14 @@ def train(args) -> Model:
                                            "--checkpoint": ckpt_path})
     for p in (out, log_path, ckpt_path):
         remove_stale_temporaries(p)
+    with OutputLock(out):
+        return _train_locked(args, out, log_path, ckpt_path, dtype)
+
+
+def _train_locked(args, out, log_path, ckpt_path, dtype):
+    from .backend import get_backend
+    from .model import batch_metrics
+
     ds = SyntheticDataset(args.data)
     scenario = ds.attrs.get("scenario", "")
     lr = args.lr if args.lr is not None else (5e-5 if args.arch == "unet" else 1e-4)
@@ -241,22 +296,31 @@ def train(args) -> Model:
         init = unet.init_params
     else:
         from .model import init_params as init
-    run_key = json.dumps({"data": str(Path(args.data).resolve()), "arch": args.arch, "cfg": cfg.to_dict(),
-                          "seed": args.seed, "batch": args.batch, "crop": crop, "lr": lr, "dtype": args.dtype,
-                          "eps": args.adam_eps, "schedule": args.lr_schedule,
-                          **({"iters": args.iters} if args.lr_schedule != "constant" else {})},
-                         sort_keys=True)
+    run = {"data": str(Path(args.data).resolve()), "dataset_id": dataset_identity(ds),
+           "arch": args.arch, "cfg": cfg.to_dict(), "seed": args.seed, "batch": args.batch,
+           "crop": crop, "lr": lr, "dtype": args.dtype, "eps": args.adam_eps,
+           "schedule": args.lr_schedule,
+           **({"iters": args.iters} if args.lr_schedule != "constant" else {})}
+    run_key = json.dumps(run, sort_keys=True)
     backend = get_backend(args.device)
 
     start_it, elapsed0, rows = 0, 0.0, []
     params = opt_state = None
     if args.resume and ckpt_path.exists():
-        model, opt_state, start_it, elapsed0, key = _read_checkpoint(ckpt_path)
-        if key != run_key:
+        model, opt_state, start_it, elapsed0, key, ck_rows = _read_checkpoint(ckpt_path)
+        diff = _run_mismatch(key, run)
+        if diff:
             raise SystemExit(f"error: checkpoint {ckpt_path} belongs to a different run "
-                             f"(data, architecture, seed, batch, crop, lr or dtype differ)")
+                             f"({'; '.join(diff)})")
+        if args.iters < start_it:
+            raise SystemExit(f"error: --iters {args.iters} is below the checkpoint's iteration "
+                             f"{start_it} ({ckpt_path}); give --iters >= {start_it}")
         params = model.params
-        rows = _read_log(log_path, start_it)
+        rows = ck_rows if ck_rows is not None else _read_log(log_path, start_it)
+        if len(rows) != start_it or [int(r[0]) for r in rows] != list(range(1, start_it + 1)):
+            raise SystemExit(f"error: log {log_path} holds {len(rows)} of the checkpoint's "
+                             f"{start_it} iterations and the checkpoint has no copy of it; "
+                             f"restore the log or start afresh without --resume")
         print(f"resuming from {ckpt_path} at iteration {start_it}", flush=True)
     elif args.resume:
         print(f"no checkpoint at {ckpt_path}; starting from scratch", flush=True)
@@ -266,7 +330,8 @@ def train(args) -> Model:
     trainer = backend.trainer(args.arch, cfg, params, lr, eps=args.adam_eps)
     if opt_state is not None:
         trainer.load_optimizer_state(opt_state)
-    _rewrite_log(log_path, rows)
+    # The log is only (re)written together with a checkpoint, so a run that fails before its
+    # first one leaves the previous run's model, checkpoint and log as they were.
 
     meta = _meta(ds, args, lr)
     n_params = sum(v.size for v in params.values())
@@ -275,30 +340,31 @@ def train(args) -> Model:
           f"crop {crop or 'none'}, lr {lr:g}, device {args.device}", flush=True)
     t0 = time.perf_counter()
     last_ckpt = start_it
-    with open(log_path, "a", newline="") as fh:
-        w = csv.writer(fh)
-        for it in range(start_it, args.iters):
-            plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
-            u0, gu, gm = ds.batch(plan, dtype)
-            lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
-            _set_lr(trainer, lr_it)
-            loss, u_T, m_T = trainer.step(u0, gu, gm)
-            _check_weights(trainer.params(), done_it=it + 1)
-            met = batch_metrics(u_T, m_T, gu, gm)
-            elapsed = elapsed0 + time.perf_counter() - t0
-            done = it + 1
-            w.writerow([done, f"{loss:.8g}", f"{met['accuracy']:.6f}", f"{met['psnr']:.4f}",
-                        f"{elapsed:.2f}", f"{lr_it:g}"])
-            fh.flush()
-            rate = (done - start_it) / max(time.perf_counter() - t0, 1e-9)
-            if not args.quiet or done % 10 == 0 or done == args.iters:
-                print(f"iter {done:5d}/{args.iters}  loss {loss:.5g}  acc {100 * met['accuracy']:6.2f}%  "
-                      f"psnr {met['psnr']:6.2f} dB  {rate:.3g} it/s  ETA {_fmt_time((args.iters - done) / rate)}",
-                      flush=True)
-            if done % args.checkpoint_every == 0 or done == args.iters:
-                mdl = Model(args.arch, cfg, trainer.params(), dict(meta, iterations=done))
-                _write_checkpoint(ckpt_path, mdl, trainer.optimizer_state(), done, elapsed, run_key)
-                last_ckpt = done
+    for it in range(start_it, args.iters):
+        plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
+        u0, gu, gm = ds.batch(plan, dtype)
+        lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
+        _set_lr(trainer, lr_it)
+        loss, u_T, m_T = trainer.step(u0, gu, gm)
+        _check_weights(trainer.params(), done_it=it + 1)
+        met = batch_metrics(u_T, m_T, gu, gm)
+        elapsed = elapsed0 + time.perf_counter() - t0
+        done = it + 1
+        rows.append([str(done), f"{loss:.8g}", f"{met['accuracy']:.6f}", f"{met['psnr']:.4f}",
+                     f"{elapsed:.2f}", f"{lr_it:g}"])
+        rate = (done - start_it) / max(time.perf_counter() - t0, 1e-9)
+        if not args.quiet or done % 10 == 0 or done == args.iters:
+            print(f"iter {done:5d}/{args.iters}  loss {loss:.5g}  acc {100 * met['accuracy']:6.2f}%  "
+                  f"psnr {met['psnr']:6.2f} dB  {rate:.3g} it/s  ETA {_fmt_time((args.iters - done) / rate)}",
+                  flush=True)
+        if done % args.checkpoint_every == 0 or done == args.iters:
+            mdl = Model(args.arch, cfg, trainer.params(), dict(meta, iterations=done))
+            # Log first: a crash between the two leaves a log ahead of the checkpoint,
+            # which a resume cuts back to the checkpoint's iteration (its own copy).
+            _rewrite_log(log_path, rows)
+            _write_checkpoint(ckpt_path, mdl, trainer.optimizer_state(), done, elapsed, run_key,
+                              rows)
+            last_ckpt = done
     elapsed = elapsed0 + time.perf_counter() - t0
     meta.update(iterations=args.iters, train_seconds=round(elapsed, 2))
     model = Model(args.arch, cfg, {k: np.array(v) for k, v in trainer.params().items()}, meta)
