@@ -152,3 +152,28 @@ def test_write_png_is_atomic_and_not_private(tmp_path, rgb8):
     assert stat.S_IMODE(os.stat(tmp_path / "sub" / "o.png").st_mode) == 0o666 & ~umask
     with pytest.raises(TypeError):
         write_png(tmp_path / "f.png", rgb8.astype(np.float32))
+
+
+def test_16_bit_rgb_png_round_trips_at_full_depth(tmp_path):
+    from vnumba.imageio_utils import read_image, write_png
+
+    a = (np.arange(12 * 10 * 3).reshape(12, 10, 3) * 181 % 65536).astype(np.uint16)
+    write_png(tmp_path / "a.png", a)
+    back = read_image(tmp_path / "a.png").array
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, a)          # low bytes kept, not only the high ones
+
+
+def test_png_alpha_opaque_is_dropped_transparent_is_refused(tmp_path):
+    import imageio.v3 as iio
+
+    from vnumba.imageio_utils import read_image
+
+    rgba = np.full((6, 7, 4), 200, np.uint8)
+    rgba[..., 3] = 255
+    iio.imwrite(tmp_path / "opaque.png", rgba)
+    assert read_image(tmp_path / "opaque.png").array.shape == (6, 7, 3)
+    rgba[0, 0, 3] = 0
+    iio.imwrite(tmp_path / "cut.png", rgba)
+    with pytest.raises(ValueError, match=r"cut.png.*transparent alpha"):
+        read_image(tmp_path / "cut.png")

@@ -95,6 +95,8 @@ def read_image(path) -> ImageData:
     mpp = None
     if suffix in _TIFF_SUFFIXES:
         arr, mpp = _read_tiff(path)
+    elif suffix == ".png":
+        arr = _read_png(path)
     else:
         import imageio.v3 as iio
         try:
@@ -110,6 +112,24 @@ def read_image(path) -> ImageData:
     if arr.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise _fail(path, f"unsupported pixel type {arr.dtype}; expected 8/16-bit or float")
     return ImageData(np.ascontiguousarray(arr), mpp, path)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    """PNG at full bit depth (imagecodecs/libpng: Pillow returns only the high byte of a
+    16-bit RGB PNG); an all-opaque alpha channel is dropped, a real one is refused."""
+    import imagecodecs
+
+    try:
+        arr = np.asarray(imagecodecs.png_decode(path.read_bytes()))
+    except Exception as exc:  # imagecodecs raises its own error types for corrupt files
+        raise _fail(path, f"cannot read PNG ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        alpha = arr[..., -1]
+        if not np.all(alpha == np.iinfo(arr.dtype).max):
+            raise _fail(path, "has a transparent alpha channel (a cut-out?); save it without "
+                              "alpha or flatten it onto a background first")
+        arr = arr[..., :-1]
+    return arr
 
 
 def _read_tiff(path: Path):
@@ -339,6 +359,12 @@ def write_png(path, arr: np.ndarray) -> None:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ValueError(f"cannot write shape {arr.shape} as PNG")
+    if arr.dtype == np.uint16 and arr.ndim == 3:
+        # Pillow cannot write 16-bit colour PNGs; libpng (imagecodecs) can.
+        import imagecodecs
+        data = imagecodecs.png_encode(np.ascontiguousarray(arr))
+        _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+        return
     _atomic(path, lambda tmp: iio.imwrite(tmp, np.ascontiguousarray(arr), extension=".png"))
 
 
