@@ -177,3 +177,18 @@ def test_png_alpha_opaque_is_dropped_transparent_is_refused(tmp_path):
     iio.imwrite(tmp_path / "cut.png", rgba)
     with pytest.raises(ValueError, match=r"cut.png.*transparent alpha"):
         read_image(tmp_path / "cut.png")
+
+
+def test_predict_warns_once_per_image_when_the_pixel_size_is_assumed(tmp_path, monkeypatch, capsys):
+    import vnumba.predict
+    from predict_helpers import FakeLocalModel
+
+    iio.imwrite(tmp_path / "x.png", np.full((10, 12, 3), 120, np.uint8))
+    model = FakeLocalModel(r=0, passes=1, meta={"mpp": 0.48})
+    monkeypatch.setattr(vnumba.predict, "load_model_arg", lambda arg, scen: model)
+    assert vnumba.predict.main([str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "-q"]) == 0
+    warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning")]
+    assert len(warn) == 1 and "x.png" in warn[0] and "0.48 um/px" in warn[0] and "--mpp" in warn[0]
+    assert vnumba.predict.main([str(tmp_path / "x.png"), "--out", str(tmp_path / "p"), "-q",
+                                "--mpp", "0.48"]) == 0
+    assert "warning" not in capsys.readouterr().err

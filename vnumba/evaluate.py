@@ -709,6 +709,12 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
             continue
         img_mpp = mpp if mpp is not None else nominal_mpp(data_dir, img_path)
         entry["mpp"] = img_mpp
+        if img_mpp is None:
+            known = [m for m in methods.values() if getattr(m, "meta", None) and m.meta.get("mpp")]
+            if known:
+                entry["mpp_assumed"] = float(known[0].meta["mpp"])
+                print(f"warning: {rel}: pixel size unknown (no --mpp, no manifest.csv entry); "
+                      f"assuming the model's {known[0].meta['mpp']:g} um/px", file=sys.stderr)
         rule = scenario_rule(target, rule_model, img_mpp) if target in _DEFAULT_RULES else None
         try:
             t_mask, t_labels = target_from_annotations(

@@ -489,6 +489,12 @@ def main(argv=None) -> int:
             H, W, C = img.array.shape
             say(f"[{i}/{len(args.images)}] {path}: {W}x{H}x{C} {img.array.dtype}, "
                 f"mpp {args.mpp if args.mpp is not None else img.mpp}")
+            if args.mpp is None and img.mpp is None and model_mpp(model) is not None:
+                # Not silent: a 40x image taken to be at a 20x model's scale is segmented
+                # at twice the size the model knows.
+                print(f"warning: {path}: pixel size unknown; assuming the model's "
+                      f"{model_mpp(model):g} um/px (give --mpp, e.g. 0.25 for 40x, 0.5 for 20x)",
+                      file=sys.stderr)
 
             t_start, last = time.perf_counter(), [0.0]
 
