@@ -203,3 +203,33 @@ def test_generate_removes_a_dead_writers_temporary_and_respects_a_live_lock(tmp_
     (tmp_path / "s.h5.lock").unlink()
     assert main(args) == 0
     assert out.is_file() and not stale.exists() and not (tmp_path / "s.h5.lock").exists()
+
+
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--crop", "0", "--crop must be >= 1"), ("--crop", "-5", "--crop must be >= 1"),
+    ("--seed", "-1", "--seed must be >= 0"), ("--batch", "50", "--batch 50 is larger than the dataset"),
+    ("--lr", "nan", "--lr must be a positive number"), ("--steps", "0", "--steps must be >= 1"),
+])
+def test_train_names_the_bad_option(dataset, tmp_path, flag, value, expect):
+    args = [str(dataset), *TINY, "--iters", "1", "--out", str(tmp_path / "m.h5"), flag, value]
+    if flag != "--batch":
+        args += ["--batch", "1"]
+    with pytest.raises(SystemExit, match=expect):
+        train.main(args)
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--mpp", "inf"], "pixel size"), (["--mpp", "200"], "pixel size"),
+    (["--mpp", "1e-300"], "pixel size"), (["--threshold", "5"], "must lie in"),
+])
+def test_evaluate_and_predict_refuse_bad_numbers_in_one_line(tmp_path, capsys, argv, expect):
+    from vnumba import evaluate as E
+    from vnumba import predict as P
+
+    for main, base in ((E.main, [str(tmp_path)]), (P.main, [str(tmp_path / "x.png"), "--out", str(tmp_path)])):
+        with pytest.raises(SystemExit) as e:
+            main(base + argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert expect in err and argv[0] in err and "Traceback" not in err

@@ -1026,7 +1026,19 @@ def _marked_section(report: dict) -> list:
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from .predict import _positive_float, _positive_int
+    from .predict import _pixel_size, _positive_float, _positive_int, _unit_float
+
+    def _non_negative(s):
+        v = float(s)
+        if not (np.isfinite(v) and v >= 0):
+            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+        return v
+
+    def _count(s):
+        v = int(s)
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+        return v
 
     p = argparse.ArgumentParser(
         prog="python -m vnumba.evaluate",
@@ -1045,12 +1057,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("scenario", "nuclei"), default="scenario",
                    help="'scenario': the model's scenario target class (default); 'nuclei': "
                         "all annotated nuclei")
-    p.add_argument("--mpp", type=_positive_float, help="pixel size of all images in µm/px (default: "
+    p.add_argument("--mpp", type=_pixel_size, help="pixel size of all images in µm/px (default: "
                                              "manifest.csv magnification, else unknown)")
-    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold (0.5)")
-    p.add_argument("--split-h", type=float, default=2.0, help="watershed split depth (2 px)")
-    p.add_argument("--min-area", type=int, default=20, help="minimum object area (20 px)")
-    p.add_argument("--radius", type=float, default=MATCH_RADIUS,
+    p.add_argument("--threshold", type=_unit_float, default=0.5, help="mask threshold (0.5)")
+    p.add_argument("--split-h", type=_non_negative, default=2.0, help="watershed split depth (2 px)")
+    p.add_argument("--min-area", type=_count, default=20, help="minimum object area (20 px)")
+    p.add_argument("--radius", type=_positive_float, default=MATCH_RADIUS,
                    help=f"centroid matching distance in pixels ({MATCH_RADIUS:g})")
     p.add_argument("--tile", type=_positive_int, default=512, help="prediction tile (512)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")

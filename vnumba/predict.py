@@ -387,6 +387,21 @@ def _positive_float(s):
     return v
 
 
+#: Plausible pixel sizes (µm/px): from beyond 100x objectives to a 0.2x overview.
+MPP_RANGE = (0.01, 50.0)
+
+
+def _pixel_size(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not (np.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]):
+        raise argparse.ArgumentTypeError(f"a pixel size in um/px must lie in "
+                                         f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {s}")
+    return v
+
+
 def _positive_int(s):
     v = int(s)
     if v < 1:
@@ -415,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("scenario1", "scenario2", "scenario3"),
                    help="which shipped model to use when --model is omitted (default scenario3)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--mpp", type=_positive_float,
+    p.add_argument("--mpp", type=_pixel_size,
                    help="pixel size of the inputs in µm/px (overrides TIFF metadata); with the "
                         "model's own pixel size it sets the resampling")
     p.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE,

@@ -260,8 +260,13 @@ def _read_log(path, upto):
 
 def train(args) -> Model:
     """Run training as configured by the parsed command line ``args``; return the model."""
-    if args.iters < 0 or args.batch < 1 or args.checkpoint_every < 1:
-        raise SystemExit("error: --iters must be >= 0, --batch and --checkpoint-every >= 1")
+    for name, v, lo in (("--iters", args.iters, 0), ("--batch", args.batch, 1),
+                        ("--checkpoint-every", args.checkpoint_every, 1), ("--steps", args.steps, 1),
+                        ("--seed", args.seed, 0), ("--crop", args.crop, 1)):
+        if v is not None and v < lo:
+            raise SystemExit(f"error: {name} must be >= {lo}, got {v}")
+    if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
+        raise SystemExit(f"error: --lr must be a positive number, got {args.lr}")
     if not (np.isfinite(args.adam_eps) and args.adam_eps > 0):
         raise SystemExit(f"error: --adam-eps must be a positive number, got {args.adam_eps}")
     out = Path(args.out)
@@ -286,6 +291,9 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
     lr = args.lr if args.lr is not None else (5e-5 if args.arch == "unet" else 1e-4)
     cfg = _model_config(args, ds)
     crop = args.crop
+    if args.batch > ds.n:
+        raise SystemExit(f"error: --batch {args.batch} is larger than the dataset {ds.path} "
+                         f"({ds.n} samples)")
     if crop is not None and (crop > ds.height or crop > ds.width):
         raise SystemExit(f"error: --crop {crop} is larger than the images ({ds.height}x{ds.width})")
     if args.arch == "unet":
