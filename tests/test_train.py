@@ -207,3 +207,50 @@ def test_adam_eps_reaches_the_optimizer_and_belongs_to_the_run(tmp_path, capsys)
         train.main([*common, "--iters", "3", "--resume"])
     with pytest.raises(SystemExit, match="--adam-eps"):
         train.main([*common, "--iters", "1", "--adam-eps", "0"])
+
+
+def test_model_files_with_implausible_weights_or_meta_are_refused_naming_the_key(tmp_path):
+    cfg = ModelConfig(n_steps=1, n_channels=3, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    params = init_params(cfg, np.random.default_rng(0))
+    good = modelio.Model("vn", cfg, params, {"mpp": 0.48, "channels": 3,
+                                             "reinhard_mean": [1.0, 2.0, 3.0],
+                                             "reinhard_std": [1.0, 1.0, 1.0]})
+    modelio.save_model(tmp_path / "ok.h5", good)
+    assert modelio.load_model(tmp_path / "ok.h5").meta["mpp"] == 0.48
+    cases = [
+        ({"params": {**params, "lam": -np.abs(params["lam"]) - 1}}, "'lam' has negative"),
+        ({"params": {**params, "Ku": np.full_like(params["Ku"], np.inf)}}, "'Ku' is not finite"),
+        ({"meta": {"mpp": -1.0}}, "meta 'mpp'"), ({"meta": {"mpp": float("nan")}}, "meta 'mpp'"),
+        ({"meta": {"reinhard_mean": [1.0, 2.0]}}, "meta 'reinhard_mean'"),
+        ({"meta": {"reinhard_std": [1.0, 0.0, 1.0]}}, "meta 'reinhard_std'"),
+        ({"meta": {"channels": "3"}}, "meta 'channels'"),
+    ]
+    for i, (change, msg) in enumerate(cases):
+        m = modelio.Model("vn", cfg, change.get("params", params), change.get("meta", {}))
+        path = tmp_path / f"bad{i}.h5"
+        modelio.save_model(path, m)
+        with pytest.raises(ValueError, match=msg):
+            modelio.load_model(path)
+
+
+def test_dataset_links_groups_and_non_string_attrs_are_refused(tmp_path):
+    good = _toy_dataset(tmp_path / "good.h5", n=2, size=12)
+    ext = tmp_path / "ext.h5"
+    with h5py.File(ext, "w") as f:
+        for k in ("u0", "gu", "gm"):
+            f[k] = h5py.ExternalLink(str(good), k)
+        f.attrs["schema_version"] = 1
+    with pytest.raises(DatasetError, match="'u0' is a ExternalLink"):
+        SyntheticDataset(ext)
+    grp = tmp_path / "grp.h5"
+    with h5py.File(grp, "w") as f:
+        f.create_group("u0")
+        f["gu"] = np.zeros((1, 3, 4, 4), np.float32)
+        f["gm"] = np.zeros((1, 4, 4), np.float32)
+        f.attrs["schema_version"] = 1
+    with pytest.raises(DatasetError, match="'u0' is a Group"):
+        SyntheticDataset(grp)
+    with h5py.File(good, "a") as f:
+        f.attrs["scenario"] = 3
+    with pytest.raises(DatasetError, match="'scenario' must be a string"):
+        SyntheticDataset(good)

@@ -57,6 +57,18 @@ class SyntheticDataset:
         missing = [k for k in ("u0", "gu", "gm") if k not in f]
         if missing:
             raise DatasetError(f"{p}: missing dataset(s) {missing}; expected u0, gu, gm (see README)")
+        for k in ("u0", "gu", "gm"):
+            # A link would read another file's data in place of this one's.
+            link = f.get(k, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise DatasetError(f"{p}: '{k}' is a {type(link).__name__}, not a dataset stored "
+                                   f"in the file")
+            if not isinstance(f[k], h5py.Dataset):
+                raise DatasetError(f"{p}: '{k}' is a {type(f[k]).__name__}, expected a dataset")
+        for k in ("scenario", "name"):
+            v = f.attrs.get(k)
+            if v is not None and not isinstance(v, (str, bytes)):
+                raise DatasetError(f"{p}: attribute '{k}' must be a string, got {type(v).__name__}")
         ver = f.attrs.get("schema_version")
         if ver is None or int(ver) != SCHEMA_VERSION:
             raise DatasetError(f"{p}: schema_version {ver!r}, expected {SCHEMA_VERSION}")

@@ -146,6 +146,29 @@ def shipped_model_path(name: str) -> Path:
     return MODELS_DIR / f"{name}.h5"
 
 
+def _check_meta(meta, where) -> None:
+    """Refuse implausible metadata that would silently change a prediction (key named)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: meta must be a JSON object")
+    mpp = meta.get("mpp")
+    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
+                            or not np.isfinite(mpp) or not 0 < mpp <= 100):
+        raise ValueError(f"{where}: meta 'mpp' must be a positive pixel size in um, got {mpp!r}")
+    for k in ("reinhard_mean", "reinhard_std"):
+        v = meta.get(k)
+        if v is None:
+            continue
+        ok = (isinstance(v, (list, tuple)) and len(v) == 3
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+                      for x in v))
+        if not ok or (k == "reinhard_std" and min(v) <= 0):
+            raise ValueError(f"{where}: meta {k!r} must be three finite numbers"
+                             f"{' > 0' if k == 'reinhard_std' else ''}, got {v!r}")
+    ch = meta.get("channels")
+    if ch is not None and (isinstance(ch, bool) or not isinstance(ch, int) or ch < 1):
+        raise ValueError(f"{where}: meta 'channels' must be a positive int, got {ch!r}")
+
+
 def read_model_group(f, where) -> Model:
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
@@ -165,6 +188,12 @@ def read_model_group(f, where) -> Model:
     if "params" not in f:
         raise ValueError(f"{where}: model file has no 'params' group (truncated?)")
     params = {k: np.array(f["params"][k]) for k in f["params"]}
+    for k, v in params.items():
+        if v.dtype.kind not in "fc" or not np.all(np.isfinite(v)):
+            raise ValueError(f"{where}: parameter {k!r} is not finite floating point")
+    if "lam" in params and np.any(params["lam"] < 0):
+        raise ValueError(f"{where}: parameter 'lam' has negative values (λ ≥ 0 is required)")
+    _check_meta(meta, where)
     model = Model(arch=arch, config=cfg, params=params, meta=meta)
     if arch == "vn":
         from .model import check_params
