@@ -443,14 +443,25 @@ def shipped_path(name: str) -> Path:
     return Path(str(importlib.resources.files("synth.scenarios") / f"{name}.toml"))
 
 
+#: Longest script accepted (the shipped ones have ~10 000 characters).
+MAX_SCRIPT_CHARS = 1_000_000
+
+
 def parse_script_text(text: str, path: str | Path | None = None) -> Script:
     """Parse and validate TOML ``text``; ``path`` is used in messages and as default name."""
     file = str(path) if path is not None else "<script>"
     ctx = ParseContext(file)
+    if not isinstance(text, str):
+        raise TypeError(f"script text must be a str, got {type(text).__name__}")
+    if len(text) > MAX_SCRIPT_CHARS:
+        raise ScriptError(file, "(size)", f"{len(text)} characters; a scenario script has at most "
+                                          f"{MAX_SCRIPT_CHARS}")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScriptError(file, "(syntax)", f"not valid TOML: {e}") from None
+    except RecursionError:
+        raise ScriptError(file, "(syntax)", "nested too deeply to be a scenario script") from None
     if "scenario" not in data:
         ctx.error("scenario", "required table [scenario] is missing")
     sc = parse_dataclass(ScenarioSection, data["scenario"], ctx, "scenario")

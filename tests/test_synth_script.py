@@ -191,3 +191,10 @@ def test_registry_lets_a_module_add_a_scenario_kind_with_its_own_schema(tmp_path
 
 def test_shipped_names_list():
     assert SHIPPED == ("scenario1", "scenario2", "scenario3")
+
+
+def test_a_deeply_nested_or_huge_script_is_a_script_error_not_a_crash():
+    with pytest.raises(ScriptError, match="nested too deeply"):
+        parse_script_text("x = " + "[" * 5000 + "]" * 5000)
+    with pytest.raises(ScriptError, match="at most"):
+        parse_script_text("# " + "x" * 2_000_000)
