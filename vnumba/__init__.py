@@ -1,4 +1,47 @@
 """vnumba — coupled variational networks for joint denoising and segmentation of
-stained tissue images (Effland et al. 2019), written as explicit NumPy/Numba code."""
+stained tissue images (Effland et al. 2019), written as explicit NumPy/Numba code.
+
+Public API (imported lazily, so ``import vnumba`` stays cheap and compiles nothing)::
+
+    from vnumba import ModelConfig, init_params, forward, loss_and_grad
+    from vnumba import load_model, save_model, predict_image, run_evaluation
+
+* :class:`ModelConfig`, :func:`init_params`, :func:`forward`, :func:`loss_and_grad` — the
+  network of the article (eq. (1) unrolled, loss (3) and its exact gradient);
+* :func:`load_model`, :func:`save_model` — model files (``load_model("scenario3")`` gives a
+  shipped model);
+* :func:`predict_image` — a real image (array or :func:`vnumba.imageio_utils.read_image`) to
+  reconstruction and mask, resampled to the model's pixel size and colour-normalised;
+* :func:`run_evaluation` — scores against annotated images (``python -m vnumba.evaluate``).
+"""
 
 __version__ = "0.1.0"
+
+_API = {
+    "ModelConfig": ("vnumba.config", "ModelConfig"),
+    "init_params": ("vnumba.model", "init_params"),
+    "forward": ("vnumba.model", "forward"),
+    "loss_and_grad": ("vnumba.model", "loss_and_grad"),
+    "load_model": ("vnumba.modelio", "load_model"),
+    "save_model": ("vnumba.modelio", "save_model"),
+    "Model": ("vnumba.modelio", "Model"),
+    "predict_image": ("vnumba.predict", "predict_image"),
+    "run_evaluation": ("vnumba.evaluate", "run_evaluation"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        mod, attr = _API[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vnumba' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
