@@ -115,6 +115,21 @@ def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monk
     assert filt_r["classes"]["immune"]["marked"] == 0
     assert filt_r["classes"]["tumour"]["marked"] == 1
     assert filt_r["objects"]["f1"] == 1.0 and plain["objects"]["fp"] == 9
+    # the figure shows the filtered variant beside the model
+    from vnumba.figures import plot_marked_fractions
+    import matplotlib
+    matplotlib.use("Agg")
+    captured = {}
+    import matplotlib.axes
+    orig = matplotlib.axes.Axes.bar
+
+    def bar(self, x, h, *a, **k):
+        captured.setdefault(k.get("label"), []).append(list(np.atleast_1d(h)))
+        return orig(self, x, h, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    plot_marked_fractions(rep, tmp_path / "f.png")
+    assert "fake + object filter" in captured and "fake" in captured
 
 
 def test_predict_cli_writes_only_the_objects_the_filter_keeps(tmp_path, monkeypatch):

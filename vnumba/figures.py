@@ -316,6 +316,8 @@ def plot_marked_fractions(report: dict, out_png, per_folder: bool = True, dpi: i
     from .imageio_utils import atomic_write_bytes
 
     methods = [m["name"] for m in report.get("methods", [])] or list(report["overall"])
+    # Scored variants (e.g. "NAME + object filter") that are not separate methods of the run.
+    methods += [m for m in report.get("overall", {}) if m not in methods]
     scopes = [("overall", report["overall"])]
     folders = report.get("per_folder") or {}
     if per_folder and len(folders) > 1:
