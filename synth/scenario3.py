@@ -70,6 +70,14 @@ LAYER_NAMES = ("background", "vessels", "connective", "vessel_cells", "stroma", 
 # --------------------------------------------------------------------------- script schema
 
 
+def _ranges(spec, names):
+    """``check`` items for (low, high) fields whose low exceeds their high."""
+    for k in names:
+        lo, hi = getattr(spec, k)
+        if lo > hi:
+            yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
+
+
 @dataclass(frozen=True)
 class SpeedSpec:
     """Random velocity field ``max(mean + std * Z, minimum)``, Z a Gaussian field of
@@ -122,10 +130,7 @@ class ConnectiveSpec:
     speed: SpeedSpec = field(default_factory=lambda: SpeedSpec(corr=15.0, std=0.4))
 
     def check(self):
-        for k in ("start", "width"):
-            lo, hi = getattr(self, k)
-            if lo > hi:
-                yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
+        yield from _ranges(self, ("start", "width"))
 
 
 @dataclass(frozen=True)
@@ -141,10 +146,7 @@ class NucleiSpec:
                                          doc="stain density factor range per nucleus")
 
     def check(self):
-        for k in ("count", "scale", "density"):
-            lo, hi = getattr(self, k)
-            if lo > hi:
-                yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
+        yield from _ranges(self, ("count", "scale", "density"))
 
 
 @dataclass(frozen=True)
@@ -183,17 +185,8 @@ class ImmuneSpec:
     density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0)
 
     def check(self):
-        for k in ("count", "semi_axis", "axis_ratio", "clusters", "scale", "density"):
-            lo, hi = getattr(self, k)
-            if lo > hi:
-                yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
-
-
-def _ranges(spec, names):
-    for k in names:
-        lo, hi = getattr(spec, k)
-        if lo > hi:
-            yield (k, f"range must be [low, high] with low <= high, got {[lo, hi]}")
+        yield from _ranges(self, ("count", "semi_axis", "axis_ratio", "clusters", "scale",
+                                  "density"))
 
 
 @dataclass(frozen=True)

@@ -1026,19 +1026,7 @@ def _marked_section(report: dict) -> list:
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from .predict import _pixel_size, _positive_float, _positive_int, _unit_float
-
-    def _non_negative(s):
-        v = float(s)
-        if not (np.isfinite(v) and v >= 0):
-            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
-        return v
-
-    def _count(s):
-        v = int(s)
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-        return v
+    from .predict import _count, _non_negative, _pixel_size, _positive_float, _positive_int, _unit_float
 
     p = argparse.ArgumentParser(
         prog="python -m vnumba.evaluate",

@@ -402,6 +402,20 @@ def _pixel_size(s):
     return v
 
 
+def _non_negative(s):
+    v = float(s)
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+    return v
+
+
+def _count(s):
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 def _positive_int(s):
     v = int(s)
     if v < 1:
