@@ -157,3 +157,18 @@ def test_geojson_is_a_qupath_detection_collection(tmp_path):
     write_objects_csv(tmp_path / "o.csv", t)
     assert len(json.loads((tmp_path / "o.geojson").read_text())["features"]) == 2
     assert len((tmp_path / "o.csv").read_text().strip().splitlines()) == 3
+
+
+def test_extraction_pixels_converts_tissue_sizes_at_the_pixel_size():
+    from vnumba.objects import ASSUMED_MPP, extraction_pixels
+
+    # The defaults are the former pixel defaults at 40x ...
+    assert extraction_pixels(0.25) == (2.0, 20)
+    # ... a 20x image gets the same tissue sizes in fewer pixels ...
+    h, a = extraction_pixels(0.5)
+    assert h == pytest.approx(1.0) and a == 5
+    # ... unknown pixel size: the assumed 40x, and pixel overrides win.
+    assert extraction_pixels(None) == extraction_pixels(ASSUMED_MPP)
+    assert extraction_pixels(0.5, split_h=3.0, min_area=7) == (3.0, 7)
+    with pytest.raises(ValueError, match="split_um"):
+        extraction_pixels(0.25, split_um=float("nan"))

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .memory import keep_freed_memory
+from .objects import MIN_AREA_UM2, SPLIT_UM
 
 __all__ = [
     "confusion_counts", "scores_from_counts", "pixel_metrics", "match_points",
@@ -623,8 +624,10 @@ def pool_results(results: list) -> dict:
 
 
 def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", rule_model=None,
-                   mpp: float | None = None, threshold: float = 0.5, split_h: float = 2.0,
-                   min_area: int = 20, radius: float = MATCH_RADIUS, tile: int = 512,
+                   mpp: float | None = None, threshold: float = 0.5,
+                   split_um: float = SPLIT_UM, min_area_um2: float = MIN_AREA_UM2,
+                   split_h: float | None = None, min_area: int | None = None,
+                   radius: float = MATCH_RADIUS, tile: int = 512,
                    baseline_cfg=None, overlays: bool = True, say=print) -> dict:
     """Evaluate several methods on every annotated image of ``data_dir``.
 
@@ -640,8 +643,14 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
         Model whose ``meta`` may state the density rule and whose ``mpp`` scales its radius.
     mpp : float, optional
         Pixel size of all images; default: ``manifest.csv`` (:func:`nominal_mpp`).
-    threshold, split_h, min_area
-        Object extraction from the models' masks (:func:`vnumba.objects.label_objects`).
+    threshold : float
+        Mask threshold.
+    split_um, min_area_um2 : float
+        Object extraction from the models' masks (:func:`vnumba.objects.label_objects`): split
+        depth in um and smallest object in um^2, converted at each image's pixel size
+        (:func:`vnumba.objects.extraction_pixels`).
+    split_h, min_area : optional
+        The same in pixels of every image (override the micrometre values).
     radius : float
         Centroid matching distance, pixels of the evaluated image.
     tile : int
@@ -671,7 +680,7 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
     from .baseline import BaselineConfig, segment_nuclei
     from .figures import overlay_contours
     from .imageio_utils import image_to_float, read_image, write_png
-    from .objects import label_objects
+    from .objects import extraction_pixels, label_objects
     from .predict import predict_image
 
     out_dir = Path(out_dir)
@@ -751,7 +760,9 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
                     say(f"    {name}: skipped — {e}")
                     continue
                 p_mask = pred.mask > threshold
-                p_labels = label_objects(pred.mask, threshold, h=split_h, min_area=min_area)
+                h_px, a_px = extraction_pixels(img_mpp or pred.model_mpp, split_um,
+                                               min_area_um2, split_h, min_area)
+                p_labels = label_objects(pred.mask, threshold, h=h_px, min_area=a_px)
                 base = pred.image
             variants = [(name, p_mask, p_labels)]
             filt = _object_filter(method)
@@ -788,7 +799,8 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "data_dir": str(data_dir),
         "target": target,
-        "settings": dict(threshold=threshold, split_h=split_h, min_area=min_area,
+        "settings": dict(threshold=threshold, split_um=split_um, min_area_um2=min_area_um2,
+                         split_h=split_h, min_area=min_area,
                          match_radius=radius, tile=tile, mpp=mpp,
                          baseline=dataclasses.asdict(baseline_cfg)),
         "methods": [_describe(n, m) for n, m in methods.items()],
@@ -896,8 +908,12 @@ def format_report(report: dict) -> str:
         "# Evaluation on real annotated images", "",
         f"- data: `{report['data_dir']}`",
         f"- target: {_TARGET_TEXT.get(report['target'], report['target'])}",
-        f"- mask threshold {s['threshold']}, watershed split depth {s['split_h']} px, "
-        f"minimum object area {s['min_area']} px, centroid matching radius "
+        f"- mask threshold {s['threshold']}, watershed split depth "
+        + (f"{s['split_h']} px" if s.get("split_h") is not None else f"{s.get('split_um')} µm")
+        + ", minimum object area "
+        + (f"{s['min_area']} px" if s.get("min_area") is not None
+           else f"{s.get('min_area_um2')} µm²")
+        + " (converted at each image's pixel size), centroid matching radius "
         f"{s['match_radius']} px (one-to-one)",
         f"- created {report['created']}",
     ]
@@ -1026,7 +1042,8 @@ def _marked_section(report: dict) -> list:
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from .predict import _count, _non_negative, _pixel_size, _positive_float, _positive_int, _unit_float
+    from .predict import (_pixel_size, _positive_float, _positive_int, _unit_float,
+                          add_extraction_options)
 
     p = argparse.ArgumentParser(
         prog="python -m vnumba.evaluate",
@@ -1048,8 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=_pixel_size, help="pixel size of all images in µm/px (default: "
                                              "manifest.csv magnification, else unknown)")
     p.add_argument("--threshold", type=_unit_float, default=0.5, help="mask threshold (0.5)")
-    p.add_argument("--split-h", type=_non_negative, default=2.0, help="watershed split depth (2 px)")
-    p.add_argument("--min-area", type=_count, default=20, help="minimum object area (20 px)")
+    add_extraction_options(p)
     p.add_argument("--radius", type=_positive_float, default=MATCH_RADIUS,
                    help=f"centroid matching distance in pixels ({MATCH_RADIUS:g})")
     p.add_argument("--tile", type=_positive_int, default=512, help="prediction tile (512)")
@@ -1079,7 +1095,8 @@ def main(argv=None) -> int:
         methods["classical baseline"] = "baseline"
         target = scenario if args.target == "scenario" else "nuclei"
         report = run_evaluation(methods, args.data_dir, args.out, target=target, rule_model=model,
-                                mpp=args.mpp, threshold=args.threshold, split_h=args.split_h,
+                                mpp=args.mpp, threshold=args.threshold, split_um=args.split_um,
+                                min_area_um2=args.min_area_um2, split_h=args.split_h,
                                 min_area=args.min_area, radius=args.radius, tile=args.tile,
                                 overlays=not args.no_overlays, say=say)
     except (OSError, ValueError, KeyError) as e:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .objects import MIN_AREA_UM2, SPLIT_UM
+
 __all__ = ["FEATURES", "ObjectFilter", "object_features", "object_targets", "fit_logistic",
            "fit_object_filter", "main"]
 
@@ -200,21 +202,25 @@ class ObjectFilter:
 
 
 def fit_object_filter(model, data_path, n: int = 200, recall: float = 0.95, threshold: float = 0.5,
-                      split_h: float = 2.0, min_area: int = 20, say=print) -> ObjectFilter:
+                      split_um: float = SPLIT_UM, min_area_um2: float = MIN_AREA_UM2,
+                      say=print) -> ObjectFilter:
     """Fit an :class:`ObjectFilter` on ``n`` samples of a synthetic dataset.
 
     The model predicts every sample's noisy input; objects are cut from its mask as in
     evaluation and labelled by :func:`object_targets` against the dataset's ``gm``.  The
-    probability threshold keeps ``recall`` of the tumour objects.
+    probability threshold keeps ``recall`` of the tumour objects.  Objects are cut with the
+    split depth ``split_um`` and smallest area ``min_area_um2`` converted at the dataset's pixel
+    size, as predict and evaluate convert them at each image's.
     """
     from .data import SyntheticDataset
-    from .objects import label_objects
+    from .objects import extraction_pixels, label_objects
 
     mpp = float(model.meta.get("mpp") or 0) or None
     ds = SyntheticDataset(data_path)
     mpp = mpp or float(ds.attrs.get("mpp", 0)) or None
     if mpp is None:
         raise ValueError(f"{data_path}: pixel size unknown (no 'mpp' in the model or dataset)")
+    split_h, min_area = extraction_pixels(mpp, split_um, min_area_um2)
     Xs, ys = [], []
     m = min(int(n), ds.n)
     for i in range(m):
@@ -238,7 +244,8 @@ def fit_object_filter(model, data_path, n: int = 200, recall: float = 0.95, thre
     kept_neg = float(np.mean(p[y == 0] >= thr))
     info = {"dataset": str(data_path), "samples": m, "objects": int(len(y)),
             "tumour_objects": int(y.sum()), "recall": recall,
-            "lookalikes_kept": round(kept_neg, 4)}
+            "lookalikes_kept": round(kept_neg, 4), "split_um": split_um,
+            "min_area_um2": min_area_um2}
     if say:
         say(f"fitted on {len(y)} objects ({int(y.sum())} tumour): threshold {thr:.3f} keeps "
             f"{recall:.0%} of tumour objects and {kept_neg:.1%} of the others")

@@ -87,6 +87,46 @@ def split_touching(binary: np.ndarray, h: float = 2.0) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+#: Object extraction in micrometres (issue 12): the split depth and the smallest object are
+#: tissue sizes, so a 20x and a 40x image (or a 20x model's mask and a 40x image's) are cut the
+#: same way.  The values are the former pixel defaults (2 px, 20 px) at 40x, 0.25 um/px, so
+#: figures on 40x images are unchanged.
+SPLIT_UM = 0.5
+MIN_AREA_UM2 = 1.25
+#: Pixel size assumed for the conversion when neither the image's nor the model's is known.
+ASSUMED_MPP = 0.25
+
+
+def extraction_pixels(mpp: float | None, split_um: float = SPLIT_UM,
+                      min_area_um2: float = MIN_AREA_UM2, split_h: float | None = None,
+                      min_area: int | None = None) -> tuple[float, int]:
+    """Split depth and minimum area in pixels of an image at ``mpp`` um/px.
+
+    Parameters
+    ----------
+    mpp : float or None
+        Pixel size of the mask the objects are cut from; ``None``: :data:`ASSUMED_MPP`.
+    split_um, min_area_um2 : float
+        Watershed split depth (um) and smallest object (um^2).
+    split_h, min_area : optional
+        Pixel values that override the micrometre ones (``--split-h`` / ``--min-area``).
+
+    Returns
+    -------
+    (float, int)
+        ``h`` and ``min_area`` for :func:`label_objects`.
+    """
+    m = float(mpp) if mpp else ASSUMED_MPP
+    if not (np.isfinite(m) and m > 0):
+        raise ValueError(f"pixel size must be a positive number, got {mpp!r}")
+    for name, v in (("split_um", split_um), ("min_area_um2", min_area_um2)):
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    h = float(split_h) if split_h is not None else split_um / m
+    a = int(min_area) if min_area is not None else int(round(min_area_um2 / m ** 2))
+    return h, a
+
+
 def label_objects(prob: np.ndarray, threshold: float = 0.5, h: float = 2.0,
                   min_area: int = 0) -> np.ndarray:
     """Objects of a probability mask.

@@ -430,6 +430,20 @@ def _unit_float(s):
     return v
 
 
+def add_extraction_options(p) -> None:
+    """``--split-um``, ``--min-area-um2`` and their pixel overrides ``--split-h``, ``--min-area``
+    (one definition for predict and evaluate)."""
+    from .objects import MIN_AREA_UM2, SPLIT_UM
+    p.add_argument("--split-um", type=_non_negative, default=SPLIT_UM,
+                   help=f"watershed split depth for touching objects in um ({SPLIT_UM})")
+    p.add_argument("--min-area-um2", type=_non_negative, default=MIN_AREA_UM2,
+                   help=f"drop objects smaller than this many um^2 ({MIN_AREA_UM2})")
+    p.add_argument("--split-h", type=_non_negative, default=None,
+                   help="split depth in pixels of the image (overrides --split-um)")
+    p.add_argument("--min-area", type=_count, default=None,
+                   help="minimum object area in pixels of the image (overrides --min-area-um2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vnumba.predict",
@@ -452,10 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the result does not depend on it, memory and speed do")
     p.add_argument("--threshold", type=_unit_float, default=0.5,
                    help="mask probability above which a pixel belongs to an object (0.5)")
-    p.add_argument("--split-h", type=float, default=2.0,
-                   help="watershed split depth in pixels for touching objects (2)")
-    p.add_argument("--min-area", type=int, default=20,
-                   help="drop objects smaller than this many pixels (20)")
+    add_extraction_options(p)
     p.add_argument("--scale", choices=("dtype", "percentile"), default="dtype",
                    help="intensity scaling: by the type's maximum (default) or each "
                         "channel's 0.5-99.5th percentiles (dim 16-bit fluorescence)")
@@ -480,6 +491,7 @@ def main(argv=None) -> int:
         print(f"error: inputs with the same name would overwrite each other's outputs: {dup}",
               file=sys.stderr)
         return 2
+    from .objects import extraction_pixels
     from .outpaths import OutputConflict, check_outputs
     try:
         # An output of one image must not replace another input (x.png, x_mask.png --out .).
@@ -539,8 +551,12 @@ def main(argv=None) -> int:
             if pred.scale != 1.0:
                 say(f"    resampled by {pred.scale:.3f} to the model's {pred.model_mpp} µm/px "
                     "and back")
-            res = write_prediction(args.out, img.name, pred, args.threshold, args.split_h,
-                                   args.min_area, scenario,
+            # Object sizes are tissue sizes: converted at the pixel size of the mask.
+            split_h, min_area = extraction_pixels(
+                pred.input_mpp or pred.model_mpp, args.split_um, args.min_area_um2,
+                args.split_h, args.min_area)
+            res = write_prediction(args.out, img.name, pred, args.threshold, split_h,
+                                   min_area, scenario,
                                    bit_depth=16 if img.array.dtype == np.uint16 else 8,
                                    object_filter=filt,
                                    filter_image=None if filt is None else normalise_colours(pred.image, model))
