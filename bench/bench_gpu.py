@@ -1,7 +1,7 @@
 """GPU benchmark of the coupled variational network: forward pass and training iteration.
 
 Defaults are the article's training setting: batch 8, 300x300 images, 10 steps, 20 + 4
-feature channels (``vnumba.config.ModelConfig()``).  Reports seconds, GFLOP/s from the
+feature channels (``vnumba.vn.config.ModelConfig()``).  Reports seconds, GFLOP/s from the
 analytic multiply-add count of the CPU benchmark (``bench/README.md``; equal to
 ``bench_model.macs_per_image``): ``2 F`` multiply-adds per pixel and step for the forward
 pass, ``F = C·nf_u·ks_u² + nf_m·ks_m² + nf²·ks²``, i.e. ≈3.9 G per 300x300 image and step;
@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vnumba.config import ModelConfig  # noqa: E402
-from vnumba.model import init_params  # noqa: E402
+from vnumba.vn.config import ModelConfig  # noqa: E402
+from vnumba.vn.model import init_params  # noqa: E402
 
 # FP32 lanes per multiprocessor by compute capability (NVIDIA's architecture tables).
 _FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128,
@@ -56,7 +56,7 @@ def peak_tflops(dev) -> tuple:
 
 def _profile_launcher():
     """Time every launcher method (synchronising around each call: no overlap, totals only)."""
-    from vnumba.gpu import launch
+    from vnumba.vn.gpu import launch
     totals, counts = {}, {}
     for name in ("conv", "fold", "kgrad", "wgrad", "reduce", "loss", "lam_grad", "proj", "adam",
                  "count_nonfinite", "clamp_nonneg", "fill"):
@@ -91,7 +91,7 @@ def main(argv=None):
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be >= 1")
 
-    from vnumba.gpu import engine
+    from vnumba.vn.gpu import engine
     ok, reason = engine.is_available()
     if not ok:
         print(f"no usable GPU: {reason}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Kernel-level benchmark of the CPU network's building blocks at the article's sizes.
 
 Times, for one 300×300 image (``--size``), the valid correlation
-(``vnumba.fused.corr_valid_fast``) on the three shapes the network uses, the kernel
+(``vnumba.ops.fused.corr_valid_fast``) on the three shapes the network uses, the kernel
 gradients, and the RBF evaluations (orders 0, 1, 2) and weight gradient; and, in the same
 rounds, a float32 matrix product as the practical peak to compare the GFLOP/s with.
 
@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vnumba import fused  # noqa: E402
-from vnumba.config import ModelConfig  # noqa: E402
-from vnumba.conv import conv_kernel_grad  # noqa: E402
-from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad  # noqa: E402
+from vnumba.vn.config import ModelConfig  # noqa: E402
+from vnumba.ops.conv import conv_kernel_grad  # noqa: E402
+from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad  # noqa: E402
 
 
 def cases(size: int, rng: np.random.Generator):

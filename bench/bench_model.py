@@ -9,7 +9,7 @@ Prints, in one run:
 * peak memory of one training iteration: NumPy allocations traced by ``tracemalloc``
   (a separate, untimed run) and the process high-water mark ``ru_maxrss``;
 * where the time goes: every convolution / RBF / fused kernel called by
-  :mod:`vnumba.model` is wrapped by a timer and reported by family (``K^u`` 3→20,
+  :mod:`vnumba.vn.model` is wrapped by a timer and reported by family (``K^u`` 3→20,
   ``K^m`` 1→4, ``K`` 24→24); the rest of a pass (NumPy elementwise glue) is the
   difference to the wall time.
 
@@ -36,11 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vnumba.memory import keep_freed_memory  # noqa: E402
+from vnumba.ops.memory import keep_freed_memory  # noqa: E402
 from vnumba import model  # noqa: E402
-from vnumba.config import ModelConfig  # noqa: E402
-from vnumba.optim import Adam  # noqa: E402
-from vnumba.projections import project_params  # noqa: E402
+from vnumba.vn.config import ModelConfig  # noqa: E402
+from vnumba.ops.optim import Adam  # noqa: E402
+from vnumba.ops.projections import project_params  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- FLOP count
@@ -100,7 +100,7 @@ def _family(cfg, args):
 
 
 class Profiler:
-    """Wraps the kernels that :mod:`vnumba.model` calls and accumulates their wall time."""
+    """Wraps the kernels that :mod:`vnumba.vn.model` calls and accumulates their wall time."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -129,7 +129,7 @@ class Profiler:
                 src = getattr(obj, "__module__", "") or ""
                 if not callable(obj) or not src.startswith("vnumba."):
                     continue
-                if src in ("vnumba.model", "vnumba.config", "vnumba.projections"):
+                if src in ("vnumba.vn.model", "vnumba.vn.config", "vnumba.ops.projections"):
                     continue
                 if isinstance(obj, type):
                     continue
@@ -280,14 +280,14 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions, best is reported (default 2)")
     ap.add_argument("--train-repeat", type=int, default=1, help="timed training iterations (default 1)")
     ap.add_argument("--store", choices=("convs", "states"), default="convs",
-                    help="what the forward pass keeps for the backward pass (vnumba.model.loss_and_grad; "
+                    help="what the forward pass keeps for the backward pass (vnumba.vn.model.loss_and_grad; "
                          "default convs)")
     ap.add_argument("--quick", action="store_true", help="96x96 images, a fast look")
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
     ap.add_argument("--no-matmul", action="store_true", help="skip the matrix-product peak")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--system-malloc", action="store_true",
-                    help="leave glibc's malloc thresholds alone (default: vnumba.memory.keep_freed_memory, "
+                    help="leave glibc's malloc thresholds alone (default: vnumba.ops.memory.keep_freed_memory, "
                          "as the command-line entry points do)")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -305,7 +305,7 @@ def main(argv=None):
     macs = macs_per_image(cfg, H, W, args.store)
     print(f"vnumba CPU benchmark: {H}x{W}, {cfg.n_steps} steps, nf {cfg.nf_u}/{cfg.nf_m}/{cfg.nf}, "
           f"kernels {cfg.ks_u}/{cfg.ks_m}/{cfg.ks}, float32, numba threads {numba.get_num_threads()}, "
-          f"malloc: {'freed memory kept (vnumba.memory)' if kept else 'system defaults'}")
+          f"malloc: {'freed memory kept (vnumba.ops.memory)' if kept else 'system defaults'}")
     per_px = conv_macs_per_pixel(cfg)
     print(f"  multiply-adds per pixel per operator application: {per_px} -> "
           f"{2 * sum(per_px.values())} per pixel per forward step")

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vnumba import unet  # noqa: E402
-from vnumba.unet import _conv_layers  # noqa: E402
+from vnumba.unet.network import _conv_layers  # noqa: E402
 
 
 def conv_macs(cfg: unet.UNetConfig, N: int, H: int, W: int) -> tuple[int, int]:
@@ -78,7 +78,7 @@ def main(argv=None):
     if args.batch < 1 or args.repeats < 1:
         ap.error("--batch and --repeats must be >= 1")
 
-    from vnumba.optim import Adam
+    from vnumba.ops.optim import Adam
     import numba
 
     cfg = unet.UNetConfig(width=args.width, scales=args.scales)

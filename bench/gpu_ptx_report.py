@@ -2,7 +2,7 @@
 a GPU, and report registers, shared memory and spills (``ptxas -v``).
 
 Step 1 (a subprocess under the CUDA simulator) runs one training iteration and one forward
-pass of the engine, and every wrapper of :mod:`vnumba.gpu.ops`, with the hardware tiles,
+pass of the engine, and every wrapper of :mod:`vnumba.vn.gpu.ops`, with the hardware tiles,
 recording each launch's kernel and argument types instead of running it.  Step 2 compiles each recorded kernel to PTX with NVVM and, if
 ``ptxas`` is found, assembles it.  Needs libNVVM (``pip install numba-cuda[cu12]``), no
 driver.  A kernel that fails to compile on the device target fails here, before any GPU
@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 _RECORD = r'''
 import json, sys, numpy as np
 from numba.core import config
-from vnumba.gpu import kernels as K, engine
-from vnumba.gpu.tiling import Tiling
-from vnumba.config import ModelConfig
-from vnumba.model import init_params
+from vnumba.vn.gpu import kernels as K, engine
+from vnumba.vn.gpu.tiling import Tiling
+from vnumba.vn.config import ModelConfig
+from vnumba.vn.model import init_params
 
 seen = {}
 
@@ -82,8 +82,8 @@ net.L.adam(net.theta, net.grad, tr._m, tr._v, 1e-4, 0.9, 0.999, 0.1, 0.001, 1e-8
 net.project()
 engine.forward(p, cfg, u0, tiling=tl)
 # The host-level wrappers (tests, experiments) add a few variants of their own.
-from vnumba.gpu import ops
-from vnumba.rbf import RBFGrid
+from vnumba.vn.gpu import ops
+from vnumba.ops.rbf import RBFGrid
 x = rng.random((1, 3, 16, 16), dtype=np.float32)
 k = rng.random((2, 3, 5, 5), dtype=np.float32)
 y = rng.random((1, 2, 16, 16), dtype=np.float32)
@@ -135,7 +135,7 @@ def main(argv=None):
 
     from numba import cuda
     import numba.cuda.dispatcher as dispatcher
-    from vnumba.gpu import kernels as K
+    from vnumba.vn.gpu import kernels as K
 
     # Device functions are compiled for "the current device"; without a driver, name the
     # target architecture instead (an offline check only).

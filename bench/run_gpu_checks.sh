@@ -15,7 +15,7 @@ echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null \
     || echo "(nvidia-smi not available)"
 "$PY" -c "
-from vnumba.gpu.engine import is_available
+from vnumba.vn.gpu.engine import is_available
 ok, reason = is_available()
 print(('GPU: ' if ok else 'NO USABLE GPU: ') + reason)
 raise SystemExit(0 if ok else 1)" || exit 1

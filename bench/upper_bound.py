@@ -46,7 +46,7 @@ def build_training_set(path, img, cls, tile_mpp, mpp):
     """The half tile at ``mpp`` in eight orientations: u0 = gu = image, gm = tumour mask."""
     from scipy import ndimage as ndi
 
-    from vnumba.data import write_dataset_arrays
+    from vnumba.io.dataset import write_dataset_arrays
 
     s = tile_mpp / mpp
     rgb = ndi.zoom(img.astype(np.float32) / 255.0, (s, s, 1), order=1, grid_mode=True,
@@ -101,7 +101,6 @@ def main(argv=None) -> int:
     import imageio.v3 as iio
 
     from vnumba import evaluate, train
-
     img = iio.imread(a.tile)[..., :3]
     lab = np.load(a.tile.with_name(a.tile.stem + "_labels.npz"))
     (tr_img, _, tr_cls), (te_img, te_inst, te_cls) = _halves(img, lab["instances"], lab["classes"])

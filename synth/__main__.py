@@ -32,7 +32,7 @@ def _cmd_generate(args) -> int:
         if kind.load_reference is None:
             raise SystemExit(f"error: scenario kind {script.scenario!r} takes no --reference")
         reference = kind.load_reference(args.reference)
-    from vnumba.outpaths import OutputConflict, OutputLock, check_outputs, remove_stale_temporaries
+    from vnumba.io.outputs import OutputConflict, OutputLock, check_outputs, remove_stale_temporaries
 
     from .writer import write_dataset
     user_script = Path(args.script) if Path(args.script).is_file() else None

@@ -83,7 +83,7 @@ class _Progress:
         sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (w - fill)}] {done}/{self.n} "
                          f"{rate:.1f} img/s ETA {eta:.0f} s   ")
         if done >= self.n:
-            sys.stderr.write(f"\n")
+            sys.stderr.write("\n")
         sys.stderr.flush()
 
 

@@ -36,7 +36,7 @@ def use_simulator():
             else:
                 os.environ["NUMBA_ENABLE_CUDASIM"] = old
             config.reload_config()
-    from vnumba.gpu.launch import is_simulator
+    from vnumba.vn.gpu.launch import is_simulator
     if not is_simulator():
         pytest.skip("numba.cuda was already imported for real hardware in this process; "
                     "run the simulator tests in a pytest process of their own")

@@ -4,7 +4,7 @@ Each helper area appends its own block under a clearly separated header.
 """
 import numpy as np
 
-# --- core network references (vnumba.conv, vnumba.rbf, vnumba.projections) ---
+# --- core network references (vnumba.ops.conv, vnumba.ops.rbf, vnumba.ops.projections) ---
 
 
 def pad_symmetric(x, r):
@@ -100,7 +100,7 @@ def project_l1_ball(v, radius):
     return np.sign(v) * np.maximum(np.abs(v) - t, 0)
 
 
-# --- prediction / evaluation references (vnumba.evaluate, vnumba.objects) ---
+# --- prediction / evaluation references (vnumba.evaluate, vnumba.analysis.objects) ---
 
 
 def match_points_bruteforce(pred, gt, radius):
@@ -148,7 +148,7 @@ def disc_fraction(coverage, center, radius):
     return hit / n if n else 0.0
 
 
-# --- U-Net references (vnumba.unet_kernels, vnumba.unet) ---
+# --- U-Net references (vnumba.unet.kernels, vnumba.unet.network) ---
 
 
 def unet_zero_pad(x, r):
@@ -241,7 +241,7 @@ def unet_output_head_backward(ubar, mbar, z, u0):
 
 def unet_forward(params, scales, convs_per_scale, u0):
     """Whole U-Net in float64 from the references above, written from the architecture
-    description (not from vnumba.unet).
+    description (not from vnumba.unet.network).
 
     Returns
     -------
@@ -425,12 +425,12 @@ def lattice_blend(tiles, window, stride):
     return num / den[..., None]
 
 
-# --- fused kernels (perf) (vnumba.fused) ---
+# --- fused kernels (perf) (vnumba.ops.fused) ---
 
 
 def corr_valid_adjoint_by_flip(y, k):
     """C_valid^T y written as a valid correlation of the zero-padded y with the flipped,
-    channel-transposed kernel (the identity vnumba.fused relies on), in plain NumPy."""
+    channel-transposed kernel (the identity vnumba.ops.fused relies on), in plain NumPy."""
     ks = k.shape[2]
     yp = np.pad(y, ((0, 0), (0, 0), (ks - 1, ks - 1), (ks - 1, ks - 1)))
     return corr_valid(yp, k[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
@@ -480,7 +480,7 @@ def synth_add_noise(rgba, noise):
     return out
 
 
-# --- GPU backend references (vnumba.gpu) ---
+# --- GPU backend references (vnumba.vn.gpu) ---
 
 
 def gpu_project_zero_mean_l1_ball(v, radius):

@@ -54,10 +54,10 @@ class FakeLocalModel:
 
 
 def tiny_model(scenario="scenario3", mpp=None, seed=0, **meta):
-    """A real ``vnumba.modelio.Model`` with a tiny architecture (receptive radius 12 px)."""
-    from vnumba.config import ModelConfig
-    from vnumba.model import init_params
-    from vnumba.modelio import Model
+    """A real ``vnumba.io.models.Model`` with a tiny architecture (receptive radius 12 px)."""
+    from vnumba.vn.config import ModelConfig
+    from vnumba.vn.model import init_params
+    from vnumba.io.models import Model
 
     cfg = ModelConfig(n_steps=2, nf_u=4, nf_m=2, ks_u=5, ks_m=3, ks=3, n_w=11)
     params = init_params(cfg, np.random.default_rng(seed))
@@ -67,7 +67,7 @@ def tiny_model(scenario="scenario3", mpp=None, seed=0, **meta):
 
 
 def save_tiny_model(path, **kw):
-    from vnumba.modelio import save_model
+    from vnumba.io.models import save_model
     return save_model(path, tiny_model(**kw))
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from vnumba.backend import BackendUnavailable, get_backend
+from vnumba.vn.backend import get_backend
 
 
 def test_cpu_backend_is_always_available():
@@ -19,7 +19,7 @@ def test_unknown_backend_is_rejected():
 def test_cuda_without_a_gpu_raises_a_clear_error_not_a_crash():
     code = (
         "import os; os.environ.pop('NUMBA_ENABLE_CUDASIM', None)\n"
-        "from vnumba.backend import get_backend, BackendUnavailable\n"
+        "from vnumba.vn.backend import get_backend, BackendUnavailable\n"
         "try:\n"
         "    b = get_backend('cuda')\n"
         "    print('AVAILABLE', b.name)\n"
@@ -35,9 +35,11 @@ def test_cuda_without_a_gpu_raises_a_clear_error_not_a_crash():
 
 def test_cpu_training_path_does_not_import_cuda():
     code = ("import sys, numpy as np\n"
-            "from vnumba import model, train, backend, modelio\n"
+            "from vnumba.vn import model, backend\n"
+            "from vnumba.io import models\n"
+            "from vnumba.training import trainer\n"
             "backend.get_backend('cpu')\n"
-            "print([m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda', 'vnumba.gpu'))])")
+            "print([m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda', 'vnumba.vn.gpu'))])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout

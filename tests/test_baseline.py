@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vnumba.baseline import BaselineConfig, haematoxylin, segment_nuclei
-from vnumba.objects import object_table
+from vnumba.analysis.baseline import BaselineConfig, haematoxylin, segment_nuclei
+from vnumba.analysis.objects import object_table
 
 BACKGROUND = (0.93, 0.80, 0.88)   # eosin-pink, light
 NUCLEUS = (0.30, 0.18, 0.50)      # haematoxylin blue-purple, dark

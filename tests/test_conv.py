@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vnumba import conv
+from vnumba.ops import conv
 import naive
 
 SHAPES = [  # N, C, O, H, W, ks

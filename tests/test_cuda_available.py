@@ -20,13 +20,13 @@ def _run(code):
 
 def test_importing_the_engine_imports_nothing_from_numba_cuda():
     out = _run("import sys\n"
-               "import vnumba.gpu, vnumba.gpu.engine, vnumba.gpu.tiling\n"
+               "import vnumba.vn.gpu, vnumba.vn.gpu.engine, vnumba.vn.gpu.tiling\n"
                "print([m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda'))])")
     assert out == "[]", out
 
 
 def test_is_available_without_a_gpu_returns_false_with_the_reason():
-    out = _run("from vnumba.gpu.engine import is_available\n"
+    out = _run("from vnumba.vn.gpu.engine import is_available\n"
                "ok, reason = is_available()\n"
                "print(ok); print(reason)")
     ok, reason = out.split("\n", 1)
@@ -45,16 +45,16 @@ def test_is_available_without_numba_cuda_tells_how_to_install_it():
                "        if name == 'numba.cuda' or name.startswith('numba.cuda.'):\n"
                "            raise ImportError('blocked for the test')\n"
                "sys.meta_path.insert(0, Block())\n"
-               "from vnumba.gpu.engine import is_available\n"
+               "from vnumba.vn.gpu.engine import is_available\n"
                "print(is_available())")
     assert out.startswith("(False,") and "pip install -e .[cuda]" in out, out
 
 
 def test_using_the_engine_without_a_gpu_raises_a_clear_error():
     out = _run("import numpy as np\n"
-               "from vnumba.config import ModelConfig\n"
-               "from vnumba.model import init_params\n"
-               "from vnumba.gpu.engine import CudaTrainer, CudaUnavailable, is_available\n"
+               "from vnumba.vn.config import ModelConfig\n"
+               "from vnumba.vn.model import init_params\n"
+               "from vnumba.vn.gpu.engine import CudaTrainer, CudaUnavailable, is_available\n"
                "cfg = ModelConfig(n_steps=1, nf_u=2, nf_m=1)\n"
                "p = init_params(cfg, np.random.default_rng(0))\n"
                "try:\n"

@@ -1,17 +1,17 @@
 """The CUDA engine under the CUDA simulator against the CPU path: one step and its
 Hessian-vector product, the unrolled forward pass, the loss and its gradient, and whole
 training iterations (loss and exact gradient, Adam, projection) giving the same parameters
-and optimiser state as vnumba.model + vnumba.optim.Adam + vnumba.projections."""
+and optimiser state as vnumba.vn.model + vnumba.ops.optim.Adam + vnumba.ops.projections."""
 import dataclasses
 
 import numpy as np
 import pytest
 
 import cudasim
-from vnumba import model
-from vnumba.config import PARAM_NAMES, ModelConfig
-from vnumba.optim import Adam
-from vnumba.projections import project_params
+from vnumba.vn import model
+from vnumba.vn.config import PARAM_NAMES, ModelConfig
+from vnumba.ops.optim import Adam
+from vnumba.ops.projections import project_params
 
 # Tiny but complete: three kernel sizes, odd channel counts (idle register slots in the
 # simulator's tiles), a window narrower than the RBF grid.
@@ -27,7 +27,7 @@ def _simulator():
 
 @pytest.fixture(scope="module")
 def engine():
-    from vnumba.gpu import engine
+    from vnumba.vn.gpu import engine
     return engine
 
 

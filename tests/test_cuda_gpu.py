@@ -9,13 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vnumba import conv as cpu_conv
-from vnumba import model
-from vnumba import projections as cpu_proj
-from vnumba.config import PARAM_NAMES, ModelConfig
-from vnumba.optim import Adam
-from vnumba.projections import project_params
-from vnumba.rbf import RBFGrid, rbf_apply as cpu_rbf_apply, rbf_weight_grad as cpu_rbf_wgrad
+from vnumba.ops import conv as cpu_conv
+from vnumba.vn import model
+from vnumba.ops import projections as cpu_proj
+from vnumba.vn.config import PARAM_NAMES, ModelConfig
+from vnumba.ops.optim import Adam
+from vnumba.ops.projections import project_params
+from vnumba.ops.rbf import RBFGrid, rbf_apply as cpu_rbf_apply, rbf_weight_grad as cpu_rbf_wgrad
 
 pytestmark = pytest.mark.gpu
 
@@ -24,8 +24,8 @@ PAPER = ModelConfig()  # 20 + 4 feature channels, 11x11 / 5x5 / 5x5 kernels, 31 
 
 @pytest.fixture(scope="module", autouse=True)
 def _gpu():
-    from vnumba.gpu.engine import is_available
-    from vnumba.gpu.launch import is_simulator
+    from vnumba.vn.gpu.engine import is_available
+    from vnumba.vn.gpu.launch import is_simulator
     if is_simulator():
         pytest.skip("numba.cuda runs as the simulator in this process; run -m gpu on its own")
     ok, reason = is_available()
@@ -42,7 +42,7 @@ def _close(got, ref, rtol):
 
 @pytest.mark.parametrize("O,C,ks", [(20, 3, 11), (3, 20, 11), (4, 1, 5), (1, 4, 5), (24, 24, 5)])
 def test_paper_sized_convolutions_match_cpu(O, C, ks):
-    from vnumba.gpu import ops
+    from vnumba.vn.gpu import ops
     rng = np.random.default_rng(0)
     x = rng.random((2, C, 45, 61)).astype(np.float32)
     y = rng.standard_normal((2, O, 45, 61)).astype(np.float32)
@@ -55,7 +55,7 @@ def test_paper_sized_convolutions_match_cpu(O, C, ks):
 
 
 def test_rbf_functions_weight_gradients_and_projections_match_cpu():
-    from vnumba.gpu import ops
+    from vnumba.vn.gpu import ops
     rng = np.random.default_rng(1)
     grid = RBFGrid(PAPER)
     x = rng.uniform(-1.5, 1.5, (2, 24, 30, 40)).astype(np.float32)
@@ -86,7 +86,7 @@ def _batch(rng, N, H, W):
 
 
 def test_benchmark_sized_forward_matches_cpu():
-    from vnumba.gpu import engine
+    from vnumba.vn.gpu import engine
     cfg = dataclasses.replace(PAPER, n_steps=2)
     p, rng = _params(cfg, 2)
     u0, _, _ = _batch(rng, 1, 300, 300)
@@ -97,7 +97,7 @@ def test_benchmark_sized_forward_matches_cpu():
 
 
 def test_paper_sized_loss_and_gradient_match_cpu():
-    from vnumba.gpu import engine
+    from vnumba.vn.gpu import engine
     cfg = dataclasses.replace(PAPER, n_steps=2)
     p, rng = _params(cfg, 3)
     u0, gu, gm = _batch(rng, 2, 48, 56)
@@ -109,7 +109,7 @@ def test_paper_sized_loss_and_gradient_match_cpu():
 
 
 def test_paper_sized_training_iterations_match_cpu():
-    from vnumba.gpu import engine
+    from vnumba.vn.gpu import engine
     cfg = dataclasses.replace(PAPER, n_steps=2)
     p, rng = _params(cfg, 4)
     batches = [_batch(rng, 2, 40, 40) for _ in range(3)]

@@ -6,11 +6,11 @@ import pytest
 
 import cudasim
 import naive
-from vnumba import conv as cpu_conv
-from vnumba import projections as cpu_proj
-from vnumba.config import ModelConfig
-from vnumba.optim import Adam
-from vnumba.rbf import RBFGrid, rbf_apply as cpu_rbf_apply, rbf_weight_grad as cpu_rbf_wgrad
+from vnumba.ops import conv as cpu_conv
+from vnumba.ops import projections as cpu_proj
+from vnumba.vn.config import ModelConfig
+from vnumba.ops.optim import Adam
+from vnumba.ops.rbf import RBFGrid, rbf_apply as cpu_rbf_apply, rbf_weight_grad as cpu_rbf_wgrad
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,12 +22,12 @@ def _simulator():
 
 @pytest.fixture(scope="module")
 def ops():
-    from vnumba.gpu import ops
+    from vnumba.vn.gpu import ops
     return ops
 
 
 def _tilings():
-    from vnumba.gpu.tiling import Tiling
+    from vnumba.vn.gpu.tiling import Tiling
     small = Tiling(conv_bx=4, conv_by=2, conv_py=2, conv_opt=2, conv_cch=2, kg_th=3, kg_tw=4,
                    kg_to=2, kg_cb=2, kg_blocks=2, red_threads=4, red_blocks=3, ew_threads=4,
                    ew_blocks=3)
@@ -200,7 +200,7 @@ def test_adam_update_matches_optimiser_and_definition(ops):
     np.testing.assert_allclose(pg, pc["x"], rtol=0, atol=1e-7)
     np.testing.assert_allclose(pg, pr, rtol=0, atol=1e-6)
     st = opt.state_dict()
-    # vnumba.optim forms (1 - b1) g in float32 (NumPy's scalar rules), the kernel in float64.
+    # vnumba.ops.optim forms (1 - b1) g in float32 (NumPy's scalar rules), the kernel in float64.
     np.testing.assert_allclose(m, st["m/x"], rtol=1e-6)
     np.testing.assert_allclose(v, st["v/x"], rtol=1e-6)
     np.testing.assert_allclose(m, mr, rtol=1e-12)

@@ -6,7 +6,8 @@ import pytest
 import naive
 from predict_helpers import FakeLocalModel, puma_crop, save_tiny_model
 from vnumba import evaluate
-from vnumba.evaluate import (DensityRule, density_selection, detection_metrics,
+from vnumba.analysis import evaluation
+from vnumba.analysis.evaluation import (DensityRule, density_selection, detection_metrics,
                              find_annotated_images, instance_majority_class, match_points,
                              nominal_mpp, pixel_metrics, scenario_rule,
                              target_from_annotations)
@@ -131,7 +132,7 @@ def test_density_rule_selects_crowded_immune_nuclei():
     rule = DensityRule(cell_class=2, density_class=2, radius=12.0, threshold=0.2)
     sel = density_selection(inst, cls, rule)
     # Reference: the pixel-by-pixel disc fraction around each immune centroid.
-    from vnumba.evaluate import instance_centroids
+    from vnumba.analysis.evaluation import instance_centroids
     ids, cents = instance_centroids(inst)
     expected = [i for i, c in zip(ids, cents)
                 if instance_majority_class(inst, cls)[i] == 2
@@ -149,7 +150,9 @@ def test_scenario_rule_sources_and_scaling():
     assert (r1.radius, r1.threshold, r1.density_class) == (40.0, 0.3, 1)
     assert scenario_rule("scenario3") is None
     # The shipped script states the rule at 0.5 µm/px; a 0.25 µm/px image needs twice the radius.
-    r = scenario_rule("scenario2", image_mpp=0.25)
+    from vnumba.evaluate import script_rule
+
+    r = scenario_rule("scenario2", image_mpp=0.25, script=script_rule("scenario2"))
     assert r.radius == pytest.approx(80.0) and "synth script" in r.source
     m = FakeLocalModel(meta={"density_radius": 30, "density_threshold": 0.25, "mpp": 0.6})
     r = scenario_rule("scenario2", m, image_mpp=0.3)
@@ -183,8 +186,8 @@ def test_find_annotated_images(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 def test_cli_on_a_real_crop_with_model_baseline_model_and_classical(real_data_dir, tmp_path,
                                                                     capsys):
-    from vnumba.baseline import segment_nuclei
-    from vnumba.evaluate import evaluate_masks
+    from vnumba.analysis.baseline import segment_nuclei
+    from vnumba.analysis.evaluation import evaluate_masks
 
     data = tmp_path / "data"
     _, img, labels = puma_crop(real_data_dir, data / "puma")
@@ -270,7 +273,7 @@ def _squares(shape, squares, size=6):
 
 
 def test_class_marking_half_of_the_pixels_rule():
-    from vnumba.evaluate import class_marking
+    from vnumba.analysis.evaluation import class_marking
     # Two tumour nuclei: fully / exactly half in the mask (marked); immune: 17 of 36
     # (one pixel short of half, not marked) and 35 of 36 (marked); one other, unmarked.
     inst, cls, dark, _ = _squares((16, 60), [(2, 2, 1, 36), (2, 12, 1, 18), (2, 22, 2, 17),
@@ -297,7 +300,7 @@ def test_class_marking_half_of_the_pixels_rule():
 
 
 def test_no_tumour_nuclei_gives_detection_not_applicable_and_pools_without_it():
-    from vnumba.evaluate import evaluate_masks, pool_results
+    from vnumba.analysis.evaluation import evaluate_masks, pool_results
     # CoNSeP-like: immune, other, epithelial (class 4), no tumour.
     inst, cls, dark, _ = _squares((16, 40), [(2, 2, 2, 0), (2, 12, 3, 0), (2, 22, 4, 36)])
     with pytest.raises(LookupError, match="class 4"):   # the strict default is kept
@@ -337,7 +340,7 @@ def _write_case(folder, name, squares, shape):
 
 def test_cli_marked_fractions_per_folder_all_background_and_figure(tmp_path, capsys, monkeypatch):
     import imageio.v3 as iio
-    import vnumba.predict
+    import vnumba.evaluate
 
     data = tmp_path / "data"
     # PUMA-like: tumour full + half (both marked), immune 17/36 (no) + full (yes), other none.
@@ -352,7 +355,7 @@ def test_cli_marked_fractions_per_folder_all_background_and_figure(tmp_path, cap
     iio.imwrite(data / "plain" / "c.png", np.full((8, 8, 3), 255, np.uint8))
     np.savez(data / "plain" / "c_labels.npz", instances=np.zeros((8, 8), np.int32))
     # Pixel-exact stand-in model: mask = 1 - grey value (black -> 1, white -> 0).
-    monkeypatch.setattr(vnumba.predict, "load_model_arg",
+    monkeypatch.setattr(vnumba.evaluate, "load_model_arg",
                         lambda arg, scen: FakeLocalModel(r=0, passes=1))
     out = tmp_path / "rep"
     rc = evaluate.main(["--model", "fake.h5", str(data), "--out", str(out), "--no-overlays"])
@@ -415,11 +418,11 @@ def test_cli_marked_fractions_per_folder_all_background_and_figure(tmp_path, cap
 
 
 def test_plot_marked_fractions_needs_classes(tmp_path):
-    from vnumba.evaluate import pool_results
-    from vnumba.figures import plot_marked_fractions
+    from vnumba.analysis.evaluation import pool_results
+    from vnumba.analysis.plots import plot_marked_fractions
     inst, cls, dark, _ = _squares((10, 20), [(2, 2, 1, 36), (2, 10, 2, 0)])
     t, lab = target_from_annotations(inst, cls, "scenario3")
-    r = evaluate.evaluate_masks(dark, inst * dark, t, lab, instances=inst, classes=cls)
+    r = evaluation.evaluate_masks(dark, inst * dark, t, lab, instances=inst, classes=cls)
     rep = {"methods": [{"name": "m"}], "overall": {"m": pool_results([r])},
            "per_folder": {"x": {"m": pool_results([r])}, "y": {"m": pool_results([r])}}}
     p = plot_marked_fractions(rep, tmp_path / "f.png")
@@ -452,8 +455,8 @@ def test_evaluating_a_folder_or_its_parent_gives_the_same_figures(tmp_path):
     (data / "manifest.csv").write_text("file,magnification,mpp\npuma_like/a.png,40x,\n")
     model = FakeLocalModel(r=0, passes=1)
     kw = dict(methods={"fake": model}, target="scenario3", overlays=False, say=lambda *a: None)
-    r_parent = evaluate.run_evaluation(data_dir=data, out_dir=tmp_path / "o1", **kw)
-    r_folder = evaluate.run_evaluation(data_dir=data / "puma_like", out_dir=tmp_path / "o2", **kw)
+    r_parent = evaluation.run_evaluation(data_dir=data, out_dir=tmp_path / "o1", **kw)
+    r_folder = evaluation.run_evaluation(data_dir=data / "puma_like", out_dir=tmp_path / "o2", **kw)
     (ip,), (if_,) = r_parent["images"], r_folder["images"]
     assert ip["mpp"] == if_["mpp"] == pytest.approx(0.25)
     assert ip["folder"] == if_["folder"] == "puma_like"

@@ -4,7 +4,7 @@ import pytest
 
 from predict_helpers import save_tiny_model
 from vnumba import figures
-from vnumba.figures import overlay_contours, plot_panels, plot_training_curves, read_training_log
+from vnumba.analysis.plots import overlay_contours, plot_panels, plot_training_curves, read_training_log
 
 
 def _log(path, n=60, extra=""):
@@ -83,7 +83,7 @@ def test_overlay_paints_exactly_the_inner_boundary():
 
 
 def test_panels_cli_with_synthetic_data_and_a_real_image(tmp_path):
-    from vnumba.data import write_dataset_arrays
+    from vnumba.io.dataset import write_dataset_arrays
     rng = np.random.default_rng(1)
     u0 = rng.random((2, 3, 24, 24)).astype(np.float32)
     write_dataset_arrays(tmp_path / "ds.h5", u0, u0, (u0[:, 0] > 0.5).astype(np.float32),

@@ -1,9 +1,9 @@
-"""The fast kernels of vnumba.fused against plain NumPy references (tests/naive.py), on the
+"""The fast kernels of vnumba.ops.fused against plain NumPy references (tests/naive.py), on the
 awkward cases the tiling creates: output channels not a multiple of the block of three, rows
 narrower than a tile or a vector (each of the three code paths of the convolution), the
 overlapping last tile of a row, float32 accuracy of long sums, the Taylor-polynomial
 exponentials, and the RBF window semantics; and the SIMD primitives the convolution is
-written with (vnumba.simd) against NumPy."""
+written with (vnumba.ops.simd) against NumPy."""
 import math
 from fractions import Fraction
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from numba import njit
 
-from vnumba import fused
-from vnumba.config import ModelConfig
-from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad
-from vnumba.simd import (lanes, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
+from vnumba.ops import fused
+from vnumba.vn.config import ModelConfig
+from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+from vnumba.ops.simd import (lanes, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
                          vsplat, vstore, vstore_index, vsub, vsum, vwhere_between)
 import naive
 

@@ -1,4 +1,4 @@
-"""vnumba.memory: freed arrays' pages stay in the process (glibc), with the opt-outs.
+"""vnumba.ops.memory: freed arrays' pages stay in the process (glibc), with the opt-outs.
 
 Each case runs in a fresh interpreter: the malloc thresholds are process-wide and
 keep_freed_memory remembers its first outcome."""
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 _SCRIPT = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from vnumba.memory import keep_freed_memory
+    from vnumba.ops.memory import keep_freed_memory
     applied = keep_freed_memory() if sys.argv[1] == "keep" else False
     def rounds(n):
         for _ in range(n):

@@ -4,8 +4,8 @@ for the whole loss through an unrolled network."""
 import numpy as np
 import pytest
 
-from vnumba import model
-from vnumba.config import ModelConfig, PARAM_NAMES
+from vnumba.vn import model
+from vnumba.vn.config import ModelConfig, PARAM_NAMES
 
 # All centres evaluated: the loss is then smooth in every parameter (a window would add
 # ~1e-8 jumps where a value crosses between centres).

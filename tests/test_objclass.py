@@ -7,7 +7,7 @@ import pytest
 
 from predict_helpers import FakeLocalModel
 from vnumba import evaluate
-from vnumba.objclass import (FEATURES, ObjectFilter, fit_logistic, object_features,
+from vnumba.analysis.objfilter import (FEATURES, ObjectFilter, fit_logistic, object_features,
                              object_targets)
 
 
@@ -91,7 +91,7 @@ def test_apply_removes_rejected_objects_and_renumbers():
 
 def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monkeypatch, capsys):
     import imageio.v3 as iio
-    import vnumba.predict
+    import vnumba.evaluate
 
     rgb, prob, lab = _scene()
     d = tmp_path / "data" / "tile"
@@ -105,7 +105,7 @@ def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monk
     coef[FEATURES.index("neighbours")] = -10.0
     filt = ObjectFilter(tuple(np.zeros(n)), tuple(np.ones(n)), tuple(coef), 25.0, 0.5)
     model = FakeLocalModel(r=0, passes=1, meta={"object_filter": filt.to_meta()})
-    monkeypatch.setattr(vnumba.predict, "load_model_arg", lambda arg, scen: model)
+    monkeypatch.setattr(vnumba.evaluate, "load_model_arg", lambda arg, scen: model)
     out = tmp_path / "rep"
     assert evaluate.main(["--model", "fake.h5", str(tmp_path / "data"), "--out", str(out),
                           "--no-overlays", "--min-area", "5"]) == 0
@@ -116,7 +116,7 @@ def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monk
     assert filt_r["classes"]["tumour"]["marked"] == 1
     assert filt_r["objects"]["f1"] == 1.0 and plain["objects"]["fp"] == 9
     # the figure shows the filtered variant beside the model
-    from vnumba.figures import plot_marked_fractions
+    from vnumba.analysis.plots import plot_marked_fractions
     import matplotlib
     matplotlib.use("Agg")
     captured = {}

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vnumba.objects import (label_objects, object_polygons, object_table, objects_to_geojson,
+from vnumba.analysis.objects import (label_objects, object_polygons, object_table, objects_to_geojson,
                             split_touching, table_to_csv, write_objects_csv,
                             write_objects_geojson)
 
@@ -160,7 +160,7 @@ def test_geojson_is_a_qupath_detection_collection(tmp_path):
 
 
 def test_extraction_pixels_converts_tissue_sizes_at_the_pixel_size():
-    from vnumba.objects import ASSUMED_MPP, extraction_pixels
+    from vnumba.analysis.objects import ASSUMED_MPP, extraction_pixels
 
     # The defaults are the former pixel defaults at 40x ...
     assert extraction_pixels(0.25) == (2.0, 20)

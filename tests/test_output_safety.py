@@ -9,7 +9,7 @@ import pytest
 
 from test_train import TINY, _toy_dataset
 from vnumba import train
-from vnumba.outpaths import (OutputConflict, check_outputs, remove_stale_temporaries,
+from vnumba.io.outputs import (OutputConflict, check_outputs, remove_stale_temporaries,
                              same_file, temp_path)
 
 
@@ -157,8 +157,8 @@ def test_a_deleted_log_is_rebuilt_from_the_checkpoint(tmp_path):
         with open(p.with_suffix(".csv"), newline="") as fh:
             return [(r["iter"], r["loss"], r["lr"]) for r in csv.DictReader(fh)]
     assert rows(b) == rows(a)
-    np.testing.assert_array_equal(__import__("vnumba").modelio.load_model(a).params["Ku"],
-                                  __import__("vnumba").modelio.load_model(b).params["Ku"])
+    np.testing.assert_array_equal(__import__("vnumba.io.models").io.models.load_model(a).params["Ku"],
+                                  __import__("vnumba.io.models").io.models.load_model(b).params["Ku"])
 
 
 def test_resume_follows_the_dataset_content_not_its_path(tmp_path):
@@ -226,7 +226,6 @@ def test_train_names_the_bad_option(dataset, tmp_path, flag, value, expect):
 def test_evaluate_and_predict_refuse_bad_numbers_in_one_line(tmp_path, capsys, argv, expect):
     from vnumba import evaluate as E
     from vnumba import predict as P
-
     for main, base in ((E.main, [str(tmp_path)]), (P.main, [str(tmp_path / "x.png"), "--out", str(tmp_path)])):
         with pytest.raises(SystemExit) as e:
             main(base + argv)

@@ -7,8 +7,8 @@ import pytest
 
 from predict_helpers import FakeLocalModel, FakePoolModel, puma_crop, save_tiny_model, tiny_model
 from vnumba import predict
-from vnumba.imageio_utils import decode_mask16
-from vnumba.predict import predict_array, predict_image, tile_windows
+from vnumba.io.images import decode_mask16
+from vnumba.analysis.inference import predict_array, predict_image, tile_windows
 
 
 @pytest.fixture
@@ -78,8 +78,8 @@ def test_pooling_model_needs_and_gets_aligned_windows(image):
 
 
 def test_tiled_equals_untiled_for_the_real_unet(image):
-    from vnumba.modelio import Model
-    from vnumba.unet import UNetConfig, init_params
+    from vnumba.io.models import Model
+    from vnumba.unet.network import UNetConfig, init_params
     cfg = UNetConfig(width=4, scales=3, convs_per_scale=1)
     model = Model("unet", cfg, init_params(cfg, np.random.default_rng(0)), {"channels": 3})
     u_ref, m_ref = predict_array(model, image, tile=1000)   # 53x71: padded to 56x72
@@ -139,7 +139,7 @@ def test_wrong_channel_count_names_the_file(tmp_path):
     img = np.zeros((10, 10, 3), np.uint8)
     img[:, :, 0] = 200  # coloured: not a grey image stored as RGB
     iio.imwrite(tmp_path / "rgb.png", img)
-    from vnumba.imageio_utils import read_image
+    from vnumba.io.images import read_image
     with pytest.raises(ValueError, match=r"rgb\.png.*3 channel.*expects 1"):
         predict_image(FakeLocalModel(channels=1), read_image(tmp_path / "rgb.png"))
 
@@ -205,7 +205,7 @@ def test_cli_with_a_real_model_file_and_tiff_pixel_size(real_data_dir, tmp_path,
 
 
 def test_cli_default_model_comes_from_the_scenario(tmp_path, capsys, monkeypatch):
-    from vnumba import modelio
+    from vnumba.io import models as modelio
     monkeypatch.setattr(modelio, "MODELS_DIR", tmp_path / "models")
     save_tiny_model(tmp_path / "models" / "scenario2.h5", scenario="scenario2")
     iio.imwrite(tmp_path / "a.png", np.full((30, 30, 3), 200, np.uint8))

@@ -1,4 +1,4 @@
-"""Image reading/writing used by vnumba.predict (vnumba.imageio_utils)."""
+"""Image reading/writing used by vnumba.predict (vnumba.io.images)."""
 import os
 import stat
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from vnumba.imageio_utils import (decode_mask16, encode_mask16, image_to_float, match_channels,
+from vnumba.io.images import (decode_mask16, encode_mask16, image_to_float, match_channels,
                                   read_image, tiff_mpp, write_png)
 
 
@@ -155,7 +155,7 @@ def test_write_png_is_atomic_and_not_private(tmp_path, rgb8):
 
 
 def test_16_bit_rgb_png_round_trips_at_full_depth(tmp_path):
-    from vnumba.imageio_utils import read_image, write_png
+    from vnumba.io.images import read_image, write_png
 
     a = (np.arange(12 * 10 * 3).reshape(12, 10, 3) * 181 % 65536).astype(np.uint16)
     write_png(tmp_path / "a.png", a)
@@ -167,7 +167,7 @@ def test_16_bit_rgb_png_round_trips_at_full_depth(tmp_path):
 def test_png_alpha_opaque_is_dropped_transparent_is_refused(tmp_path):
     import imageio.v3 as iio
 
-    from vnumba.imageio_utils import read_image
+    from vnumba.io.images import read_image
 
     rgba = np.full((6, 7, 4), 200, np.uint8)
     rgba[..., 3] = 255

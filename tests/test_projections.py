@@ -4,8 +4,8 @@ feasible points."""
 import numpy as np
 import pytest
 
-from vnumba.config import ModelConfig
-from vnumba.projections import project_l1_ball, project_zero_mean_l1_ball, project_params
+from vnumba.vn.config import ModelConfig
+from vnumba.ops.projections import project_l1_ball, project_zero_mean_l1_ball, project_params
 import naive
 
 
@@ -77,7 +77,7 @@ def test_zero_mean_projection_of_small_filter_is_plain_mean_removal():
 def test_project_params_honours_the_scenario1_switch():
     cfg = ModelConfig(n_steps=2, nf_u=3, nf_m=2, zero_mean_u=False)
     rng = np.random.default_rng(3)
-    from vnumba.config import param_shapes
+    from vnumba.vn.config import param_shapes
     p = {k: rng.standard_normal(s) + 0.5 for k, s in param_shapes(cfg).items()}
     p["lam"] = np.array([-1.0, 0.3])
     project_params(p, cfg)

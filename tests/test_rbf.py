@@ -3,8 +3,8 @@ finite differences, weight gradients."""
 import numpy as np
 import pytest
 
-from vnumba.config import ModelConfig
-from vnumba.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+from vnumba.vn.config import ModelConfig
+from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
 import naive
 
 

@@ -6,10 +6,13 @@ import h5py
 import numpy as np
 import pytest
 
-from vnumba import modelio, train
-from vnumba.config import ModelConfig
-from vnumba.data import DatasetError, SyntheticDataset, batch_plan, write_dataset_arrays
-from vnumba.model import init_params
+from vnumba import train
+
+from vnumba.io import models as modelio
+from vnumba.training import trainer
+from vnumba.vn.config import ModelConfig
+from vnumba.io.dataset import DatasetError, SyntheticDataset, batch_plan, write_dataset_arrays
+from vnumba.vn.model import init_params
 
 TINY = ["--steps", "2", "--nf-u", "4", "--nf-m", "2", "--ks-u", "5", "--ks-m", "3", "--ks", "3"]
 
@@ -171,10 +174,10 @@ def test_unet_trains_through_the_same_cli_and_model_container(tmp_path):
 
 
 def test_cosine_schedule_runs_from_lr_to_a_twentieth_and_is_logged(tmp_path):
-    assert train.lr_at(1e-3, 0, 100, "cosine") == pytest.approx(1e-3)
-    assert train.lr_at(1e-3, 99, 100, "cosine") == pytest.approx(5e-5)
-    assert train.lr_at(1e-3, 49, 99, "cosine") == pytest.approx(0.5 * (1e-3 + 5e-5))
-    assert train.lr_at(1e-3, 70, 100, "constant") == 1e-3
+    assert trainer.lr_at(1e-3, 0, 100, "cosine") == pytest.approx(1e-3)
+    assert trainer.lr_at(1e-3, 99, 100, "cosine") == pytest.approx(5e-5)
+    assert trainer.lr_at(1e-3, 49, 99, "cosine") == pytest.approx(0.5 * (1e-3 + 5e-5))
+    assert trainer.lr_at(1e-3, 70, 100, "constant") == 1e-3
     data = _toy_dataset(tmp_path / "toy.h5")
     out = tmp_path / "m.h5"
     assert train.main([str(data), *TINY, "--iters", "5", "--batch", "2", "--crop", "12",
@@ -185,7 +188,7 @@ def test_cosine_schedule_runs_from_lr_to_a_twentieth_and_is_logged(tmp_path):
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     m = modelio.load_model(out)
     assert m.meta["train"]["lr_schedule"] == "cosine"
-    assert m.meta["train"]["adam_eps"] == train.ADAM_EPS
+    assert m.meta["train"]["adam_eps"] == trainer.ADAM_EPS
 
 
 def test_adam_eps_reaches_the_optimizer_and_belongs_to_the_run(tmp_path, capsys):

@@ -1,12 +1,12 @@
-"""U-Net baseline (vnumba.unet): configuration, parameters, forward pass against a NumPy
+"""U-Net baseline (vnumba.unet.network): configuration, parameters, forward pass against a NumPy
 reference built from the architecture description, receptive field, loss normalisation,
 whole-network finite differences in float64 and a short Adam training run."""
 import numpy as np
 import pytest
 
 import naive
-from vnumba import unet
-from vnumba.config import from_dict
+from vnumba.unet import network as unet
+from vnumba.vn.config import from_dict
 
 
 # ----------------------------------------------------------------------------- config
@@ -265,7 +265,7 @@ def _blur(x, passes=3):
 def test_adam_training_fits_a_small_synthetic_task():
     """100 Adam steps on 'mask = thresholded blurred input, clean image = blurred input':
     the loss falls far below its starting value."""
-    from vnumba.optim import Adam
+    from vnumba.ops.optim import Adam
 
     cfg = unet.UNetConfig(width=8)
     rng = np.random.default_rng(20)

@@ -5,12 +5,11 @@ Public API (imported lazily, so ``import vnumba`` stays cheap and compiles nothi
 
     from vnumba import ModelConfig, init_params, forward, loss_and_grad
     from vnumba import load_model, save_model, predict_image, run_evaluation
-
 * :class:`ModelConfig`, :func:`init_params`, :func:`forward`, :func:`loss_and_grad` — the
   network of the article (eq. (1) unrolled, loss (3) and its exact gradient);
 * :func:`load_model`, :func:`save_model` — model files (``load_model("scenario3")`` gives a
   shipped model);
-* :func:`predict_image` — a real image (array or :func:`vnumba.imageio_utils.read_image`) to
+* :func:`predict_image` — a real image (array or :func:`vnumba.io.images.read_image`) to
   reconstruction and mask, resampled to the model's pixel size and colour-normalised;
 * :func:`run_evaluation` — scores against annotated images (``python -m vnumba.evaluate``).
 """
@@ -18,15 +17,15 @@ Public API (imported lazily, so ``import vnumba`` stays cheap and compiles nothi
 __version__ = "0.1.0"
 
 _API = {
-    "ModelConfig": ("vnumba.config", "ModelConfig"),
-    "init_params": ("vnumba.model", "init_params"),
-    "forward": ("vnumba.model", "forward"),
-    "loss_and_grad": ("vnumba.model", "loss_and_grad"),
-    "load_model": ("vnumba.modelio", "load_model"),
-    "save_model": ("vnumba.modelio", "save_model"),
-    "Model": ("vnumba.modelio", "Model"),
-    "predict_image": ("vnumba.predict", "predict_image"),
-    "run_evaluation": ("vnumba.evaluate", "run_evaluation"),
+    "ModelConfig": ("vnumba.vn.config", "ModelConfig"),
+    "init_params": ("vnumba.vn.model", "init_params"),
+    "forward": ("vnumba.vn.model", "forward"),
+    "loss_and_grad": ("vnumba.vn.model", "loss_and_grad"),
+    "load_model": ("vnumba.io.models", "load_model"),
+    "save_model": ("vnumba.io.models", "save_model"),
+    "Model": ("vnumba.io.models", "Model"),
+    "predict_image": ("vnumba.analysis.inference", "predict_image"),
+    "run_evaluation": ("vnumba.analysis.evaluation", "run_evaluation"),
 }
 
 __all__ = sorted(_API)

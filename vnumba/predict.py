@@ -1,447 +1,20 @@
-"""Apply a trained model to real images of any size.
-
-Pipeline for one image ``NAME.ext``:
-
-1. read it (PNG/JPEG/TIFF, 8/16-bit; :mod:`vnumba.imageio_utils`) and check its channel count
-   against the model's;
-2. scale to [0, 1] and, for H&E models that record colour statistics, apply the Reinhard
-   normalisation they were trained with;
-3. if both the image's pixel size (``--mpp`` or TIFF metadata) and the model's are known,
-   resample to the model's pixel size;
-4. run the network tile by tile: each tile's output block is computed from a window that
-   extends ``receptive_radius`` pixels beyond it (or to the image border), so every output
-   pixel sees exactly the context it would see in one whole-image pass — the result does not
-   depend on the tile size;
-5. resample back, threshold, split touching objects (:mod:`vnumba.objects`) and write
-   ``NAME_reconstruction.png``, ``NAME_mask.png`` (16-bit probabilities), ``NAME_overlay.png``,
-   ``NAME_objects.csv`` and ``NAME_objects.geojson`` (QuPath detections).
-
-Command line: ``python -m vnumba.predict IMAGE... [--model MODEL] --out DIR``.
-"""
+"""``python -m vnumba.predict``: a trained model on real images -> reconstruction, mask,
+overlay, objects CSV and QuPath GeoJSON (app layer over :mod:`vnumba.analysis.inference`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .memory import keep_freed_memory
-from .imageio_utils import (ImageData, encode_mask16, float_to_uint, image_to_float,
-                            match_channels, read_image, write_png)
-
-__all__ = [
-    "Prediction", "tile_windows", "predict_array", "model_channels", "model_mpp",
-    "normalise_colours", "resample", "predict_image", "load_model_arg", "write_prediction",
-    "scenario_class", "main", "DEFAULT_TILE",
-]
-
-#: Default output block edge of a tile, in pixels (the window adds the receptive radius).
-DEFAULT_TILE = 512
-
-# QuPath's built-in class names and colours for what each scenario's mask marks.
-_SCENARIO_CLASS = {
-    "scenario1": ("Immune cells", (160, 90, 160)),
-    "scenario2": ("Immune cells", (160, 90, 160)),
-    "scenario3": ("Tumor", (200, 0, 0)),
-}
-
-
-def scenario_class(scenario) -> tuple[str, tuple]:
-    """QuPath class name and colour for a scenario's target objects."""
-    return _SCENARIO_CLASS.get(str(scenario), ("Detection", (0, 200, 0)))
-
-
-# ----------------------------------------------------------------------------- model info
-def model_channels(model) -> int:
-    """Channels the model expects (meta ``channels``, else the config's ``n_channels``)."""
-    c = (getattr(model, "meta", None) or {}).get("channels")
-    if c is None:
-        c = getattr(model.config, "n_channels", None)
-    if c is None:
-        raise ValueError("model records no channel count (meta 'channels')")
-    return int(c)
-
-
-def model_mpp(model) -> float | None:
-    """Pixel size (µm/px) the model was trained at, or None if it records none."""
-    v = (getattr(model, "meta", None) or {}).get("mpp")
-    if v is None:
-        return None
-    v = float(v)
-    if not v > 0:
-        raise ValueError(f"model meta 'mpp' must be > 0, got {v}")
-    return v
-
-
-# ----------------------------------------------------------------------------- tiling
-def tile_windows(H: int, W: int, tile: int, margin: int, multiple: int = 1):
-    """Split an H×W image into output blocks and the input windows that feed them.
-
-    Parameters
-    ----------
-    H, W : int
-        Image size.
-    tile : int
-        Edge of the output blocks (the last row/column of blocks may be smaller).
-    margin : int
-        Context added on every side of a block, clipped at the image border.
-    multiple : int
-        Windows start at multiples of this and, unless they reach the image's end, have
-        sizes that are multiples of it (for networks with pooling, e.g. the U-Net: the
-        pooling grid then coincides with the whole image's).
-
-    Returns
-    -------
-    list of (block, window)
-        Each a tuple ``(r0, r1, c0, c1)`` of half-open row/column ranges; blocks partition
-        the image and every window contains its block extended by at least ``margin`` (or
-        to the border).
-    """
-    if tile < 1 or margin < 0 or H < 1 or W < 1 or multiple < 1:
-        raise ValueError(f"invalid tiling: image {H}x{W}, tile {tile}, margin {margin}, "
-                         f"multiple {multiple}")
-
-    def span(a0, a1, n):
-        w0 = (max(0, a0 - margin) // multiple) * multiple
-        w1 = min(n, a1 + margin)
-        return w0, min(n, w0 + -(-(w1 - w0) // multiple) * multiple)
-
-    out = []
-    for r0 in range(0, H, tile):
-        r1 = min(r0 + tile, H)
-        for c0 in range(0, W, tile):
-            c1 = min(c0 + tile, W)
-            out.append(((r0, r1, c0, c1), span(r0, r1, H) + span(c0, c1, W)))
-    return out
-
-
-def _size_multiple(model) -> int:
-    return int(getattr(getattr(model, "config", None), "size_multiple", 1) or 1)
-
-
-def predict_array(model, img: np.ndarray, tile: int = DEFAULT_TILE, margin: int | None = None,
-                  progress=None):
-    """Run ``model`` on an image tile by tile.
-
-    Parameters
-    ----------
-    model
-        Object with ``apply(u0) -> (u, m)`` on (N, C, H, W) float32 input and
-        ``receptive_radius`` (int).  If ``model.config.size_multiple`` exists (U-Net),
-        windows are aligned to it and those ending at the image's bottom/right border are
-        mirrored up to a multiple (as :func:`vnumba.unet.pad_to_multiple` does), the same
-        for every tiling.
-    img : ndarray, shape (H, W, C), float32, values in [0, 1]
-    tile : int
-        Output block edge.
-    margin : int, optional
-        Context around each block; default ``model.receptive_radius``.  Smaller values make
-        the result depend on the tiling (only useful to demonstrate exactly that).
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each tile.
-
-    Returns
-    -------
-    u : ndarray, shape (H, W, C), float32
-        Reconstruction.
-    m : ndarray, shape (H, W), float32
-        Mask probabilities.
-    """
-    if not isinstance(img, np.ndarray) or img.ndim != 3:
-        raise ValueError(f"img must be an (H, W, C) array, got {getattr(img, 'shape', type(img))}")
-    if img.dtype != np.float32:
-        raise TypeError(f"img must be float32, got {img.dtype}")
-    if not np.all(np.isfinite(img)):
-        raise ValueError("img contains NaN or inf")
-    if img.size and (img.min() < 0.0 or img.max() > 1.0):
-        raise ValueError(f"img values must lie in [0, 1], got [{img.min():g}, {img.max():g}]")
-    if not isinstance(tile, (int, np.integer)) or tile < 1:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
-    if margin is None:
-        margin = int(model.receptive_radius)
-    H, W, C = img.shape
-    chw = np.ascontiguousarray(np.moveaxis(img, 2, 0))
-    u = np.empty((C, H, W), np.float32)
-    m = np.empty((H, W), np.float32)
-    mult = _size_multiple(model)
-    wins = tile_windows(H, W, int(tile), int(margin), mult)
-    for k, ((r0, r1, c0, c1), (wr0, wr1, wc0, wc1)) in enumerate(wins):
-        u0 = np.ascontiguousarray(chw[None, :, wr0:wr1, wc0:wc1])
-        ph, pw = (-u0.shape[2]) % mult, (-u0.shape[3]) % mult
-        if ph or pw:
-            if ph > u0.shape[2] or pw > u0.shape[3]:
-                raise ValueError(f"image {H}x{W} too small for a network that needs sizes "
-                                 f"in multiples of {mult}")
-            u0 = np.ascontiguousarray(np.pad(u0, ((0, 0), (0, 0), (0, ph), (0, pw)),
-                                             mode="symmetric"))
-        uo, mo = model.apply(u0)
-        uo, mo = np.asarray(uo), np.asarray(mo)
-        if uo.shape != u0.shape or mo.shape != (1,) + u0.shape[2:]:
-            raise RuntimeError(f"model.apply returned shapes {uo.shape}, {mo.shape} for input "
-                               f"{u0.shape}")
-        u[:, r0:r1, c0:c1] = uo[0, :, r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
-        m[r0:r1, c0:c1] = mo[0, r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
-        if progress is not None:
-            progress(k + 1, len(wins))
-    return np.ascontiguousarray(np.moveaxis(u, 0, 2)), m
-
-
-# ----------------------------------------------------------------------------- pre/post
-def normalise_colours(img: np.ndarray, model) -> np.ndarray:
-    """Reinhard colour normalisation recorded with an H&E model; identity otherwise.
-
-    Parameters
-    ----------
-    img : ndarray, shape (H, W, C), float32 in [0, 1]
-    model
-        ``meta["reinhard_mean"]`` / ``meta["reinhard_std"]`` (Lab statistics, 3 values each)
-        switch it on.
-
-    Returns
-    -------
-    ndarray, shape (H, W, C), float32 in [0, 1]
-    """
-    meta = getattr(model, "meta", None) or {}
-    mean, std = meta.get("reinhard_mean"), meta.get("reinhard_std")
-    if mean is None or std is None:
-        return img
-    if img.shape[2] != 3:
-        raise ValueError("the model records Reinhard statistics but the image is not RGB")
-    from synth.color import reinhard_normalize
-    out = reinhard_normalize(img.astype(np.float64), np.asarray(mean, np.float64),
-                             np.asarray(std, np.float64))
-    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
-
-
-def resample(img: np.ndarray, shape) -> np.ndarray:
-    """Bilinear resampling of an (H, W) or (H, W, C) float image to ``shape[:2]``.
-
-    Downsampling is anti-aliased (Gaussian pre-filter), upsampling is not.
-    """
-    from skimage.transform import resize
-
-    shape = tuple(int(s) for s in shape[:2])
-    if tuple(img.shape[:2]) == shape:
-        return img
-    down = shape[0] < img.shape[0] or shape[1] < img.shape[1]
-    out = resize(img, shape + img.shape[2:], order=1, mode="reflect", anti_aliasing=down,
-                 preserve_range=True)
-    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=img.dtype)
-
-
-@dataclass
-class Prediction:
-    """Network output for one image, at the image's own resolution.
-
-    Attributes
-    ----------
-    image : ndarray, shape (H, W, C), float32
-        The input scaled to [0, 1] (before colour normalisation).
-    reconstruction : ndarray, shape (H, W, C), float32
-        ``u_T`` (in the model's colour space, i.e. after Reinhard normalisation for H&E).
-    mask : ndarray, shape (H, W), float32
-        ``m_T`` probabilities.
-    input_mpp, model_mpp : float or None
-    scale : float
-        Resampling factor applied before the network (1 = none).
-    n_tiles : int
-    seconds : float
-    """
-
-    image: np.ndarray
-    reconstruction: np.ndarray
-    mask: np.ndarray
-    input_mpp: float | None
-    model_mpp: float | None
-    scale: float
-    n_tiles: int
-    seconds: float
-
-
-def predict_image(model, image, mpp: float | None = None, tile: int = DEFAULT_TILE,
-                  scale_mode: str = "dtype", progress=None) -> Prediction:
-    """Full pipeline for one image (steps 1–5 of the module docstring, without writing).
-
-    Parameters
-    ----------
-    model
-        See :func:`predict_array`; ``meta`` may carry ``mpp``, ``channels`` and Reinhard
-        statistics.
-    image : ImageData or ndarray (H, W, C) / (H, W)
-        An :class:`ImageData` (its TIFF ``mpp`` is used unless ``mpp`` is given) or a raw
-        array (uint8/uint16/float in [0, 1]).
-    mpp : float, optional
-        Pixel size of the image in µm/px; overrides the file's.
-    tile : int
-    scale_mode : {"dtype", "percentile"}
-        See :func:`vnumba.imageio_utils.image_to_float`.
-    progress : callable, optional
-        ``progress(done, total)`` per tile.
-
-    Returns
-    -------
-    Prediction
-    """
-    t0 = time.perf_counter()
-    if isinstance(image, ImageData):
-        arr, path = image.array, image.path
-        in_mpp = mpp if mpp is not None else image.mpp
-    else:
-        arr, path, in_mpp = np.asarray(image), "image", mpp
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-    if in_mpp is not None and not float(in_mpp) > 0:
-        raise ValueError(f"{path}: pixel size must be > 0, got {in_mpp}")
-    arr = match_channels(arr, model_channels(model), path)
-    x = image_to_float(arr, scale_mode, path)
-    H, W = x.shape[:2]
-    xn = normalise_colours(x, model)
-    m_mpp = model_mpp(model)
-    scale = 1.0
-    if in_mpp is not None and m_mpp is not None:
-        scale = float(in_mpp) / m_mpp
-    if abs(scale - 1.0) > 1e-3:
-        shape = (max(1, round(H * scale)), max(1, round(W * scale)))
-        xs = resample(xn, shape)
-    else:
-        scale, xs = 1.0, xn
-    u, m = predict_array(model, xs, tile=tile, progress=progress)
-    if xs.shape[:2] != (H, W):
-        u = resample(u, (H, W))
-        m = resample(m, (H, W))
-    n_tiles = len(tile_windows(xs.shape[0], xs.shape[1], int(tile), int(model.receptive_radius),
-                               _size_multiple(model)))
-    return Prediction(image=x, reconstruction=u, mask=m,
-                      input_mpp=None if in_mpp is None else float(in_mpp), model_mpp=m_mpp,
-                      scale=scale, n_tiles=n_tiles, seconds=time.perf_counter() - t0)
-
-
-#: The files written per input NAME: NAME_<kind> (see :func:`write_prediction`).
-OUTPUT_KINDS = ("reconstruction.png", "mask.png", "overlay.png", "objects.csv", "objects.geojson")
-
-
-def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.5,
-                     split_h: float = 2.0, min_area: int = 20, scenario=None,
-                     bit_depth: int = 8, object_filter=None, filter_image=None) -> dict:
-    """Write the five output files of one image.
-
-    Parameters
-    ----------
-    out_dir : path-like
-    name : str
-        Output file stem (input file name without suffix).
-    pred : Prediction
-    threshold, split_h, min_area
-        Object extraction, see :func:`vnumba.objects.label_objects`.
-    scenario : str, optional
-        Names the QuPath class of the detections.
-    bit_depth : {8, 16}
-        Of the reconstruction PNG (use the input's).
-    object_filter : vnumba.objclass.ObjectFilter, optional
-        Drops the objects it rejects from the overlay, CSV and GeoJSON (the mask PNG stays the
-        network's); needs ``filter_image`` (the colour-normalised input) and a known pixel size.
-
-    Returns
-    -------
-    dict
-        ``paths`` (name -> Path), ``n_objects``, ``labels`` (ndarray int32 (H, W)).
-    """
-    from .figures import overlay_contours
-    from .objects import label_objects, object_table, write_objects_csv, write_objects_geojson
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = label_objects(pred.mask, threshold, h=split_h, min_area=min_area)
-    f_mpp = pred.input_mpp or pred.model_mpp
-    if object_filter is not None and f_mpp:
-        labels = object_filter.apply(filter_image, pred.mask, labels, f_mpp)
-    table = object_table(labels, pred.mask, mpp=pred.input_mpp)
-    cls_name, color = scenario_class(scenario)
-    paths = {k: out_dir / f"{name}_{k}{ext}" for k, ext in
-             (("reconstruction", ".png"), ("mask", ".png"), ("overlay", ".png"),
-              ("objects", ".csv"))}
-    paths["geojson"] = out_dir / f"{name}_objects.geojson"
-    write_png(paths["reconstruction"],
-              float_to_uint(pred.reconstruction, np.uint16 if bit_depth == 16 else np.uint8))
-    write_png(paths["mask"], encode_mask16(pred.mask))
-    write_png(paths["overlay"], overlay_contours(pred.image, labels))
-    write_objects_csv(paths["objects"], table)
-    write_objects_geojson(paths["geojson"], labels, table, class_name=cls_name, color=color)
-    return {"paths": paths, "n_objects": len(table), "labels": labels}
-
-
-def load_model_arg(model_arg, scenario: str):
-    """The model named on the command line, or the scenario's shipped default."""
-    from .modelio import load_model
-    return load_model(model_arg if model_arg is not None else scenario)
-
-
-# ----------------------------------------------------------------------------- CLI
-def _positive_float(s):
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
-
-
-#: Plausible pixel sizes (µm/px): from beyond 100x objectives to a 0.2x overview.
-MPP_RANGE = (0.01, 50.0)
-
-
-def _pixel_size(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not (np.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]):
-        raise argparse.ArgumentTypeError(f"a pixel size in um/px must lie in "
-                                         f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {s}")
-    return v
-
-
-def _non_negative(s):
-    v = float(s)
-    if not (np.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
-    return v
-
-
-def _count(s):
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
-
-
-def _positive_int(s):
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
-
-
-def _unit_float(s):
-    v = float(s)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {s}")
-    return v
-
-
-def add_extraction_options(p) -> None:
-    """``--split-um``, ``--min-area-um2`` and their pixel overrides ``--split-h``, ``--min-area``
-    (one definition for predict and evaluate)."""
-    from .objects import MIN_AREA_UM2, SPLIT_UM
-    p.add_argument("--split-um", type=_non_negative, default=SPLIT_UM,
-                   help=f"watershed split depth for touching objects in um ({SPLIT_UM})")
-    p.add_argument("--min-area-um2", type=_non_negative, default=MIN_AREA_UM2,
-                   help=f"drop objects smaller than this many um^2 ({MIN_AREA_UM2})")
-    p.add_argument("--split-h", type=_non_negative, default=None,
-                   help="split depth in pixels of the image (overrides --split-um)")
-    p.add_argument("--min-area", type=_count, default=None,
-                   help="minimum object area in pixels of the image (overrides --min-area-um2)")
+from vnumba.analysis.inference import (DEFAULT_TILE, OUTPUT_KINDS, load_model_arg, model_mpp,
+                                       normalise_colours, predict_image, write_prediction)
+from vnumba.cli import (_pixel_size, _positive_int, _unit_float, add_extraction_options)
+from vnumba.io.images import read_image
+from vnumba.ops.memory import keep_freed_memory
+from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model file (.h5) or shipped name (scenario2, scenario3); "
                                    "default: the shipped model of --scenario")
     p.add_argument("--scenario", default="scenario3",
-                   choices=("scenario1", "scenario2", "scenario3"),
+                   choices=SCENARIO_NAMES,
                    help="which shipped model to use when --model is omitted (default scenario3)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--mpp", type=_pixel_size,
@@ -481,7 +54,7 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 some image failed,
     2 bad arguments or model)."""
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # reuse the pages of each step's arrays (vnumba.memory)
+    keep_freed_memory()  # reuse the pages of each step's arrays (vnumba.ops.memory)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     stems = {}
     for im in args.images:
@@ -491,8 +64,8 @@ def main(argv=None) -> int:
         print(f"error: inputs with the same name would overwrite each other's outputs: {dup}",
               file=sys.stderr)
         return 2
-    from .objects import extraction_pixels
-    from .outpaths import OutputConflict, check_outputs
+    from vnumba.analysis.objects import extraction_pixels
+    from vnumba.io.outputs import OutputConflict, check_outputs
     try:
         # An output of one image must not replace another input (x.png, x_mask.png --out .).
         outs = {}
@@ -515,7 +88,7 @@ def main(argv=None) -> int:
         f"mpp {model_mpp(model)}, receptive radius {model.receptive_radius} px)")
     filt = None
     if not args.no_object_filter and "object_filter" in (model.meta or {}):
-        from .objclass import ObjectFilter
+        from vnumba.analysis.objfilter import ObjectFilter
         try:
             filt = ObjectFilter.from_meta(model.meta["object_filter"])
         except ValueError as e:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .unet_kernels import (
+from vnumba.unet.kernels import (
     _concat_impl, _conv2d_impl, _conv2d_input_adjoint_impl, _conv2d_param_grad_impl,
     _maxpool2_backward_impl, _maxpool2_impl, _output_head_backward_impl, _output_head_impl,
     _relu_backward_impl, _split_impl, _upsample2_adjoint_impl, _upsample2_impl,
@@ -313,7 +313,7 @@ def _check_input(params, cfg, u0):
     if H % mult or W % mult:
         raise ValueError(
             f"U-Net input {H}x{W} is not divisible by 2**(scales-1) = {mult}; "
-            f"pad it with vnumba.unet.pad_to_multiple(x, {mult}) and crop the outputs")
+            f"pad it with vnumba.unet.network.pad_to_multiple(x, {mult}) and crop the outputs")
     return dt, np.ascontiguousarray(u0)
 
 
@@ -409,7 +409,7 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
     -------
     loss : float
         ``mean_s [ 1/6 ||u_s - gu_s||² + 1/2 ||m_s - gm_s||² ] / (H W)`` — the normalisation
-        of :func:`vnumba.model.loss_and_grad`, so both architectures report comparable losses.
+        of :func:`vnumba.vn.model.loss_and_grad`, so both architectures report comparable losses.
     grads : dict
         Same keys, shapes and dtype as ``params``.
     u : ndarray, shape (N, C, H, W)

@@ -166,7 +166,7 @@ def write_dataset_arrays(path, u0, gu, gm, **attrs):
     Used by tests and tools that build small datasets directly; :mod:`synth` writes its
     own files with the same layout.
     """
-    from .modelio import atomic_h5
+    from vnumba.io.models import atomic_h5
     u0 = np.asarray(u0, np.float32)
     gu = np.asarray(gu, np.float32)
     gm = np.asarray(gm, np.float32)

@@ -1,7 +1,7 @@
 """Device-level launchers: launch geometry for every kernel family, on device arrays.
 
-No input checking happens here (the public functions of :mod:`vnumba.gpu.ops` and
-:mod:`vnumba.gpu.engine` check their inputs once); every launch goes to the
+No input checking happens here (the public functions of :mod:`vnumba.vn.gpu.ops` and
+:mod:`vnumba.vn.gpu.engine` check their inputs once); every launch goes to the
 :class:`Launcher`'s stream, so kernels run in the order they are issued.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from . import kernels as K
-from .tiling import Tiling
+from vnumba.vn.gpu import kernels as K
+from vnumba.vn.gpu.tiling import Tiling
 
 __all__ = ["Launcher", "rbf_key", "is_simulator", "default_tiling", "device_sm_count"]
 
@@ -19,7 +19,7 @@ _SHARED_LIMIT = 46 * 1024  # bytes of static shared memory a block may use (48 K
 
 def rbf_key(cfg) -> tuple:
     """Compile-time constants ``(n_w, mu0, h, sigma, radius)`` of the RBF functions of a
-    :class:`~vnumba.config.ModelConfig` (the same window as :class:`vnumba.rbf.RBFGrid`)."""
+    :class:`~vnumba.vn.config.ModelConfig` (the same window as :class:`vnumba.ops.rbf.RBFGrid`)."""
     return (int(cfg.n_w), float(cfg.rbf_min), float(cfg.rbf_spacing), float(cfg.rbf_sigma),
             int(min(cfg.rbf_radius, cfg.n_w)))
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .checks import check_array as _check_array, check_filter_bank
+from vnumba.ops.checks import check_array as _check_array, check_filter_bank
 
 __all__ = [
     "pad_symmetric", "pad_symmetric_adjoint",
@@ -137,8 +137,8 @@ def pad_symmetric_adjoint(xp, r):
 
 
 # ----------------------------------------------------------------------------- valid correlation
-# The kernels live in vnumba.fused (register-blocked, see its docstring for the why).
-from .fused import corr_valid_adjoint_fast, corr_valid_fast, kernel_grad_fast  # noqa: E402
+# The kernels live in vnumba.ops.fused (register-blocked, see its docstring for the why).
+from vnumba.ops.fused import corr_valid_adjoint_fast, corr_valid_fast, kernel_grad_fast  # noqa: E402
 
 
 def corr_valid(xp, k):

@@ -6,7 +6,7 @@ Conventions
 -----------
 Images and feature maps are ``(N, C, H, W)``, C-contiguous, float32 or float64; every array
 passed to one call shares one dtype.  Filter banks are ``(O, C, ks, ks)`` (output channel
-first, as in :mod:`vnumba.conv`), ``ks`` odd; biases ``(O,)``.
+first, as in :mod:`vnumba.ops.conv`), ``ks`` odd; biases ``(O,)``.
 
 The convolution is a cross-correlation with zero padding of ``r = ks // 2`` pixels ("same"
 output size)::
@@ -14,11 +14,11 @@ output size)::
     y[n, o, p, q] = b[o] + sum_{c, i, j} w[o, c, i, j] * x[n, c, p + i - r, q + j - r]
 
 with ``x`` taken as 0 outside the image.  The variational network's convolutions
-(:mod:`vnumba.conv`) pad symmetrically; the U-Net of Ronneberger et al. pads with zeros,
+(:mod:`vnumba.ops.conv`) pad symmetrically; the U-Net of Ronneberger et al. pads with zeros,
 so it has its own kernels here.
 
 Every public function checks its arguments and raises ``TypeError`` / ``ValueError``;
-:mod:`vnumba.unet` calls the unchecked ``_*_impl`` helpers after validating the batch once.
+:mod:`vnumba.unet.network` calls the unchecked ``_*_impl`` helpers after validating the batch once.
 The Numba kernels are compiled without ``fastmath`` so that float64 gradient checks see
 IEEE arithmetic.
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .checks import check_array, check_filter_bank
+from vnumba.ops.checks import check_array, check_filter_bank
 
 __all__ = [
     "conv2d", "conv2d_input_adjoint", "conv2d_param_grad",
@@ -683,7 +683,7 @@ def _head_backward_kernel(ubar, mbar, z, u0, m, dz):
             for p in range(H):
                 for q in range(W):
                     v = u0[n, c, p, q] + z[n, c, p, q]
-                    # clip is the identity on the open interval only (as vnumba.model).
+                    # clip is the identity on the open interval only (as vnumba.vn.model).
                     dz[n, c, p, q] = ubar[n, c, p, q] if (v > 0.0 and v < 1.0) else 0.0
         for p in range(H):
             for q in range(W):

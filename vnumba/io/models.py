@@ -22,24 +22,31 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .config import ModelConfig, from_dict
+from vnumba.vn.config import ModelConfig, from_dict
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Model", "save_model", "load_model", "shipped_model_path",
            "atomic_h5"]
 
 FORMAT = "vnumba-model"
 FORMAT_VERSION = 1
-MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-SHIPPED = ("scenario1", "scenario2", "scenario3")
+#: Where the shipped models are: ``vnumba/models`` inside an installed wheel (package data,
+#: see ``setup.py``), else the repository's ``data/models`` (a checkout or editable install).
+_PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "models"
+_REPO_MODELS = Path(__file__).resolve().parents[2] / "data" / "models"
+MODELS_DIR = _PACKAGE_MODELS if _PACKAGE_MODELS.is_dir() else _REPO_MODELS
+from vnumba.scenarios import SCENARIOS as _SCENARIOS
+
+#: Names of the shipped default models (one per scenario, :mod:`vnumba.scenarios`).
+SHIPPED = tuple(_SCENARIOS)
 
 
 def _arch_api(arch):
     if arch == "vn":
-        from . import model as api
-        from .projections import project_params
+        from vnumba.vn import model as api
+        from vnumba.ops.projections import project_params
         return ModelConfig, api.init_params, project_params
     if arch == "unet":
-        from . import unet as api
+        from vnumba.unet import network as api
         return api.UNetConfig, api.init_params, api.project
     raise ValueError(f"unknown architecture {arch!r} (expected 'vn' or 'unet')")
 
@@ -89,15 +96,15 @@ class Model:
         """
         u0 = np.ascontiguousarray(u0, dtype=self.dtype)
         if self.arch == "vn":
-            from .backend import get_backend
+            from vnumba.vn.backend import get_backend
             return get_backend("cpu").forward(self.params, self.config, u0, m0)
-        from . import unet
+        from vnumba.unet import network as unet
         return unet.forward(self.params, self.config, u0)
 
 
 def atomic_h5(path, write):
     """Call ``write(h5file)`` on a temporary HDF5 file, then move it to ``path`` atomically."""
-    from .outpaths import temp_path
+    from vnumba.io.outputs import temp_path
 
     path = Path(path)
     tmp = temp_path(path)
@@ -196,7 +203,7 @@ def read_model_group(f, where) -> Model:
     _check_meta(meta, where)
     model = Model(arch=arch, config=cfg, params=params, meta=meta)
     if arch == "vn":
-        from .model import check_params
+        from vnumba.vn.model import check_params
         try:
             check_params(params, cfg)
         except (KeyError, ValueError, TypeError) as e:

@@ -6,7 +6,7 @@ model written by a newer version never passes silently.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 __all__ = ["ModelConfig", "PARAM_NAMES", "param_shapes", "from_dict"]
 

@@ -1,6 +1,6 @@
 """The CUDA training engine: forward, hand-derived backward, Adam and projections on the
-device, with the same maths as :mod:`vnumba.model`, :mod:`vnumba.optim` and
-:mod:`vnumba.projections` (``docs/gradients.md``; launch design in ``docs/gpu.md``).
+device, with the same maths as :mod:`vnumba.vn.model`, :mod:`vnumba.ops.optim` and
+:mod:`vnumba.ops.projections` (``docs/gradients.md``; launch design in ``docs/gpu.md``).
 
 Public API
 ----------
@@ -9,9 +9,9 @@ Public API
 ``forward(params, cfg, u0, m0=None)``
     Prediction: ``(u_T, m_T)``.
 ``loss_and_grad(params, cfg, u0, gu, gm, m0=None)``
-    ``(loss, grads, u_T, m_T)`` as :func:`vnumba.model.loss_and_grad`.
+    ``(loss, grads, u_T, m_T)`` as :func:`vnumba.vn.model.loss_and_grad`.
 ``step_forward(p, cfg, u, m, u0)``, ``step_backward(p, cfg, u, m, u0, ubar, mbar)``
-    One step with one step's parameters, as the functions of :mod:`vnumba.model`.
+    One step with one step's parameters, as the functions of :mod:`vnumba.vn.model`.
 ``CudaTrainer(cfg, params, lr, beta1, beta2, eps)``
     Keeps parameters, gradients, Adam moments and the states of the unrolled network on
     the device for a whole training run; ``step(u0, gu, gm)`` runs one iteration.
@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from ..config import PARAM_NAMES, ModelConfig, param_shapes
+from vnumba.vn.config import PARAM_NAMES, ModelConfig, param_shapes
 
 __all__ = ["is_available", "device_name", "forward", "loss_and_grad", "step_forward",
            "step_backward", "CudaTrainer", "CudaUnavailable"]
@@ -72,7 +72,7 @@ def is_available() -> tuple:
         return False, (f"numba.cuda cannot be imported ({type(e).__name__}: {e}); install the "
                        "optional extra: pip install -e .[cuda]")
     try:
-        from .launch import is_simulator
+        from vnumba.vn.gpu.launch import is_simulator
         if is_simulator():
             _AVAILABLE = (True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): exact but very slow, for tests")
             return _AVAILABLE
@@ -90,7 +90,7 @@ def is_available() -> tuple:
                                "numba-cuda[cu12] (or [cu13]) or a CUDA toolkit")
         except ImportError:
             pass
-        from . import kernels as K
+        from vnumba.vn.gpu import kernels as K
         probe = cuda.to_device(np.zeros(1, np.float32))
         K.get("fill")[1, 1](probe, np.float32(1.0))
         if probe.copy_to_host()[0] != 1.0:
@@ -116,7 +116,7 @@ def _require():
 # ----------------------------------------------------------------------------- input checks
 def _check_cfg(cfg):
     if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"cfg must be a vnumba.config.ModelConfig, got {type(cfg).__name__}")
+        raise TypeError(f"cfg must be a vnumba.vn.config.ModelConfig, got {type(cfg).__name__}")
 
 
 def _as_f32(name, x, shape=None, ndim=None):
@@ -211,7 +211,7 @@ class _Net:
     """Parameters on the device and the launch sequences of one step (forward, backward)."""
 
     def __init__(self, cfg, tiling, stream, train):
-        from .launch import Launcher, default_tiling, rbf_key
+        from vnumba.vn.gpu.launch import Launcher, default_tiling, rbf_key
 
         self.cuda = cuda = _require()
         self.cfg = cfg
@@ -342,7 +342,7 @@ class _Net:
         return ws.lossp, scale
 
     def project(self):
-        """Projection onto the admissible set (``vnumba.projections.project_params``)."""
+        """Projection onto the admissible set (``vnumba.ops.projections.project_params``)."""
         cfg, L, P, T = self.cfg, self.L, self.P, self.cfg.n_steps
         r = cfg.l1_radius
         C = cfg.n_channels
@@ -361,16 +361,16 @@ def _host_state(ws_u, ws_m, stream):
 
 # ----------------------------------------------------------------------------- functions
 def forward(params, cfg, u0, m0=None, *, tiling=None):
-    """Unrolled forward pass on the GPU, as :func:`vnumba.model.forward`.
+    """Unrolled forward pass on the GPU, as :func:`vnumba.vn.model.forward`.
 
     Parameters
     ----------
     params : dict of ndarray
-        Stacked parameters (:func:`vnumba.config.param_shapes`), float32 or float64.
+        Stacked parameters (:func:`vnumba.vn.config.param_shapes`), float32 or float64.
     cfg : ModelConfig
     u0 : ndarray, shape (N, C, H, W), float32/float64, values in [0, 1]
     m0 : ndarray, shape (N, H, W), optional (zeros)
-    tiling : vnumba.gpu.tiling.Tiling, optional
+    tiling : vnumba.vn.gpu.tiling.Tiling, optional
 
     Returns
     -------
@@ -401,7 +401,7 @@ def forward(params, cfg, u0, m0=None, *, tiling=None):
 
 
 def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
-    """Training loss and its exact gradient on the GPU, as :func:`vnumba.model.loss_and_grad`.
+    """Training loss and its exact gradient on the GPU, as :func:`vnumba.vn.model.loss_and_grad`.
 
     Parameters
     ----------
@@ -447,7 +447,7 @@ def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
 
 
 def _one_step(p, cfg):
-    # One step's parameters (vnumba.model.step_params) as a one-step network.
+    # One step's parameters (vnumba.vn.model.step_params) as a one-step network.
     cfg1 = dataclasses.replace(cfg, n_steps=1)
     params = {k: np.asarray(p[k])[None] for k in PARAM_NAMES if k != "lam"}
     params["lam"] = np.asarray([float(p["lam"])])
@@ -455,12 +455,12 @@ def _one_step(p, cfg):
 
 
 def step_forward(p, cfg, u, m, u0, *, tiling=None):
-    """One step on the GPU, as :func:`vnumba.model.step_forward` (``keep=False``).
+    """One step on the GPU, as :func:`vnumba.vn.model.step_forward` (``keep=False``).
 
     Parameters
     ----------
     p : dict
-        One step's parameters (:func:`vnumba.model.step_params`).
+        One step's parameters (:func:`vnumba.vn.model.step_params`).
     cfg : ModelConfig
     u, u0 : ndarray, shape (N, C, H, W)
     m : ndarray, shape (N, H, W)
@@ -488,7 +488,7 @@ def step_forward(p, cfg, u, m, u0, *, tiling=None):
 
 
 def step_backward(p, cfg, u, m, u0, ubar, mbar, *, tiling=None):
-    """Backward pass through one step on the GPU, as :func:`vnumba.model.step_backward`.
+    """Backward pass through one step on the GPU, as :func:`vnumba.vn.model.step_backward`.
 
     Parameters
     ----------
@@ -547,8 +547,8 @@ class CudaTrainer:
         Initial parameters (float32 or float64; the device keeps float32).  Not modified;
         read the current values with :meth:`params`.
     lr, beta1, beta2, eps : float
-        Adam settings, as :class:`vnumba.optim.Adam`.
-    tiling : vnumba.gpu.tiling.Tiling, optional
+        Adam settings, as :class:`vnumba.ops.optim.Adam`.
+    tiling : vnumba.vn.gpu.tiling.Tiling, optional
 
     Raises
     ------
@@ -661,7 +661,7 @@ class CudaTrainer:
         return self._net.download()
 
     def optimizer_state(self) -> dict:
-        """Adam state in the format of :meth:`vnumba.optim.Adam.state_dict`."""
+        """Adam state in the format of :meth:`vnumba.ops.optim.Adam.state_dict`."""
         d = {"t": np.int64(self.t)}
         if self.t == 0:
             return d
@@ -676,7 +676,7 @@ class CudaTrainer:
         return d
 
     def load_optimizer_state(self, d: dict) -> None:
-        """Restore a state from :meth:`optimizer_state` or :meth:`vnumba.optim.Adam.state_dict`.
+        """Restore a state from :meth:`optimizer_state` or :meth:`vnumba.ops.optim.Adam.state_dict`.
 
         Moments missing from ``d`` (a state saved before the first step) start at zero.
         """

@@ -334,7 +334,7 @@ def decode_mask16(a: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- writing
 def _atomic(path, write_fn):
-    from .outpaths import temp_path
+    from vnumba.io.outputs import temp_path
 
     path = Path(path)
     tmp = temp_path(path)  # .NAME.<pid>.tmp, 0666 less the umask

@@ -1,9 +1,9 @@
 """GPU backend: the coupled variational network as ``numba.cuda`` kernels.
 
 Importing this package imports nothing that needs a GPU driver or ``numba.cuda``;
-:mod:`vnumba.gpu.engine` loads the kernels on first use.  Select the backend through
-:func:`vnumba.backend.get_backend` (``"cuda"``), which calls
-:func:`vnumba.gpu.engine.is_available` and reports why a GPU cannot be used.
+:mod:`vnumba.vn.gpu.engine` loads the kernels on first use.  Select the backend through
+:func:`vnumba.vn.backend.get_backend` (``"cuda"``), which calls
+:func:`vnumba.vn.gpu.engine.is_available` and reports why a GPU cannot be used.
 
 Modules
 -------
@@ -20,7 +20,7 @@ tiling
 
 Everything on the device is float32 (Adam moments and reductions: float64).
 
-Why ``vnumba.gpu`` and not ``vnumba.cuda``: numba-cuda installs an import hook that
+Why ``vnumba.vn.gpu`` and not ``vnumba.cuda``: numba-cuda installs an import hook that
 redirects every module whose name *contains* ``numba.cuda`` — ``vnumba.cuda`` included —
 and importing such a module then fails with ``RecursionError``.
 """

@@ -1,7 +1,7 @@
 """``numba.cuda`` kernels of the coupled variational network (float32 on the device).
 
-Importing this module imports ``numba.cuda``: only :mod:`vnumba.gpu.engine` and
-:mod:`vnumba.gpu.ops` do so, lazily.  Kernels whose shared-memory tiles or register blocks
+Importing this module imports ``numba.cuda``: only :mod:`vnumba.vn.gpu.engine` and
+:mod:`vnumba.vn.gpu.ops` do so, lazily.  Kernels whose shared-memory tiles or register blocks
 depend on sizes are built by factories (sizes become closure constants, which Numba
 compiles as literals, so the inner loops over them are unrolled and the per-thread
 accumulators live in registers) and cached by :func:`get`.
@@ -34,7 +34,7 @@ Kernel families (the maths is ``docs/gradients.md``; the launch geometry ``docs/
     Element-wise kernels and reductions.
 
 No kernel adds floats with atomics: every sum has a fixed order, so results are bitwise
-reproducible run to run on one card with one :class:`~vnumba.gpu.tiling.Tiling`.
+reproducible run to run on one card with one :class:`~vnumba.vn.gpu.tiling.Tiling`.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def _reflect(s, n):
 
 def _rbf_device(n_w, mu0, h, sigma, radius):
     """Device function ``(φ, φ', φ'')`` of channel ``c`` of step ``t`` at ``x``, evaluated
-    against the ``2·radius+1`` centres nearest to ``x`` (the window of vnumba.rbf)."""
+    against the ``2·radius+1`` centres nearest to ``x`` (the window of vnumba.ops.rbf)."""
     NW = int(n_w)
     R = int(radius)
     MU0 = np.float32(mu0)
@@ -780,7 +780,7 @@ def _make_proj(length, zero_mean):
 # ----------------------------------------------------------------------------- element-wise
 @cuda.jit
 def _adam(p, g, m, v, lr, b1, b2, c1, c2, eps):
-    # Same arithmetic as vnumba.optim.Adam: float64 moments, float32 parameter update.
+    # Same arithmetic as vnumba.ops.optim.Adam: float64 moments, float32 parameter update.
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for i in range(start, p.shape[0], cuda.gridDim.x * cuda.blockDim.x):
         gi = float64(g[i])

@@ -1,7 +1,7 @@
 """Host-level access to every CUDA kernel family: NumPy arrays in, NumPy arrays out.
 
-These mirror the CPU functions of :mod:`vnumba.conv`, :mod:`vnumba.rbf`,
-:mod:`vnumba.projections` and :mod:`vnumba.optim` (same shapes and conventions) and exist
+These mirror the CPU functions of :mod:`vnumba.ops.conv`, :mod:`vnumba.ops.rbf`,
+:mod:`vnumba.ops.projections` and :mod:`vnumba.ops.optim` (same shapes and conventions) and exist
 for tests and experiments; the training engine keeps everything on the device and calls
 the kernels directly.  Arrays must be float32 and C-contiguous (the device computes in
 float32; Adam moments are float64).  Importing this module imports ``numba.cuda``.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from ..checks import check_array, check_filter_bank
-from .launch import Launcher, default_tiling
-from .tiling import Tiling
+from vnumba.ops.checks import check_array, check_filter_bank
+from vnumba.vn.gpu.launch import Launcher, default_tiling
+from vnumba.vn.gpu.tiling import Tiling
 
 __all__ = [
     "conv_forward", "conv_adjoint", "corr_full", "pad_symmetric_adjoint", "conv_kernel_grad",
@@ -43,13 +43,13 @@ def _finish(launcher, *arrays):
 
 
 def _grid_key(grid):
-    # A vnumba.rbf.RBFGrid (or anything with its attributes).
+    # A vnumba.ops.rbf.RBFGrid (or anything with its attributes).
     return (int(grid.n_w), float(grid.mu0), float(grid.h), float(grid.sigma), int(grid.radius))
 
 
 # ----------------------------------------------------------------------------- convolutions
 def conv_forward(x, k, *, tiling: Tiling | None = None):
-    """``K x``: symmetric padding then valid correlation, as :func:`vnumba.conv.conv_forward`.
+    """``K x``: symmetric padding then valid correlation, as :func:`vnumba.ops.conv.conv_forward`.
 
     Parameters
     ----------
@@ -76,7 +76,7 @@ def conv_forward(x, k, *, tiling: Tiling | None = None):
 
 def corr_full(y, k, *, tiling: Tiling | None = None):
     """Adjoint of the valid correlation (``Cᵀ``, a "full" convolution), as
-    :func:`vnumba.conv.corr_valid_adjoint`.
+    :func:`vnumba.ops.conv.corr_valid_adjoint`.
 
     Parameters
     ----------
@@ -101,7 +101,7 @@ def corr_full(y, k, *, tiling: Tiling | None = None):
 
 
 def pad_symmetric_adjoint(xp, r, *, tiling: Tiling | None = None):
-    """Adjoint of symmetric padding (``Pᵀ``), as :func:`vnumba.conv.pad_symmetric_adjoint`.
+    """Adjoint of symmetric padding (``Pᵀ``), as :func:`vnumba.ops.conv.pad_symmetric_adjoint`.
 
     Parameters
     ----------
@@ -127,7 +127,7 @@ def pad_symmetric_adjoint(xp, r, *, tiling: Tiling | None = None):
 
 def conv_adjoint(y, k, *, tiling: Tiling | None = None):
     """``Kᵀ y`` (full correlation, then the padding adjoint), as
-    :func:`vnumba.conv.conv_adjoint`.
+    :func:`vnumba.ops.conv.conv_adjoint`.
 
     Parameters
     ----------
@@ -158,7 +158,7 @@ def conv_adjoint(y, k, *, tiling: Tiling | None = None):
 
 def conv_kernel_grad(y, x, ks, y2=None, x2=None, *, tiling: Tiling | None = None):
     """Gradient of ``<y, K x>`` (plus ``<y2, K x2>``) with respect to the filters of ``K``,
-    as :func:`vnumba.conv.conv_kernel_grad`.
+    as :func:`vnumba.ops.conv.conv_kernel_grad`.
 
     Parameters
     ----------
@@ -200,13 +200,13 @@ def conv_kernel_grad(y, x, ks, y2=None, x2=None, *, tiling: Tiling | None = None
 
 # ----------------------------------------------------------------------------- RBF
 def rbf_apply(x, w, grid, *, tiling: Tiling | None = None):
-    """``(φ, φ', φ'')`` per channel, as :func:`vnumba.rbf.rbf_apply` with ``order=2``.
+    """``(φ, φ', φ'')`` per channel, as :func:`vnumba.ops.rbf.rbf_apply` with ``order=2``.
 
     Parameters
     ----------
     x : ndarray, shape (N, F, H, W), float32
     w : ndarray, shape (F, n_w), float32
-    grid : vnumba.rbf.RBFGrid
+    grid : vnumba.ops.rbf.RBFGrid
 
     Returns
     -------
@@ -226,13 +226,13 @@ def rbf_apply(x, w, grid, *, tiling: Tiling | None = None):
 
 def rbf_weight_grad(x, c0, c1, grid, *, tiling: Tiling | None = None):
     """Gradient of ``Σ c0 φ(x) + c1 φ'(x)`` with respect to the weights, as
-    :func:`vnumba.rbf.rbf_weight_grad`.
+    :func:`vnumba.ops.rbf.rbf_weight_grad`.
 
     Parameters
     ----------
     x, c0 : ndarray, shape (N, F, H, W), float32
     c1 : ndarray of the same shape, or None
-    grid : vnumba.rbf.RBFGrid
+    grid : vnumba.ops.rbf.RBFGrid
 
     Returns
     -------
@@ -285,7 +285,7 @@ def _project(k, radius, filter_ndim, zero_mean, tiling):
 
 
 def project_l1_ball(k, radius=1.0, filter_ndim=3, *, tiling: Tiling | None = None):
-    """Projection of every filter onto the l1 ball (as :func:`vnumba.projections.project_l1_ball`,
+    """Projection of every filter onto the l1 ball (as :func:`vnumba.ops.projections.project_l1_ball`,
     but returning a new array).
 
     Parameters
@@ -304,13 +304,13 @@ def project_l1_ball(k, radius=1.0, filter_ndim=3, *, tiling: Tiling | None = Non
 
 def project_zero_mean_l1_ball(k, radius=1.0, filter_ndim=3, *, tiling: Tiling | None = None):
     """Projection of every filter onto ``{sum = 0} ∩ {‖·‖₁ <= radius}`` (as
-    :func:`vnumba.projections.project_zero_mean_l1_ball`, but returning a new array)."""
+    :func:`vnumba.ops.projections.project_zero_mean_l1_ball`, but returning a new array)."""
     return _project(k, radius, filter_ndim, True, tiling)
 
 
 # ----------------------------------------------------------------------------- Adam and loss
 def adam_update(p, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, *, tiling: Tiling | None = None):
-    """One Adam update (iteration ``t``, 1-based) of flat arrays, as :class:`vnumba.optim.Adam`.
+    """One Adam update (iteration ``t``, 1-based) of flat arrays, as :class:`vnumba.ops.optim.Adam`.
 
     Parameters
     ----------
@@ -338,7 +338,7 @@ def adam_update(p, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, *, tiling: 
 
 def training_loss(u_T, gu, m_T, gm, *, tiling: Tiling | None = None):
     """Loss ``mean_s [1/6 ‖u_T − g_u‖² + 1/2 ‖m_T − g_m‖²] / (H W)`` and its gradient at
-    ``(u_T, m_T)`` (as :func:`vnumba.model.loss_and_grad`).
+    ``(u_T, m_T)`` (as :func:`vnumba.vn.model.loss_and_grad`).
 
     Parameters
     ----------

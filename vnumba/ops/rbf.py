@@ -16,7 +16,7 @@ and produces denormal floats (``docs/method`` §5).  With the nearest centre ``j
 
 so each value needs two exponentials, not ``2 radius + 1``, and ``phi`` is ``A`` times a
 polynomial in ``B`` and ``1/B`` whose coefficients ``w[c, j0 + k] exp(-k^2 s^2 / 2)`` are
-tabulated per channel and centre; the kernels (:mod:`vnumba.fused`) evaluate it by Horner's
+tabulated per channel and centre; the kernels (:mod:`vnumba.ops.fused`) evaluate it by Horner's
 rule, derivatives carried along (``docs/gradients.md`` §2).  Both exponentials have arguments
 in ``[-1/2, 1/2]`` (after squarings for narrow Gaussians) and are Taylor polynomials exact to
 double rounding.
@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_tables
+from vnumba.ops.fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_tables
 
 __all__ = ["RBFGrid", "rbf_apply", "rbf_weight_grad", "rbf_basis"]
 
 
 class RBFGrid:
-    """Centres and width of the RBF expansion taken from a :class:`~vnumba.config.ModelConfig`."""
+    """Centres and width of the RBF expansion taken from a :class:`~vnumba.vn.config.ModelConfig`."""
 
     def __init__(self, cfg):
         self.mu0 = float(cfg.rbf_min)

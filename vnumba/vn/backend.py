@@ -1,7 +1,7 @@
 """The one place where the compute backend is chosen.
 
 ``get_backend("cpu")`` runs the Numba ``@njit`` kernels; ``get_backend("cuda")`` the
-``numba.cuda`` kernels of :mod:`vnumba.gpu` (optional extra ``pip install -e .[cuda]``).
+``numba.cuda`` kernels of :mod:`vnumba.vn.gpu` (optional extra ``pip install -e .[cuda]``).
 The CPU path never imports anything that needs a GPU driver; asking for ``cuda`` without a
 usable GPU raises :class:`BackendUnavailable` with the reason.
 """
@@ -32,15 +32,15 @@ class CPUTrainer:
     """
 
     def __init__(self, arch, cfg, params, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-        from .optim import Adam
+        from vnumba.ops.optim import Adam
         self.arch, self.cfg, self._params = arch, cfg, params
         if arch == "vn":
-            from . import model
-            from .projections import project_params
+            from vnumba.vn import model
+            from vnumba.ops.projections import project_params
             self._loss_and_grad = model.loss_and_grad
             project = lambda p: project_params(p, cfg)  # noqa: E731
         elif arch == "unet":
-            from . import unet
+            from vnumba.unet import network as unet
             self._loss_and_grad = unet.loss_and_grad
             project = lambda p: unet.project(p, cfg)  # noqa: E731
         else:
@@ -70,7 +70,7 @@ class CPUBackend:
 
     @staticmethod
     def forward(params, cfg, u0, m0=None):
-        from . import model
+        from vnumba.vn import model
         return model.forward(params, cfg, u0, m0)
 
     @staticmethod
@@ -107,7 +107,7 @@ def get_backend(name: str = "cpu"):
         return CPUBackend()
     if name == "cuda":
         try:
-            from .gpu import engine
+            from vnumba.vn.gpu import engine
         except ImportError as e:
             raise BackendUnavailable(
                 f"the cuda backend needs the optional extra: pip install -e .[cuda] ({e})") from None

@@ -1,14 +1,14 @@
-"""Fast CPU kernels behind :mod:`vnumba.conv` and :mod:`vnumba.rbf` (private).
+"""Fast CPU kernels behind :mod:`vnumba.ops.conv` and :mod:`vnumba.ops.rbf` (private).
 
 Everything here is an ``@njit`` kernel without argument checks; the public, checked entry
-points are in :mod:`vnumba.conv` and :mod:`vnumba.rbf`.  NumPy references for each kernel
+points are in :mod:`vnumba.ops.conv` and :mod:`vnumba.ops.rbf`.  NumPy references for each kernel
 are in ``tests/naive.py`` (block "fused kernels (perf)"), compared in ``tests/test_fused.py``.
 
 Why the loops look the way they do (this CPU: 2 AVX2 cores, no SVML; ``bench/README.md``):
 
 * **Convolutions** — ``_corr_valid_tiled``: register tiles of three output channels ×
   four SIMD vectors of one output row (3 × 32 float32 values), written with the explicit
-  vector type of :mod:`vnumba.simd`, so the twelve accumulators stay in registers over all
+  vector type of :mod:`vnumba.ops.simd`, so the twelve accumulators stay in registers over all
   ``C·ks²`` taps (one flat loop over precomputed input offsets).  Each tap costs four vector
   loads, three broadcasts and twelve fused multiply-adds: the loop runs at the FMA units'
   rate instead of being bound by accumulator loads and stores.  Parallel over
@@ -42,7 +42,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .simd import (lanes, load, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
+from vnumba.ops.simd import (lanes, load, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
                    vmul, vsplat, vstore, vstore_index, vsub, vsum, vtailmask, vwhere_between)
 
 # Fast-math flags of the kernels on the forward path: contraction to FMA and the like, but

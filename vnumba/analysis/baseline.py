@@ -3,7 +3,7 @@
 What image analysts commonly do without learning: separate the haematoxylin stain by colour
 deconvolution (Ruifrok & Johnston 2001, ``skimage.color.rgb2hed``), smooth it slightly,
 threshold it (Otsu's threshold by default), fill holes, drop specks, and split touching
-nuclei with a distance-transform watershed (:func:`vnumba.objects.split_touching`).  It finds
+nuclei with a distance-transform watershed (:func:`vnumba.analysis.objects.split_touching`).  It finds
 *all* nuclei; it has no notion of tumour versus immune cell, which is the point of the
 comparison in ``vnumba.evaluate``.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import from_dict
-from .objects import split_touching
+from vnumba.vn.config import from_dict
+from vnumba.analysis.objects import split_touching
 
 __all__ = ["BaselineConfig", "haematoxylin", "segment_nuclei"]
 
@@ -35,7 +35,7 @@ class BaselineConfig:
     fill_holes : bool
         Fill holes in the thresholded mask (pale nucleoli and vesicular chromatin).
     split_h : float
-        Watershed split depth (:func:`vnumba.objects.split_touching`).
+        Watershed split depth (:func:`vnumba.analysis.objects.split_touching`).
     """
 
     sigma: float = 1.0

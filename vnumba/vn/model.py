@@ -14,15 +14,15 @@ Notation follows the article (eq. 1–3) and ``docs/gradients.md``, which derive
     u ← clip(u − ∇_u E, 0, 1),  m ← clip(m − ∇_m E, 0, 1)
 
 Parameters are a dict ``name -> array`` stacked over steps (see
-:func:`vnumba.config.param_shapes`); ``step_params(params, t)`` views one step.
+:func:`vnumba.vn.config.param_shapes`); ``step_params(params, t)`` views one step.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .config import ModelConfig, PARAM_NAMES, param_shapes
-from .conv import conv_adjoint, conv_forward, conv_kernel_grad
-from .rbf import RBFGrid, rbf_apply, rbf_weight_grad, rbf_basis
+from vnumba.vn.config import ModelConfig, PARAM_NAMES, param_shapes
+from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
+from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
 
 __all__ = [
     "init_params", "step_params", "step_forward", "step_backward", "forward",
@@ -48,9 +48,9 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) ->
     Returns
     -------
     dict of ndarray
-        Shapes as :func:`vnumba.config.param_shapes`.
+        Shapes as :func:`vnumba.vn.config.param_shapes`.
     """
-    from .projections import project_params
+    from vnumba.ops.projections import project_params
 
     grid = RBFGrid(cfg)
     shapes = param_shapes(cfg)
@@ -272,7 +272,7 @@ def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = F
     Parameters
     ----------
     params : dict
-        Stacked parameters (:func:`vnumba.config.param_shapes`).
+        Stacked parameters (:func:`vnumba.vn.config.param_shapes`).
     cfg : ModelConfig
     u0 : ndarray, shape (N, C, H, W), the parameters' dtype, values in [0, 1]
     m0 : ndarray, shape (N, H, W), optional

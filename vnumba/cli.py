@@ -1,0 +1,71 @@
+"""Command-line helpers shared by the entry points (app layer): argument types that name the
+option in their one-line error, and the object-extraction options of predict and evaluate."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def _positive_float(s):
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+#: Plausible pixel sizes (µm/px): from beyond 100x objectives to a 0.2x overview.
+MPP_RANGE = (0.01, 50.0)
+
+
+def _pixel_size(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not (np.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]):
+        raise argparse.ArgumentTypeError(f"a pixel size in um/px must lie in "
+                                         f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {s}")
+    return v
+
+
+def _non_negative(s):
+    v = float(s)
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
+    return v
+
+
+def _count(s):
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    return v
+
+
+def _unit_float(s):
+    v = float(s)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {s}")
+    return v
+
+
+def add_extraction_options(p) -> None:
+    """``--split-um``, ``--min-area-um2`` and their pixel overrides ``--split-h``, ``--min-area``
+    (one definition for predict and evaluate)."""
+    from vnumba.analysis.objects import MIN_AREA_UM2, SPLIT_UM
+    p.add_argument("--split-um", type=_non_negative, default=SPLIT_UM,
+                   help=f"watershed split depth for touching objects in um ({SPLIT_UM})")
+    p.add_argument("--min-area-um2", type=_non_negative, default=MIN_AREA_UM2,
+                   help=f"drop objects smaller than this many um^2 ({MIN_AREA_UM2})")
+    p.add_argument("--split-h", type=_non_negative, default=None,
+                   help="split depth in pixels of the image (overrides --split-um)")
+    p.add_argument("--min-area", type=_count, default=None,
+                   help="minimum object area in pixels of the image (overrides --min-area-um2)")

@@ -1,0 +1,386 @@
+"""Train a coupled variational network (or the U-Net baseline) on a synthetic dataset.
+
+Usage::
+
+    python -m vnumba.train DATA.h5 [--iters 1500] [--batch 8] [--lr 1e-4] [--crop 96]
+                                   [--out model.h5] [--log train.csv] [--resume] ...
+
+Batches stream from the HDF5 file (one sample read at a time).  Every iteration prints the
+loss, the mask accuracy at threshold 1/2, the PSNR of ``u_T``, iterations per second and
+the ETA, and appends the same figures to the CSV log.  A checkpoint (parameters, Adam
+moments, iteration, elapsed time) is written atomically every ``--checkpoint-every``
+iterations; ``--resume`` continues from it and reproduces an uninterrupted run exactly,
+because the batch of iteration ``i`` depends only on ``(seed, i)``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vnumba.vn.config import ModelConfig
+from vnumba.io.dataset import SyntheticDataset, batch_plan
+from vnumba.io.models import Model, atomic_h5, read_model_group, save_model, write_model_group
+from vnumba.io.outputs import OutputLock, check_outputs, remove_stale_temporaries
+
+__all__ = ["TrainOptions", "train", "lr_at", "dataset_identity", "ADAM_EPS", "LOG_COLUMNS"]
+
+LOG_COLUMNS = ["iter", "loss", "accuracy", "psnr", "seconds", "lr"]
+
+
+#: Adam's eps.  The loss (3) is divided by batch size and pixel count, which puts the
+#: gradients of the filters, RBF weights and λ at 1e-9 ... 1e-7 at initialisation
+#: (``bench/grad_scale.py``); with the customary eps = 1e-8 the denominator
+#: ``sqrt(v) + eps`` would then be dominated by eps, turning Adam into a damped SGD step.
+#: 1e-12 keeps eps three orders below the smallest typical gradient, i.e. Adam's
+#: scale-free update as in the article.
+ADAM_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything a training run needs (the fields of ``python -m vnumba.train``'s options).
+
+    ``data`` is the HDF5 dataset (:mod:`vnumba.io.dataset`); ``lr`` None means the
+    architecture's default; ``crop`` None trains on whole images; ``log`` and ``checkpoint``
+    None put them next to ``out``.
+    """
+
+    data: str
+    arch: str = "vn"
+    steps: int = 10
+    iters: int = 1500
+    batch: int = 8
+    lr: float | None = None
+    adam_eps: float = ADAM_EPS
+    lr_schedule: str = "constant"
+    crop: int | None = None
+    seed: int = 0
+    out: str = "model.h5"
+    log: str | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int = 25
+    resume: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    nf_u: int = 20
+    nf_m: int = 4
+    ks_u: int = 11
+    ks_m: int = 5
+    ks: int = 5
+    zero_mean_u: str = "auto"
+    unet_width: int = 32
+    quiet: bool = False
+
+
+def lr_at(lr: float, it: int, iters: int, schedule: str) -> float:
+    """Step size of iteration ``it`` (0-based): ``constant`` or ``cosine`` from ``lr`` down
+    to ``lr / 20`` at the last iteration."""
+    if schedule == "constant" or iters <= 1:
+        return lr
+    lo = lr / 20.0
+    return lo + 0.5 * (lr - lo) * (1.0 + np.cos(np.pi * it / (iters - 1)))
+
+
+def _set_lr(trainer, lr: float) -> None:
+    # CPUTrainer keeps it in its Adam object, CudaTrainer on itself.
+    if hasattr(trainer, "opt"):
+        trainer.opt.lr = float(lr)
+    else:
+        trainer.lr = float(lr)
+
+
+#: Largest parameter magnitude a training may reach.  Trained filters, RBF weights and λ are
+#: of order 1e-3 ... 1e2; a value beyond this means the step size has blown the run up (the
+#: projections keep the loss finite, so the loss alone does not show it).
+WEIGHT_LIMIT = 1e6
+
+
+def _check_weights(params, done_it: int) -> None:
+    for k, v in params.items():
+        v = np.asarray(v)
+        if not np.all(np.isfinite(v)):
+            raise FloatingPointError(f"parameter {k} became non-finite at iteration {done_it}")
+        m = float(np.abs(v).max(initial=0.0))
+        if m > WEIGHT_LIMIT:
+            raise FloatingPointError(f"parameter {k} exploded at iteration {done_it} "
+                                     f"(max |{k}| = {m:.3g} > {WEIGHT_LIMIT:g})")
+
+
+def _model_config(args, ds):
+    if args.arch == "unet":
+        from vnumba.unet.network import UNetConfig
+        return UNetConfig(n_channels=ds.channels, width=args.unet_width)
+    from vnumba.scenarios import get as scenario_facts
+
+    # auto: the scenario's constraint flag (the article drops zero mean for fluorescence).
+    zm = {"on": True, "off": False}.get(args.zero_mean_u,
+                                        scenario_facts(ds.attrs.get("scenario")).zero_mean_u)
+    return ModelConfig(n_steps=args.steps, n_channels=ds.channels, nf_u=args.nf_u, nf_m=args.nf_m,
+                       ks_u=args.ks_u, ks_m=args.ks_m, ks=args.ks, zero_mean_u=zm)
+
+
+def _meta(ds, args, lr):
+    meta = {"channels": ds.channels, "dataset": str(ds.path)}
+    for k in ("scenario", "mpp", "seed", "reinhard_mean", "reinhard_std"):
+        if k in ds.attrs:
+            v = ds.attrs[k]
+            meta[k if k != "seed" else "dataset_seed"] = v.tolist() if isinstance(v, np.ndarray) else v
+    norm = _script_normalization(ds.attrs.get("script"))
+    if norm is not None and "reinhard_mean" not in meta:
+        meta["reinhard_mean"], meta["reinhard_std"] = norm
+    meta["train"] = {"iters": args.iters, "batch": args.batch, "lr": lr, "crop": args.crop,
+                     "lr_schedule": args.lr_schedule, "adam_eps": args.adam_eps,
+                     "seed": args.seed, "device": args.device, "dtype": args.dtype}
+    return meta
+
+
+def _script_normalization(text):
+    """Reinhard target statistics from the scenario script stored with the dataset, if any."""
+    if not text:
+        return None
+    import tomllib
+    try:
+        norm = tomllib.loads(text).get("normalization", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    if norm.get("method", "reinhard") != "reinhard" or "target_mean" not in norm:
+        return None
+    return [float(v) for v in norm["target_mean"]], [float(v) for v in norm["target_std"]]
+
+
+def _fmt_time(s):
+    s = int(max(s, 0))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def dataset_identity(ds) -> str:
+    """SHA-256 of what makes a dataset the same data wherever it lies: its sample count and
+    shapes and its attrs (scenario, seed, script text, generator version, mpp, ...)."""
+    import hashlib
+
+    ident = {"n": ds.n, "shape": [ds.channels, ds.height, ds.width]}
+    for k, v in sorted(ds.attrs.items()):
+        ident[k] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run_mismatch(key: str, run: dict) -> list:
+    """What differs between a checkpoint's run key and this run (empty: the same run)."""
+    try:
+        old = json.loads(key)
+    except ValueError:
+        return ["unreadable run key"]
+    diffs = []
+    for k, v in run.items():
+        if k == "data" and "dataset_id" in old:
+            continue  # the dataset's identity is known: it may have been moved
+        if k == "dataset_id" and k not in old:
+            continue  # checkpoint written before identities were recorded: its path decides
+        if old.get(k) != v:
+            what = {"data": "dataset path", "dataset_id": "dataset content", "cfg": "model config"}
+            diffs.append(f"{what.get(k, k)} differs" + (f": {old.get(k)} vs {v}"
+                                                        if k in ("seed", "batch", "crop", "lr", "dtype",
+                                                                 "eps", "schedule", "iters", "arch")
+                                                        else ""))
+    return diffs
+
+
+def _write_checkpoint(path, model, opt_state, iteration, elapsed, run_key, rows=None):
+    def write(f):
+        write_model_group(f, model)
+        g = f.create_group("optimizer")
+        for k, v in opt_state.items():
+            g.create_dataset(k, data=np.asarray(v))
+        f.attrs["iteration"] = iteration
+        f.attrs["elapsed"] = elapsed
+        f.attrs["run_key"] = run_key
+        if rows is not None:
+            # A copy of the log up to this iteration: a deleted or truncated log is rebuilt.
+            f.attrs["log_csv"] = "\n".join(",".join(r) for r in rows)
+    atomic_h5(path, write)
+
+
+def _read_checkpoint(path):
+    """Model, optimizer state, iteration, elapsed seconds, run key and log rows (or None)."""
+    try:
+        with h5py.File(path, "r") as f:
+            model = read_model_group(f, str(path))
+            if "optimizer" not in f or "iteration" not in f.attrs or "run_key" not in f.attrs:
+                missing = [k for k, ok in (("optimizer", "optimizer" in f),
+                                           ("iteration", "iteration" in f.attrs),
+                                           ("run_key", "run_key" in f.attrs)) if not ok]
+                raise ValueError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+            opt = {}
+            f["optimizer"].visititems(lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
+            rows = None
+            if "log_csv" in f.attrs:
+                text = f.attrs["log_csv"]
+                text = text.decode() if isinstance(text, bytes) else str(text)
+                rows = [line.split(",") for line in text.split("\n") if line]
+            return (model, opt, int(f.attrs["iteration"]), float(f.attrs.get("elapsed", 0.0)),
+                    str(f.attrs["run_key"]), rows)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or foreign file): {e}") from None
+
+
+def _rewrite_log(path, rows):
+    from vnumba.io.outputs import temp_path
+
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(LOG_COLUMNS)
+            w.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_log(path, upto):
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as fh:
+        r = csv.reader(fh)
+        next(r, None)
+        return [row for row in r if row and int(row[0]) <= upto]
+
+
+def train(args: TrainOptions) -> Model:
+    """Run training as configured by ``args``; return the model.
+
+    Parameters
+    ----------
+    args : TrainOptions
+        (An ``argparse.Namespace`` with the same attributes works too.)
+    """
+    for name, v, lo in (("--iters", args.iters, 0), ("--batch", args.batch, 1),
+                        ("--checkpoint-every", args.checkpoint_every, 1), ("--steps", args.steps, 1),
+                        ("--seed", args.seed, 0), ("--crop", args.crop, 1)):
+        if v is not None and v < lo:
+            raise SystemExit(f"error: {name} must be >= {lo}, got {v}")
+    if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
+        raise SystemExit(f"error: --lr must be a positive number, got {args.lr}")
+    if not (np.isfinite(args.adam_eps) and args.adam_eps > 0):
+        raise SystemExit(f"error: --adam-eps must be a positive number, got {args.adam_eps}")
+    out = Path(args.out)
+    log_path = Path(args.log) if args.log else out.with_suffix(".csv")
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.h5")
+    dtype = np.dtype(args.dtype)
+    # Before anything is read or written: no output may replace the dataset or another output.
+    check_outputs({"dataset": args.data}, {"--out": out, "--log": log_path,
+                                           "--checkpoint": ckpt_path})
+    for p in (out, log_path, ckpt_path):
+        remove_stale_temporaries(p)
+    with OutputLock(out):
+        return _train_locked(args, out, log_path, ckpt_path, dtype)
+
+
+def _train_locked(args, out, log_path, ckpt_path, dtype):
+    from vnumba.vn.backend import get_backend
+    from vnumba.vn.model import batch_metrics
+
+    ds = SyntheticDataset(args.data)
+    scenario = ds.attrs.get("scenario", "")
+    lr = args.lr if args.lr is not None else (5e-5 if args.arch == "unet" else 1e-4)
+    cfg = _model_config(args, ds)
+    crop = args.crop
+    if args.batch > ds.n:
+        raise SystemExit(f"error: --batch {args.batch} is larger than the dataset {ds.path} "
+                         f"({ds.n} samples)")
+    if crop is not None and (crop > ds.height or crop > ds.width):
+        raise SystemExit(f"error: --crop {crop} is larger than the images ({ds.height}x{ds.width})")
+    if args.arch == "unet":
+        from vnumba.unet import network as unet
+        side = crop or min(ds.height, ds.width)
+        if side % (2 ** (cfg.scales - 1)):
+            raise SystemExit(f"error: the U-Net needs image/crop sizes divisible by {2 ** (cfg.scales - 1)}")
+        init = unet.init_params
+    else:
+        from vnumba.vn.model import init_params as init
+    run = {"data": str(Path(args.data).resolve()), "dataset_id": dataset_identity(ds),
+           "arch": args.arch, "cfg": cfg.to_dict(), "seed": args.seed, "batch": args.batch,
+           "crop": crop, "lr": lr, "dtype": args.dtype, "eps": args.adam_eps,
+           "schedule": args.lr_schedule,
+           **({"iters": args.iters} if args.lr_schedule != "constant" else {})}
+    run_key = json.dumps(run, sort_keys=True)
+    backend = get_backend(args.device)
+
+    start_it, elapsed0, rows = 0, 0.0, []
+    params = opt_state = None
+    if args.resume and ckpt_path.exists():
+        model, opt_state, start_it, elapsed0, key, ck_rows = _read_checkpoint(ckpt_path)
+        diff = _run_mismatch(key, run)
+        if diff:
+            raise SystemExit(f"error: checkpoint {ckpt_path} belongs to a different run "
+                             f"({'; '.join(diff)})")
+        if args.iters < start_it:
+            raise SystemExit(f"error: --iters {args.iters} is below the checkpoint's iteration "
+                             f"{start_it} ({ckpt_path}); give --iters >= {start_it}")
+        params = model.params
+        rows = ck_rows if ck_rows is not None else _read_log(log_path, start_it)
+        if len(rows) != start_it or [int(r[0]) for r in rows] != list(range(1, start_it + 1)):
+            raise SystemExit(f"error: log {log_path} holds {len(rows)} of the checkpoint's "
+                             f"{start_it} iterations and the checkpoint has no copy of it; "
+                             f"restore the log or start afresh without --resume")
+        print(f"resuming from {ckpt_path} at iteration {start_it}", flush=True)
+    elif args.resume:
+        print(f"no checkpoint at {ckpt_path}; starting from scratch", flush=True)
+    if params is None:
+        rng = np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(0,)))
+        params = init(cfg, rng, dtype)
+    trainer = backend.trainer(args.arch, cfg, params, lr, eps=args.adam_eps)
+    if opt_state is not None:
+        trainer.load_optimizer_state(opt_state)
+    # The log is only (re)written together with a checkpoint, so a run that fails before its
+    # first one leaves the previous run's model, checkpoint and log as they were.
+
+    meta = _meta(ds, args, lr)
+    n_params = sum(v.size for v in params.values())
+    print(f"training {args.arch} on {ds.path} ({ds.n} samples {ds.height}x{ds.width}, scenario "
+          f"{scenario or '?'}): {n_params} parameters, {args.iters} iterations, batch {args.batch}, "
+          f"crop {crop or 'none'}, lr {lr:g}, device {args.device}", flush=True)
+    t0 = time.perf_counter()
+    last_ckpt = start_it
+    for it in range(start_it, args.iters):
+        plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
+        u0, gu, gm = ds.batch(plan, dtype)
+        lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
+        _set_lr(trainer, lr_it)
+        loss, u_T, m_T = trainer.step(u0, gu, gm)
+        _check_weights(trainer.params(), done_it=it + 1)
+        met = batch_metrics(u_T, m_T, gu, gm)
+        elapsed = elapsed0 + time.perf_counter() - t0
+        done = it + 1
+        rows.append([str(done), f"{loss:.8g}", f"{met['accuracy']:.6f}", f"{met['psnr']:.4f}",
+                     f"{elapsed:.2f}", f"{lr_it:g}"])
+        rate = (done - start_it) / max(time.perf_counter() - t0, 1e-9)
+        if not args.quiet or done % 10 == 0 or done == args.iters:
+            print(f"iter {done:5d}/{args.iters}  loss {loss:.5g}  acc {100 * met['accuracy']:6.2f}%  "
+                  f"psnr {met['psnr']:6.2f} dB  {rate:.3g} it/s  ETA {_fmt_time((args.iters - done) / rate)}",
+                  flush=True)
+        if done % args.checkpoint_every == 0 or done == args.iters:
+            mdl = Model(args.arch, cfg, trainer.params(), dict(meta, iterations=done))
+            # Log first: a crash between the two leaves a log ahead of the checkpoint,
+            # which a resume cuts back to the checkpoint's iteration (its own copy).
+            _rewrite_log(log_path, rows)
+            _write_checkpoint(ckpt_path, mdl, trainer.optimizer_state(), done, elapsed, run_key,
+                              rows)
+            last_ckpt = done
+    elapsed = elapsed0 + time.perf_counter() - t0
+    meta.update(iterations=args.iters, train_seconds=round(elapsed, 2))
+    model = Model(args.arch, cfg, {k: np.array(v) for k, v in trainer.params().items()}, meta)
+    save_model(out, model)
+    ds.close()
+    print(f"saved {out} after {args.iters} iterations ({_fmt_time(elapsed)}); log {log_path}; "
+          f"checkpoint {ckpt_path} (iteration {last_ckpt})", flush=True)
+    return model
