@@ -147,7 +147,7 @@ def main(argv=None):
         run_forward()
     t_fwd = (time.perf_counter() - t0) / args.iters
     fwd_bytes = net.nbytes + ws.nbytes
-    del ws, net
+    ws = net = None  # free the device buffers (run_forward is not called again)
 
     # ... and the public function end to end (upload, forward, download), once.
     t0 = time.perf_counter()

@@ -78,8 +78,9 @@ def main(argv=None):
     if args.batch < 1 or args.repeats < 1:
         ap.error("--batch and --repeats must be >= 1")
 
-    from vnumba.ops.optim import Adam
     import numba
+
+    from vnumba.ops.optim import Adam
 
     cfg = unet.UNetConfig(width=args.width, scales=args.scales)
     bad = [s for s in args.sizes if s < 1 or s % cfg.size_multiple]

@@ -3,10 +3,10 @@ a GPU, and report registers, shared memory and spills (``ptxas -v``).
 
 Step 1 (a subprocess under the CUDA simulator) runs one training iteration and one forward
 pass of the engine, and every wrapper of :mod:`vnumba.vn.gpu.ops`, with the hardware tiles,
-recording each launch's kernel and argument types instead of running it.  Step 2 compiles each recorded kernel to PTX with NVVM and, if
-``ptxas`` is found, assembles it.  Needs libNVVM (``pip install numba-cuda[cu12]``), no
-driver.  A kernel that fails to compile on the device target fails here, before any GPU
-time is spent.
+recording each launch's kernel and argument types instead of running it.  Step 2 compiles
+each recorded kernel to PTX with NVVM and, if ``ptxas`` is found, assembles it.  Needs
+libNVVM (``pip install numba-cuda[cu12]``), no driver.  A kernel that fails to compile on
+the device target fails here, before any GPU time is spent.
 
 Usage::
 
@@ -114,9 +114,9 @@ def _record():
 
 
 def _numba_type(d):
+    import numpy as np
     from numba import types
     from numba.np.numpy_support import from_dtype
-    import numpy as np
     if d[0] == "array":
         return types.Array(from_dtype(np.dtype(d[1])), d[2], d[3])
     return {"bool": types.boolean, "int64": types.int64, "float64": types.float64,
@@ -133,8 +133,9 @@ def main(argv=None):
     os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
     from types import SimpleNamespace
 
-    from numba import cuda
     import numba.cuda.dispatcher as dispatcher
+    from numba import cuda
+
     from vnumba.vn.gpu import kernels as K
 
     # Device functions are compiled for "the current device"; without a driver, name the

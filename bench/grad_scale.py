@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vnumba.vn.config import ModelConfig  # noqa: E402
 from vnumba.io.dataset import SyntheticDataset, batch_plan  # noqa: E402
-from vnumba.vn.model import init_params, loss_and_grad  # noqa: E402
 from vnumba.training.trainer import ADAM_EPS  # noqa: E402
+from vnumba.vn.config import ModelConfig  # noqa: E402
+from vnumba.vn.model import init_params, loss_and_grad  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,9 @@
 """Convolution operators: kernels vs NumPy references and dot-product (adjoint) tests."""
+import naive
 import numpy as np
 import pytest
 
 from vnumba.ops import conv
-import naive
 
 SHAPES = [  # N, C, O, H, W, ks
     (2, 3, 4, 9, 8, 5),

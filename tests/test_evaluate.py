@@ -1,16 +1,24 @@
 import json
 
+import naive
 import numpy as np
 import pytest
-
-import naive
 from predict_helpers import FakeLocalModel, puma_crop, save_tiny_model
+
 from vnumba import evaluate
 from vnumba.analysis import evaluation
-from vnumba.analysis.evaluation import (DensityRule, density_selection, detection_metrics,
-                             find_annotated_images, instance_majority_class, match_points,
-                             nominal_mpp, pixel_metrics, scenario_rule,
-                             target_from_annotations)
+from vnumba.analysis.evaluation import (
+    DensityRule,
+    density_selection,
+    detection_metrics,
+    find_annotated_images,
+    instance_majority_class,
+    match_points,
+    nominal_mpp,
+    pixel_metrics,
+    scenario_rule,
+    target_from_annotations,
+)
 
 
 # ----------------------------------------------------------------------------- pixel scores
@@ -340,6 +348,7 @@ def _write_case(folder, name, squares, shape):
 
 def test_cli_marked_fractions_per_folder_all_background_and_figure(tmp_path, capsys, monkeypatch):
     import imageio.v3 as iio
+
     import vnumba.evaluate
 
     data = tmp_path / "data"

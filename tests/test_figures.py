@@ -1,8 +1,8 @@
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from predict_helpers import save_tiny_model
+
 from vnumba import figures
 from vnumba.analysis.plots import overlay_contours, plot_panels, plot_training_curves, read_training_log
 

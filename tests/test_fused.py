@@ -7,16 +7,32 @@ written with (vnumba.ops.simd) against NumPy."""
 import math
 from fractions import Fraction
 
+import naive
 import numpy as np
 import pytest
 from numba import njit
 
 from vnumba.ops import fused
-from vnumba.vn.config import ModelConfig
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
-from vnumba.ops.simd import (lanes, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
-                         vsplat, vstore, vstore_index, vsub, vsum, vwhere_between)
-import naive
+from vnumba.ops.simd import (
+    lanes,
+    sfloor,
+    sfma,
+    vadd,
+    vbcast,
+    vdiv,
+    vfloor,
+    vfma,
+    vload,
+    vload_head,
+    vsplat,
+    vstore,
+    vstore_index,
+    vsub,
+    vsum,
+    vwhere_between,
+)
+from vnumba.vn.config import ModelConfig
 
 
 @pytest.mark.parametrize("N,C,O,H,W,ks", [(1, 3, 5, 7, 9, 5), (2, 2, 3, 6, 5, 3), (1, 1, 8, 5, 6, 1)])

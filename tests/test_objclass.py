@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-
 from predict_helpers import FakeLocalModel
+
 from vnumba import evaluate
-from vnumba.analysis.objfilter import (FEATURES, ObjectFilter, fit_logistic, object_features,
-                             object_targets)
+from vnumba.analysis.objfilter import FEATURES, ObjectFilter, fit_logistic, object_features, object_targets
 
 
 def _disc(shape, cy, cx, r):
@@ -91,6 +90,7 @@ def test_apply_removes_rejected_objects_and_renumbers():
 
 def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monkeypatch, capsys):
     import imageio.v3 as iio
+
     import vnumba.evaluate
 
     rgb, prob, lab = _scene()
@@ -116,8 +116,9 @@ def test_evaluation_reports_the_filtered_variant_beside_the_model(tmp_path, monk
     assert filt_r["classes"]["tumour"]["marked"] == 1
     assert filt_r["objects"]["f1"] == 1.0 and plain["objects"]["fp"] == 9
     # the figure shows the filtered variant beside the model
-    from vnumba.analysis.plots import plot_marked_fractions
     import matplotlib
+
+    from vnumba.analysis.plots import plot_marked_fractions
     matplotlib.use("Agg")
     captured = {}
     import matplotlib.axes
@@ -136,6 +137,7 @@ def test_predict_cli_writes_only_the_objects_the_filter_keeps(tmp_path, monkeypa
     import csv
 
     import imageio.v3 as iio
+
     import vnumba.predict
 
     rgb, _, lab = _scene()

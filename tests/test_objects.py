@@ -5,9 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from vnumba.analysis.objects import (label_objects, object_polygons, object_table, objects_to_geojson,
-                            split_touching, table_to_csv, write_objects_csv,
-                            write_objects_geojson)
+from vnumba.analysis.objects import (
+    label_objects,
+    object_polygons,
+    object_table,
+    objects_to_geojson,
+    split_touching,
+    table_to_csv,
+    write_objects_csv,
+    write_objects_geojson,
+)
 
 
 def _disc(shape, cy, cx, r):

@@ -4,11 +4,11 @@ import json
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from predict_helpers import FakeLocalModel, FakePoolModel, puma_crop, save_tiny_model, tiny_model
+
 from vnumba import predict
-from vnumba.io.images import decode_mask16
 from vnumba.analysis.inference import predict_array, predict_image, tile_windows
+from vnumba.io.images import decode_mask16
 
 
 @pytest.fixture

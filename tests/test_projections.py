@@ -1,12 +1,12 @@
 """Constraint projections checked against their definition: feasibility, idempotence,
 the variational inequality of a Euclidean projection, and optimality against random
 feasible points."""
+import naive
 import numpy as np
 import pytest
 
+from vnumba.ops.projections import project_l1_ball, project_params, project_zero_mean_l1_ball
 from vnumba.vn.config import ModelConfig
-from vnumba.ops.projections import project_l1_ball, project_zero_mean_l1_ball, project_params
-import naive
 
 
 def _random_zero_mean_l1(rng, n, radius):

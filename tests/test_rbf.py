@@ -1,11 +1,11 @@
 """RBF pointwise functions: window + Horner polynomials vs all-Gaussian reference, derivatives by
 finite differences, weight gradients."""
+import naive
 import numpy as np
 import pytest
 
-from vnumba.vn.config import ModelConfig
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
-import naive
+from vnumba.vn.config import ModelConfig
 
 
 def _setup(radius, seed=0, dtype=np.float64):

@@ -6,11 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from vnumba.analysis.evaluation import (ALL_BACKGROUND, MATCH_RADIUS, _n_images, _summary_line,
-                                        run_evaluation)
+from vnumba.analysis.evaluation import ALL_BACKGROUND, MATCH_RADIUS, _n_images, _summary_line, run_evaluation
 from vnumba.analysis.inference import load_model_arg
-from vnumba.cli import (_pixel_size, _positive_float, _positive_int, _unit_float,
-                        add_extraction_options)
+from vnumba.cli import _pixel_size, _positive_float, _positive_int, _unit_float, add_extraction_options
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 

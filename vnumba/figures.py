@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from vnumba.analysis.inference import load_model_arg, predict_image
-from vnumba.scenarios import NAMES as SCENARIO_NAMES
 from vnumba.analysis.plots import plot_panels, plot_training_curves
+from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
 def _index_list(s):

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vnumba.analysis.inference import (DEFAULT_TILE, OUTPUT_KINDS, load_model_arg, model_mpp,
-                                       normalise_colours, predict_image, write_prediction)
-from vnumba.cli import (_pixel_size, _positive_int, _unit_float, add_extraction_options)
+from vnumba.analysis.inference import (
+    DEFAULT_TILE,
+    OUTPUT_KINDS,
+    load_model_arg,
+    model_mpp,
+    normalise_colours,
+    predict_image,
+    write_prediction,
+)
+from vnumba.cli import _pixel_size, _positive_int, _unit_float, add_extraction_options
 from vnumba.io.images import read_image
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from vnumba.vn.config import from_dict
 from vnumba.analysis.objects import split_touching
+from vnumba.vn.config import from_dict
 
 __all__ = ["BaselineConfig", "haematoxylin", "segment_nuclei"]
 

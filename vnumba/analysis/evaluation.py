@@ -631,10 +631,10 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
     whether ``data_dir`` is its folder or a parent.
     """
     from vnumba.analysis.baseline import BaselineConfig, segment_nuclei
+    from vnumba.analysis.inference import predict_image
+    from vnumba.analysis.objects import extraction_pixels, label_objects
     from vnumba.analysis.plots import overlay_contours
     from vnumba.io.images import image_to_float, read_image, write_png
-    from vnumba.analysis.objects import extraction_pixels, label_objects
-    from vnumba.analysis.inference import predict_image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -776,7 +776,7 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
         from vnumba.analysis.plots import plot_marked_fractions
         plot_marked_fractions(report, out_dir / "marked_fractions.png")
         report["figures"].append("marked_fractions.png")
-    from vnumba.io.images import atomic_write_text
+    from vnumba.io.outputs import atomic_write_text
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=_jsonable))
     atomic_write_text(out_dir / "report.md", format_report(report))
     return report

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vnumba.io.images import (ImageData, encode_mask16, float_to_uint, image_to_float,
-                            match_channels, write_png)
+from vnumba.io.images import ImageData, encode_mask16, float_to_uint, image_to_float, match_channels, write_png
 
 __all__ = [
     "Prediction", "tile_windows", "predict_array", "model_channels", "model_mpp",
@@ -341,8 +340,8 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
     dict
         ``paths`` (name -> Path), ``n_objects``, ``labels`` (ndarray int32 (H, W)).
     """
-    from vnumba.analysis.plots import overlay_contours
     from vnumba.analysis.objects import label_objects, object_table, write_objects_csv, write_objects_geojson
+    from vnumba.analysis.plots import overlay_contours
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

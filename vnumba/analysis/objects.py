@@ -264,7 +264,7 @@ def table_to_csv(table: ObjectTable) -> str:
 
 def write_objects_csv(path, table: ObjectTable) -> None:
     """Write :func:`table_to_csv` atomically."""
-    from vnumba.io.images import atomic_write_text
+    from vnumba.io.outputs import atomic_write_text
     atomic_write_text(path, table_to_csv(table))
 
 
@@ -410,5 +410,5 @@ def _packed_rgb(rgb) -> int:
 
 def write_objects_geojson(path, labels: np.ndarray, table: ObjectTable, **kwargs) -> None:
     """Write :func:`objects_to_geojson` atomically."""
-    from vnumba.io.images import atomic_write_text
+    from vnumba.io.outputs import atomic_write_text
     atomic_write_text(path, json.dumps(objects_to_geojson(labels, table, **kwargs)))

@@ -210,8 +210,8 @@ def fit_object_filter(model, data_path, n: int = 200, recall: float = 0.95, thre
     split depth ``split_um`` and smallest area ``min_area_um2`` converted at the dataset's pixel
     size, as predict and evaluate convert them at each image's.
     """
-    from vnumba.io.dataset import SyntheticDataset
     from vnumba.analysis.objects import extraction_pixels, label_objects
+    from vnumba.io.dataset import SyntheticDataset
 
     mpp = float(model.meta.get("mpp") or 0) or None
     ds = SyntheticDataset(data_path)

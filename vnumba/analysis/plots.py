@@ -283,7 +283,7 @@ def plot_marked_fractions(report: dict, out_png, per_folder: bool = True, dpi: i
     epithelial — those that occur) and one bar per method, side by side, labelled
     ``marked / nuclei``.  A nucleus is marked when at least half of its pixels are in the
     method's thresholded mask (:func:`vnumba.evaluate.class_marking`).  The file is written
-    atomically (:func:`vnumba.io.images.atomic_write_bytes`).
+    atomically (:func:`vnumba.io.outputs.atomic_write_bytes`).
 
     Parameters
     ----------
@@ -310,8 +310,8 @@ def plot_marked_fractions(report: dict, out_png, per_folder: bool = True, dpi: i
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from vnumba.io.outputs import atomic_write_bytes
     from vnumba.scenarios import class_order as _class_order
-    from vnumba.io.images import atomic_write_bytes
 
     methods = [m["name"] for m in report.get("methods", [])] or list(report["overall"])
     # Scored variants (e.g. "NAME + object filter") that are not separate methods of the run.

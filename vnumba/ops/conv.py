@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from vnumba.ops.checks import check_array as _check_array, check_filter_bank
+from vnumba.ops.checks import check_array as _check_array
+from vnumba.ops.checks import check_filter_bank
 
 __all__ = [
     "pad_symmetric", "pad_symmetric_adjoint",

@@ -42,8 +42,27 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from vnumba.ops.simd import (lanes, load, sfloor, sfma, vadd, vbcast, vdiv, vfloor, vfma, vload, vload_head,
-                   vmul, vsplat, vstore, vstore_index, vsub, vsum, vtailmask, vwhere_between)
+from vnumba.ops.simd import (
+    lanes,
+    load,
+    sfloor,
+    sfma,
+    vadd,
+    vbcast,
+    vdiv,
+    vfloor,
+    vfma,
+    vload,
+    vload_head,
+    vmul,
+    vsplat,
+    vstore,
+    vstore_index,
+    vsub,
+    vsum,
+    vtailmask,
+    vwhere_between,
+)
 
 # Fast-math flags of the kernels on the forward path: contraction to FMA and the like, but
 # no reassociation (and no "no NaN" assumption): LLVM then computes a pixel the same way in the
