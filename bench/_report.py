@@ -32,8 +32,9 @@ def summary_table(rows, baseline: bool = False) -> str:
                 fr = [f"{cl[c]['marked_fraction']:.3f}" if cl.get(c, {}).get("marked_fraction")
                       is not None else "–" for c in CLASSES]
                 first = rep["methods"][0]["name"]
-                label = (f"{name}{meth[len(first):]}" if meth.startswith(first) and not is_base
-                         else meth)
+                # "NAME + object filter" is a variant of the first method, "NAME_unet" is not.
+                label = (name + meth[len(first):] if not is_base and (
+                    meth == first or meth.startswith(first + " ")) else meth)
                 out.append(f"| {label} | {folder} | {r['pixel']['accuracy']:.4f} | "
                            f"{'–' if f1 is None else f'{f1:.3f}'} | " + " | ".join(fr) + " |")
     return "\n".join(out)
