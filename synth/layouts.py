@@ -885,7 +885,7 @@ add_cli = add_subparser
 
 
 def _run(args) -> int:
-    from vnumba.io.images import atomic_write_text
+    from vnumba.io.outputs import atomic_write_text
 
     progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:

@@ -43,9 +43,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -837,8 +835,9 @@ def _usable(path: Path) -> bool:
 def save_reference(bundle: ReferenceBundle, path) -> Path:
     """Write ``bundle`` to ``path`` (HDF5) atomically.
 
-    The file is written to a temporary name in the same folder and moved into place with
-    :func:`os.replace`, so an interrupted run never leaves a file that looks complete.
+    The file is written to a temporary name in the same folder and moved into place
+    (:func:`vnumba.io.outputs.atomic_h5`), so an interrupted run never leaves a file that looks
+    complete.
 
     Layout (attrs on ``/``: ``format``, ``version``, ``mpp``, ``ref_image``, ``ref_lab_mean``,
     ``ref_lab_std``, ``config`` (JSON)): ``sources``, ``source_sha256``;
@@ -848,54 +847,43 @@ def save_reference(bundle: ReferenceBundle, path) -> Path:
     """
     import h5py
 
+    from vnumba.io.outputs import atomic_h5
+
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["mpp"] = float(bundle.mpp)
-            f.attrs["ref_image"] = bundle.ref_image
-            f.attrs["ref_lab_mean"] = np.asarray(bundle.ref_lab_mean, np.float64)
-            f.attrs["ref_lab_std"] = np.asarray(bundle.ref_lab_std, np.float64)
-            f.attrs["config"] = json.dumps(dataclasses.asdict(bundle.config))
-            str_dt = h5py.string_dtype()
-            f.create_dataset("sources", data=np.array(bundle.sources, dtype=object), dtype=str_dt)
-            f.create_dataset("source_sha256", data=np.array(bundle.source_sha256, dtype=object),
-                             dtype=str_dt)
-            _write_patch_group(f.create_group("nuclei"), NucleusSet(
-                bundle.nuclei, bundle.nuclei_source, bundle.nuclei_instance, bundle.nuclei_bbox))
-            for kind, ns in bundle.nucleus_sets.items():
-                _write_patch_group(f.create_group(f"nuclei_{kind}"), ns)
-            gt = f.create_group("textures")
-            for kind, ts in bundle.textures.items():
-                k = gt.create_group(kind)
-                k.create_dataset("patches", data=ts.patches.astype(np.uint8))
-                k.create_dataset("cohort", data=ts.cohort.astype(np.int8))
-                k.create_dataset("source", data=ts.source.astype(np.int32))
-                k.create_dataset("instance", data=ts.instance.astype(np.int32))
-                k.create_dataset("bbox", data=ts.bbox.astype(np.int32))
-            gc = f.create_group("colours")
-            for name, cs in bundle.colours.items():
-                c = gc.create_group(name)
-                c.attrs["mean"] = np.asarray(cs.mean, np.float64)
-                c.attrs["cov"] = np.asarray(cs.cov, np.float64)
-                c.attrs["n_pixels"] = int(cs.n_pixels)
-                c.attrs["rule"] = cs.rule
-        # mkstemp creates the file 0600; give the bundle the permissions of an ordinary file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    def write(f):
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["mpp"] = float(bundle.mpp)
+        f.attrs["ref_image"] = bundle.ref_image
+        f.attrs["ref_lab_mean"] = np.asarray(bundle.ref_lab_mean, np.float64)
+        f.attrs["ref_lab_std"] = np.asarray(bundle.ref_lab_std, np.float64)
+        f.attrs["config"] = json.dumps(dataclasses.asdict(bundle.config))
+        str_dt = h5py.string_dtype()
+        f.create_dataset("sources", data=np.array(bundle.sources, dtype=object), dtype=str_dt)
+        f.create_dataset("source_sha256", data=np.array(bundle.source_sha256, dtype=object),
+                         dtype=str_dt)
+        _write_patch_group(f.create_group("nuclei"), NucleusSet(
+            bundle.nuclei, bundle.nuclei_source, bundle.nuclei_instance, bundle.nuclei_bbox))
+        for kind, ns in bundle.nucleus_sets.items():
+            _write_patch_group(f.create_group(f"nuclei_{kind}"), ns)
+        gt = f.create_group("textures")
+        for kind, ts in bundle.textures.items():
+            k = gt.create_group(kind)
+            k.create_dataset("patches", data=ts.patches.astype(np.uint8))
+            k.create_dataset("cohort", data=ts.cohort.astype(np.int8))
+            k.create_dataset("source", data=ts.source.astype(np.int32))
+            k.create_dataset("instance", data=ts.instance.astype(np.int32))
+            k.create_dataset("bbox", data=ts.bbox.astype(np.int32))
+        gc = f.create_group("colours")
+        for name, cs in bundle.colours.items():
+            c = gc.create_group(name)
+            c.attrs["mean"] = np.asarray(cs.mean, np.float64)
+            c.attrs["cov"] = np.asarray(cs.cov, np.float64)
+            c.attrs["n_pixels"] = int(cs.n_pixels)
+            c.attrs["rule"] = cs.rule
+
+    atomic_h5(path, write)
     return path
 
 

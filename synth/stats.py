@@ -30,12 +30,13 @@ script (appended when there is none); the new script is validated before it is w
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from vnumba.io.outputs import atomic_write_text
 
 from .color import lab_stats, reinhard_normalize, rgb_to_lab
 from .script import load_script, parse_script_text
@@ -369,9 +370,7 @@ def run_stats_cli(args) -> int:
                          image_mpp=args.image_mpp, mpp=script.mpp)
     text = replace_block(script.text, block)
     parse_script_text(text, args.output)  # never write an invalid script
-    tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, args.output)
+    atomic_write_text(args.output, text)
     for c in CATEGORIES:
         if c in stats:
             s = stats[c]

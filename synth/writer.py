@@ -1,30 +1,28 @@
-"""HDF5 datasets of synthetic samples (the training data contract).
+"""Writing the HDF5 datasets of synthetic samples (the training data contract).
 
-File layout (``schema_version`` 1):
-
-==========  ==================  =======  =============================================
-dataset     shape               dtype    content
-==========  ==================  =======  =============================================
-``u0``      (N, 3, H, W)        float32  noisy input image, values in [0, 1]
-``gu``      (N, 3, H, W)        float32  clean target image, values in [0, 1]
-``gm``      (N, H, W)           float32  target mask, values in {0, 1}
-==========  ==================  =======  =============================================
+The contract — ``schema_version``, the datasets ``u0`` / ``gu`` / ``gm``, their shapes, dtype
+and value range, the channel rule and the required attributes — is defined once, in
+:mod:`vnumba.io.dataset`; this module imports it (:data:`SCHEMA_VERSION`,
+:class:`DatasetError`) and checks every file it writes with the same function the training
+reader uses (:func:`vnumba.io.dataset.validate_file`), and every sample with
+:func:`vnumba.io.dataset.check_sample`.  The files synth writes have C = :data:`CHANNELS` = 3
+(every scenario renders three channels: three-colour fluorescence for scenario 1, RGB H&E
+for scenarios 2 and 3); the contract itself allows any C >= 1.
 
 Each dataset is chunked one sample per chunk (lzf-compressed) so readers open sample ``i``
-without touching the others.  Root attributes: ``schema_version`` (1), ``scenario`` (kind),
+without touching the others.  Root attributes: ``schema_version``, ``scenario`` (kind),
 ``name``, ``script`` (full TOML text), ``seed``, ``generator_version``, ``mpp``, ``n``,
 ``size`` (H, W).
 
 Sample ``i`` is generated with ``default_rng(SeedSequence(seed).spawn(n)[i])``
 (:func:`synth.generator.sample_rng`), so a file depends on (script, seed, n) only, not on
-the number of worker processes.  Files are written to a temporary file in the target directory
-and renamed into place when complete, so an interrupted run never leaves a file under the
-requested name.
+the number of worker processes.  Files are written with the project's one atomic writer
+(:func:`vnumba.io.outputs.atomic_h5`: a temporary file in the target directory, renamed into
+place when complete), so an interrupted run never leaves a file under the requested name.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,17 +32,18 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vnumba.io.dataset import DTYPE, SCHEMA_VERSION, DatasetError, check_sample, open_dataset_file, validate_file
+from vnumba.io.outputs import atomic_h5
+
 from . import GENERATOR_VERSION
 from .generator import generate_sample, sample_rng
 from .script import Script, load_script
 
-__all__ = ["SCHEMA_VERSION", "write_dataset", "read_sample", "dataset_info", "DatasetError"]
+__all__ = ["SCHEMA_VERSION", "CHANNELS", "write_dataset", "read_sample", "dataset_info",
+           "DatasetError"]
 
-SCHEMA_VERSION = 1
-
-
-class DatasetError(ValueError):
-    """A file is not a readable synth dataset (message names the file and the problem)."""
+#: Channels of every synth image (the generator's samples are (3, H, W), Sample.validate).
+CHANNELS = 3
 
 
 _W_SCRIPT: Script | None = None
@@ -127,76 +126,69 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output directory {path.parent} does not exist")
     H, W = script.size
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    C = CHANNELS
     bar = _Progress(n, progress, f"{script.name} -> {path.name}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            # lzf is fast enough for the writing process to keep up with the workers; the
-            # byte shuffle only pays off for the noisy image (measured: the flat-coloured
-            # target and the mask compress better and faster without it)
-            u0 = f.create_dataset("u0", (n, 3, H, W), np.float32, chunks=(1, 3, H, W),
-                                  compression="lzf", shuffle=True)
-            gu = f.create_dataset("gu", (n, 3, H, W), np.float32, chunks=(1, 3, H, W),
-                                  compression="lzf")
-            gm = f.create_dataset("gm", (n, H, W), np.float32, chunks=(1, H, W), compression="lzf")
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["scenario"] = script.scenario
-            f.attrs["name"] = script.name
-            f.attrs["script"] = script.text
-            f.attrs["seed"] = seed
-            f.attrs["generator_version"] = GENERATOR_VERSION
-            f.attrs["mpp"] = float(script.mpp)
-            f.attrs["n"] = n
-            f.attrs["size"] = np.array([H, W], dtype=np.int64)
 
-            def put(i, noisy, clean, mask):
-                u0[i] = noisy
-                gu[i] = clean
-                gm[i] = mask
+    def write(f):
+        # lzf is fast enough for the writing process to keep up with the workers; the
+        # byte shuffle only pays off for the noisy image (measured: the flat-coloured
+        # target and the mask compress better and faster without it)
+        u0 = f.create_dataset("u0", (n, C, H, W), DTYPE, chunks=(1, C, H, W),
+                              compression="lzf", shuffle=True)
+        gu = f.create_dataset("gu", (n, C, H, W), DTYPE, chunks=(1, C, H, W),
+                              compression="lzf")
+        gm = f.create_dataset("gm", (n, H, W), DTYPE, chunks=(1, H, W), compression="lzf")
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["scenario"] = script.scenario
+        f.attrs["name"] = script.name
+        f.attrs["script"] = script.text
+        f.attrs["seed"] = seed
+        f.attrs["generator_version"] = GENERATOR_VERSION
+        f.attrs["mpp"] = float(script.mpp)
+        f.attrs["n"] = n
+        f.attrs["size"] = np.array([H, W], dtype=np.int64)
+        validate_file(f, path)  # the reader's own check, before any sample is made
 
-            if workers == 1:
-                _init_worker(script, reference, seed)
-                for i in range(n):
-                    put(*_make(i))
-                    bar.update(i + 1)
-            else:
-                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(script, reference, seed)) as ex:
-                    chunk = max(1, min(8, n // (4 * workers)))
-                    for done, res in enumerate(ex.map(_make, range(n), chunksize=chunk), 1):
-                        put(*res)
-                        bar.update(done)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+        def put(i, noisy, clean, mask):
+            check_sample(path, i, noisy, clean, mask, shape=(C, H, W))
+            u0[i] = noisy
+            gu[i] = clean
+            gm[i] = mask
+
+        if workers == 1:
+            _init_worker(script, reference, seed)
+            for i in range(n):
+                put(*_make(i))
+                bar.update(i + 1)
+        else:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(script, reference, seed)) as ex:
+                chunk = max(1, min(8, n // (4 * workers)))
+                for done, res in enumerate(ex.map(_make, range(n), chunksize=chunk), 1):
+                    put(*res)
+                    bar.update(done)
+
+    atomic_h5(path, write)
     return path
 
 
 def dataset_info(path) -> dict:
-    """Root attributes and sizes of a dataset; raises :class:`DatasetError` if malformed."""
+    """Root attributes and sizes of a dataset.
+
+    Checked with the reader's rules (:func:`vnumba.io.dataset.validate_file`).
+
+    Raises
+    ------
+    FileNotFoundError
+    DatasetError
+        The file is not HDF5 or breaks the contract.
+    """
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        for k in ("u0", "gu", "gm"):
-            if k not in f:
-                raise DatasetError(f"{path}: dataset {k!r} missing (not a synth dataset?)")
-        if f.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise DatasetError(f"{path}: schema_version {f.attrs.get('schema_version')!r}, "
-                               f"expected {SCHEMA_VERSION}")
-        n, c, h, w = f["u0"].shape
-        if c != 3 or f["gu"].shape != (n, 3, h, w) or f["gm"].shape != (n, h, w):
-            raise DatasetError(f"{path}: inconsistent shapes u0 {f['u0'].shape}, "
-                               f"gu {f['gu'].shape}, gm {f['gm'].shape}")
+    with open_dataset_file(path) as f:
+        n, c, h, w = validate_file(f, path)
         info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        info.update(n_samples=n, height=h, width=w)
+    info.update(n_samples=n, channels=c, height=h, width=w)
     return info
 
 
@@ -205,7 +197,7 @@ def read_sample(path, i: int):
 
     Returns
     -------
-    u0, gu : ndarray (3, H, W) float32
+    u0, gu : ndarray (C, H, W) float32
     gm : ndarray (H, W) float32
     """
     info = dataset_info(path)

@@ -232,3 +232,98 @@ def test_evaluate_and_predict_refuse_bad_numbers_in_one_line(tmp_path, capsys, a
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert expect in err and argv[0] in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the one atomic writer (issue 13)
+def _only_entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("how", ["write_fn", "bytes", "text", "h5", "interrupt", "replace"])
+def test_a_failing_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path, how,
+                                                                          monkeypatch):
+    from vnumba.io import outputs
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous \x00 contents")
+    before = _digest(target)
+
+    class Boom(Exception):
+        pass
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"half")
+        raise Boom("disk full")
+
+    if how == "write_fn":
+        call = lambda: outputs.atomic_write(target, half_then_fail)
+    elif how == "bytes":
+        call = lambda: outputs.atomic_write_bytes(target, object())     # TypeError mid-write
+    elif how == "text":
+        call = lambda: outputs.atomic_write_text(target, b"not text")   # TypeError mid-write
+    elif how == "h5":
+        def write(f):
+            f["x"] = np.zeros(10)
+            raise Boom("killed")
+        call = lambda: outputs.atomic_h5(target, write)
+    elif how == "interrupt":
+        def interrupted(tmp):
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+        call = lambda: outputs.atomic_write(target, interrupted)
+    else:  # the rename itself fails
+        def failing_replace(src, dst):
+            raise OSError("rename failed")
+        monkeypatch.setattr(outputs.os, "replace", failing_replace)
+        call = lambda: outputs.atomic_write_bytes(target, b"new")
+    with pytest.raises((Boom, TypeError, KeyboardInterrupt, OSError)):
+        call()
+    assert _digest(target) == before
+    assert _only_entries(tmp_path) == ["out.bin"]
+
+
+def test_atomic_writes_replace_the_file_with_ordinary_permissions(tmp_path):
+    import h5py
+
+    from vnumba.io.outputs import atomic_h5, atomic_write, atomic_write_bytes, atomic_write_text
+
+    p = tmp_path / "sub" / "f.txt"
+    atomic_write_text(p, "héllo\n")
+    assert p.read_text(encoding="utf-8") == "héllo\n"
+    atomic_write_bytes(p, b"\x00\x01")
+    assert p.read_bytes() == b"\x00\x01"
+    assert atomic_write(p, lambda tmp: tmp.write_bytes(b"xyz")) == 3
+    assert p.read_bytes() == b"xyz"
+    h = tmp_path / "sub" / "f.h5"
+    atomic_h5(h, lambda f: f.create_dataset("a", data=np.arange(3)))
+    with h5py.File(h) as f:
+        assert f["a"][()].tolist() == [0, 1, 2]
+    umask = os.umask(0)
+    os.umask(umask)
+    for q in (p, h):
+        assert q.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert _only_entries(tmp_path / "sub") == ["f.h5", "f.txt"]
+
+
+def test_old_atomic_names_are_the_one_writer_and_only_it_renames():
+    """``os.replace`` is called in vnumba/io/outputs.py only; the old names import it."""
+    import ast
+    from pathlib import Path
+
+    from vnumba.io import images, models, outputs
+    from vnumba.training import trainer
+
+    assert images.atomic_write_text is outputs.atomic_write_text
+    assert images.atomic_write_bytes is outputs.atomic_write_bytes
+    assert models.atomic_h5 is outputs.atomic_h5 is trainer.atomic_h5
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+    for top in ("vnumba", "synth"):
+        for path in sorted((root / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and node.attr in ("replace", "rename") \
+                        and isinstance(node.value, ast.Name) and node.value.id == "os":
+                    calls.append(str(path.relative_to(root)))
+                if isinstance(node, ast.Attribute) and node.attr == "mkstemp":
+                    calls.append(str(path.relative_to(root)))
+    assert sorted(set(calls)) == ["vnumba/io/outputs.py"], calls

@@ -1,14 +1,39 @@
-"""Reading the synthetic training datasets (the contract shared with :mod:`synth`).
+"""The synthetic training dataset contract — the one definition, shared by :mod:`synth`
+(which writes the files, :mod:`synth.writer`) and training (which reads them).
 
-An HDF5 file with
+An HDF5 file (``schema_version`` :data:`SCHEMA_VERSION`) holding the datasets
+:data:`DATASETS`:
 
-* ``u0`` (N, C, H, W) float32 — noisy input image, values in [0, 1]
-* ``gu`` (N, C, H, W) float32 — clean target image
-* ``gm`` (N, H, W) float32 — target mask
-* attrs ``schema_version`` (1), ``scenario``, ``seed``, ``script`` (scenario script text), …
+==========  ==================  =======  =============================================
+dataset     shape               dtype    content
+==========  ==================  =======  =============================================
+``u0``      (N, C, H, W)        float32  noisy input image, values in [0, 1]
+``gu``      (N, C, H, W)        float32  clean target image, values in [0, 1]
+``gm``      (N, H, W)           float32  target mask, values in [0, 1]
+==========  ==================  =======  =============================================
 
-Each sample is one chunk, so :meth:`SyntheticDataset.read` touches only the chunk(s) of the
-sample it reads (and of a crop only the rows it needs); the whole dataset is never loaded.
+* N, H, W >= 1; each dataset is stored in the file (a hard link, not an external or soft
+  link to another file's data) and chunked one sample per chunk, so
+  :meth:`SyntheticDataset.read` touches only the chunk(s) of the sample it reads (and of a
+  crop only the rows it needs); the whole dataset is never loaded.
+* **Channels: C >= 1, any number**, the same for ``u0`` and ``gu``.  Writers store what the
+  scenario renders — every shipped scenario renders three channels (scenario 1: three-colour
+  fluorescence; scenarios 2 and 3: RGB H&E), so :mod:`synth` files have C = 3 — but the
+  contract does not fix C: the networks take their channel count from the data
+  (``n_channels``) and prediction matches an image's channels to the model's, so a grey or
+  two-stain dataset built with :func:`write_dataset_arrays` is as valid.  Writer and reader
+  check the same rule (:func:`validate_file`), so neither accepts a file the other refuses.
+* dtype: written as :data:`DTYPE` (float32); any floating-point dtype is accepted on reading
+  and converted to float32.
+* values (:data:`VALUE_RANGE`): finite and within [0, 1] in all three datasets; checked per
+  sample (:func:`check_sample`) by the writer before storing a sample and by the reader when
+  it reads one.
+* root attributes: :data:`REQUIRED_ATTRS` (``schema_version``, an integer equal to
+  :data:`SCHEMA_VERSION`); :data:`STRING_ATTRS` (``scenario``, ``name``, ``script``) are
+  strings where present.  :mod:`synth` also records ``seed``, ``generator_version``,
+  ``mpp``, ``n`` and ``size`` (H, W).
+
+Every violation raises :class:`DatasetError` with a message that names the file.
 """
 from __future__ import annotations
 
@@ -17,13 +42,144 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-__all__ = ["SCHEMA_VERSION", "SyntheticDataset", "DatasetError", "batch_plan", "write_dataset_arrays"]
+__all__ = ["SCHEMA_VERSION", "DATASETS", "IMAGE_DATASETS", "REQUIRED_ATTRS", "STRING_ATTRS",
+           "DTYPE", "VALUE_RANGE", "MIN_CHANNELS", "DatasetError", "open_dataset_file",
+           "validate_file", "check_sample", "SyntheticDataset", "batch_plan",
+           "write_dataset_arrays"]
 
+#: Version of the layout below, stored as the root attribute ``schema_version``.
 SCHEMA_VERSION = 1
+#: The datasets every file holds: noisy input, clean target, target mask.
+DATASETS = ("u0", "gu", "gm")
+#: The image datasets, shape (N, C, H, W); ``gm`` is (N, H, W).
+IMAGE_DATASETS = ("u0", "gu")
+#: Root attributes every file carries.
+REQUIRED_ATTRS = ("schema_version",)
+#: Root attributes that must be strings where present.
+STRING_ATTRS = ("scenario", "name", "script")
+#: The dtype writers store (readers accept any floating-point dtype and convert).
+DTYPE = np.dtype(np.float32)
+#: Closed interval every stored value lies in.
+VALUE_RANGE = (0.0, 1.0)
+#: The channel rule: C >= MIN_CHANNELS, no upper bound (see the module docstring).
+MIN_CHANNELS = 1
 
 
 class DatasetError(ValueError):
     """A dataset file that does not follow the contract (message names the file)."""
+
+
+def open_dataset_file(path, mode="r"):
+    """Open ``path`` with h5py, turning "not HDF5" into :class:`DatasetError`.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    DatasetError
+        It exists but cannot be read as HDF5 (truncated or foreign file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    try:
+        return h5py.File(path, mode)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or foreign file): "
+                           f"{e}") from None
+
+
+def validate_file(f, where) -> tuple:
+    """Check an open HDF5 file against the contract (all but the per-sample values).
+
+    Used by the writer (:mod:`synth.writer`, on the complete temporary file, before it is
+    moved into place; :func:`write_dataset_arrays`) and by the reader
+    (:class:`SyntheticDataset`, ``synth.writer.dataset_info``).
+
+    Parameters
+    ----------
+    f : h5py.File
+    where : str or Path
+        Names the file in error messages.
+
+    Returns
+    -------
+    tuple of int
+        ``(N, C, H, W)``.
+
+    Raises
+    ------
+    DatasetError
+    """
+    p = where
+    for k in DATASETS:
+        if k not in f:
+            raise DatasetError(f"{p}: dataset {k!r} missing; expected {', '.join(DATASETS)} "
+                               f"(not a synth dataset? see README)")
+    for k in DATASETS:
+        # A link would read another file's data in place of this one's.
+        link = f.get(k, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise DatasetError(f"{p}: '{k}' is a {type(link).__name__}, not a dataset stored "
+                               f"in the file")
+        if not isinstance(f[k], h5py.Dataset):
+            raise DatasetError(f"{p}: '{k}' is a {type(f[k]).__name__}, expected a dataset")
+    for k in STRING_ATTRS:
+        v = f.attrs.get(k)
+        if v is not None and not isinstance(v, (str, bytes)):
+            raise DatasetError(f"{p}: attribute '{k}' must be a string, got {type(v).__name__}")
+    for k in REQUIRED_ATTRS:
+        if k not in f.attrs:
+            raise DatasetError(f"{p}: root attribute {k!r} missing")
+    ver = f.attrs.get("schema_version")
+    if (isinstance(ver, (bool, np.bool_)) or not isinstance(ver, (int, np.integer))
+            or int(ver) != SCHEMA_VERSION):
+        raise DatasetError(f"{p}: schema_version {ver!r}, expected {SCHEMA_VERSION}")
+    u0, gu, gm = (f[k] for k in DATASETS)
+    if u0.ndim != 4 or gu.shape != u0.shape or gm.shape != (u0.shape[0],) + u0.shape[2:]:
+        raise DatasetError(f"{p}: inconsistent shapes u0 {u0.shape}, gu {gu.shape}, "
+                           f"gm {gm.shape}; expected (N, C, H, W), (N, C, H, W), (N, H, W)")
+    for k in DATASETS:
+        if f[k].dtype.kind != "f":
+            raise DatasetError(f"{p}: dataset {k} has dtype {f[k].dtype}, expected floating "
+                               f"point ({DTYPE})")
+    n, c, h, w = (int(s) for s in u0.shape)
+    if n == 0:
+        raise DatasetError(f"{p}: dataset holds no samples")
+    if c < MIN_CHANNELS:
+        raise DatasetError(f"{p}: u0 and gu have {c} channels, expected at least {MIN_CHANNELS}")
+    if h == 0 or w == 0:
+        raise DatasetError(f"{p}: images are {h}x{w} pixels, expected at least 1x1")
+    return n, c, h, w
+
+
+def check_sample(where, i, u0, gu, gm, shape=None) -> None:
+    """Check one sample's arrays: shapes (``shape`` = (C, H, W) if given, else consistent
+    with each other and C >= 1), finite values within :data:`VALUE_RANGE`.
+
+    Raises
+    ------
+    DatasetError
+        Naming the file (``where``), the sample and the dataset.
+    """
+    u0, gu, gm = (np.asarray(a) for a in (u0, gu, gm))
+    if shape is None:
+        shape = u0.shape
+    shape = tuple(int(s) for s in shape)
+    if (len(shape) != 3 or shape[0] < MIN_CHANNELS or u0.shape != shape or gu.shape != shape
+            or gm.shape != shape[1:]):
+        raise DatasetError(f"{where}: sample {i} has shapes u0 {u0.shape}, gu {gu.shape}, "
+                           f"gm {gm.shape}; expected (C, H, W) = {shape} with C >= "
+                           f"{MIN_CHANNELS} and gm (H, W)")
+    lo, hi = VALUE_RANGE
+    for name, a in zip(DATASETS, (u0, gu, gm)):
+        if a.dtype.kind != "f":
+            raise DatasetError(f"{where}: sample {i} of {name} has dtype {a.dtype}, expected "
+                               f"floating point")
+        if not np.all(np.isfinite(a)):
+            raise DatasetError(f"{where}: sample {i} of {name} contains NaN or inf")
+        if a.size and (a.min() < lo or a.max() > hi):
+            raise DatasetError(f"{where}: sample {i} of {name} has values outside [{lo:g}, {hi:g}]")
 
 
 class SyntheticDataset:
@@ -40,48 +196,14 @@ class SyntheticDataset:
 
     def __init__(self, path):
         self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"dataset not found: {self.path}")
+        self._f = open_dataset_file(self.path)
         try:
-            self._f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise DatasetError(f"{self.path}: cannot be read as HDF5 (truncated or foreign file): {e}") from None
-        try:
-            self._validate()
+            self.n, self.channels, self.height, self.width = validate_file(self._f, self.path)
+            self.attrs = {k: (v.decode() if isinstance(v, bytes) else v)
+                          for k, v in self._f.attrs.items()}
         except Exception:
             self._f.close()
             raise
-
-    def _validate(self):
-        f, p = self._f, self.path
-        missing = [k for k in ("u0", "gu", "gm") if k not in f]
-        if missing:
-            raise DatasetError(f"{p}: missing dataset(s) {missing}; expected u0, gu, gm (see README)")
-        for k in ("u0", "gu", "gm"):
-            # A link would read another file's data in place of this one's.
-            link = f.get(k, getlink=True)
-            if not isinstance(link, h5py.HardLink):
-                raise DatasetError(f"{p}: '{k}' is a {type(link).__name__}, not a dataset stored "
-                                   f"in the file")
-            if not isinstance(f[k], h5py.Dataset):
-                raise DatasetError(f"{p}: '{k}' is a {type(f[k]).__name__}, expected a dataset")
-        for k in ("scenario", "name"):
-            v = f.attrs.get(k)
-            if v is not None and not isinstance(v, (str, bytes)):
-                raise DatasetError(f"{p}: attribute '{k}' must be a string, got {type(v).__name__}")
-        ver = f.attrs.get("schema_version")
-        if ver is None or int(ver) != SCHEMA_VERSION:
-            raise DatasetError(f"{p}: schema_version {ver!r}, expected {SCHEMA_VERSION}")
-        u0, gu, gm = f["u0"], f["gu"], f["gm"]
-        if u0.ndim != 4 or gu.shape != u0.shape or gm.shape != (u0.shape[0],) + u0.shape[2:]:
-            raise DatasetError(f"{p}: inconsistent shapes u0 {u0.shape}, gu {gu.shape}, gm {gm.shape}")
-        for name, d in (("u0", u0), ("gu", gu), ("gm", gm)):
-            if d.dtype.kind != "f":
-                raise DatasetError(f"{p}: dataset {name} has dtype {d.dtype}, expected floating point")
-        if u0.shape[0] == 0:
-            raise DatasetError(f"{p}: dataset holds no samples")
-        self.n, self.channels, self.height, self.width = (int(s) for s in u0.shape)
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
     def __len__(self):
         return self.n
@@ -117,11 +239,7 @@ class SyntheticDataset:
             gm = np.asarray(self._f["gm"][i, ys, xs], dtype=np.float32)
         except OSError as e:
             raise DatasetError(f"{self.path}: sample {i} cannot be read (truncated file?): {e}") from None
-        for name, a in (("u0", u0), ("gu", gu), ("gm", gm)):
-            if not np.all(np.isfinite(a)):
-                raise DatasetError(f"{self.path}: sample {i} of {name} contains NaN or inf")
-            if a.min() < 0.0 or a.max() > 1.0:
-                raise DatasetError(f"{self.path}: sample {i} of {name} has values outside [0, 1]")
+        check_sample(self.path, i, u0, gu, gm)
         return u0, gu, gm
 
     def batch(self, plan, dtype=np.float32):
@@ -164,19 +282,27 @@ def write_dataset_arrays(path, u0, gu, gm, **attrs):
     """Write arrays in the dataset contract (one chunk per sample), atomically.
 
     Used by tests and tools that build small datasets directly; :mod:`synth` writes its
-    own files with the same layout.
+    files (:func:`synth.writer.write_dataset`) with the same layout and the same checks.
+
+    Raises
+    ------
+    DatasetError
+        The arrays break the file rules of :func:`validate_file` (nothing is written).  The
+        per-sample values are not checked here, so tests can build files with a bad sample;
+        the reader refuses such a sample when it reads it.
     """
-    from vnumba.io.models import atomic_h5
-    u0 = np.asarray(u0, np.float32)
-    gu = np.asarray(gu, np.float32)
-    gm = np.asarray(gm, np.float32)
+    from vnumba.io.outputs import atomic_h5
+    u0 = np.asarray(u0, DTYPE)
+    gu = np.asarray(gu, DTYPE)
+    gm = np.asarray(gm, DTYPE)
 
     def write(f):
-        f.create_dataset("u0", data=u0, chunks=(1,) + u0.shape[1:])
-        f.create_dataset("gu", data=gu, chunks=(1,) + gu.shape[1:])
-        f.create_dataset("gm", data=gm, chunks=(1,) + gm.shape[1:])
+        for k, a in zip(DATASETS, (u0, gu, gm)):
+            one_sample = (1,) + a.shape[1:] if a.ndim >= 1 and a.size else None
+            f.create_dataset(k, data=a, chunks=one_sample)
         f.attrs["schema_version"] = SCHEMA_VERSION
         for k, v in attrs.items():
             f.attrs[k] = v
+        validate_file(f, path)
 
     atomic_h5(path, write)

@@ -5,21 +5,24 @@ channels last (TIFFs with channels first are transposed).  TIFFs may carry their
 :func:`tiff_mpp` turns it into micrometres per pixel (µm/px) from the standard resolution
 tags, ImageJ or OME metadata or an Aperio ``MPP =`` description.
 
-Output: PNG files written atomically (temporary file in the target directory, then
-``os.replace``), so an interrupted run never leaves a truncated result under the final name.
+Output: PNG files written atomically (:func:`vnumba.io.outputs.atomic_write`: temporary file
+in the target directory, then renamed into place), so an interrupted run never leaves a truncated
+result under the final name.
 Probability masks are stored as 16-bit PNG, ``0..65535 <-> 0..1`` (:func:`encode_mask16`).
 
 Every error raised here names the offending file.
 """
 from __future__ import annotations
 
-import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# The one atomic writer; atomic_write_bytes / atomic_write_text are re-exported from here.
+from vnumba.io.outputs import atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ImageData", "read_image", "tiff_mpp", "match_channels", "image_to_float", "float_to_uint",
@@ -333,22 +336,6 @@ def decode_mask16(a: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic(path, write_fn):
-    from vnumba.io.outputs import temp_path
-
-    path = Path(path)
-    tmp = temp_path(path)  # .NAME.<pid>.tmp, 0666 less the umask
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_png(path, arr: np.ndarray) -> None:
     """Write a uint8/uint16 array, (H, W) or (H, W, C) with C in {1, 3, 4}, as PNG atomically."""
     import imageio.v3 as iio
@@ -363,16 +350,6 @@ def write_png(path, arr: np.ndarray) -> None:
         # Pillow cannot write 16-bit colour PNGs; libpng (imagecodecs) can.
         import imagecodecs
         data = imagecodecs.png_encode(np.ascontiguousarray(arr))
-        _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write_bytes(path, data)
         return
-    _atomic(path, lambda tmp: iio.imwrite(tmp, np.ascontiguousarray(arr), extension=".png"))
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write a text file (UTF-8) atomically."""
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write a binary file atomically."""
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, np.ascontiguousarray(arr), extension=".png"))

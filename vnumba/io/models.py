@@ -7,21 +7,21 @@ Layout (format ``vnumba-model``, version :data:`FORMAT_VERSION`)::
                              meta (JSON: scenario, mpp, reinhard_mean/std, training info)
     /params/NAME      one dataset per parameter array, stacked over steps for "vn"
 
-Files are written atomically (temporary file in the same folder, then ``os.replace``), so a
-killed save never leaves a half-written model behind.  :func:`load_model` checks the format
-tag, the version, the config keys and every parameter's shape, and names the file in each
-error.
+Files are written atomically (:func:`vnumba.io.outputs.atomic_h5`: temporary file in the
+same folder, then renamed into place), so a killed save never leaves a half-written model behind.
+:func:`load_model` checks the format tag, the version, the config keys and every parameter's
+shape, and names the file in each error.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from vnumba.io.outputs import atomic_h5  # re-exported: the one atomic writer
 from vnumba.vn.config import ModelConfig, from_dict
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Model", "save_model", "load_model", "shipped_model_path",
@@ -100,22 +100,6 @@ class Model:
             return get_backend("cpu").forward(self.params, self.config, u0, m0)
         from vnumba.unet import network as unet
         return unet.forward(self.params, self.config, u0)
-
-
-def atomic_h5(path, write):
-    """Call ``write(h5file)`` on a temporary HDF5 file, then move it to ``path`` atomically."""
-    from vnumba.io.outputs import temp_path
-
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_default(o):

@@ -1,7 +1,12 @@
 """Output paths that never destroy data: checked before any work starts.
 
-Every command of the project writes its results atomically (temporary file, then
-``os.replace``).  An atomic rename is exactly what destroys a user's file when the output path
+Every command of the project writes its results atomically, through the one writer here:
+:func:`atomic_write` (and :func:`atomic_write_bytes`, :func:`atomic_write_text`,
+:func:`atomic_h5` over it) writes the temporary file ``.NAME.<pid>.tmp`` beside the target,
+fsyncs it, moves it into place with ``os.replace`` and removes it on any error, so a failed or
+interrupted write leaves the previous file byte-identical and no temporary behind.
+
+An atomic rename is exactly what destroys a user's file when the output path
 *is* one of the command's own inputs (``vnumba.train D.h5 --out D.h5`` would replace the
 dataset by the model), when two outputs of one command share a path, or when the output is a
 device or a folder (the rename would replace ``/dev/full``).  :func:`check_outputs` refuses all
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 __all__ = ["OutputConflict", "same_file", "check_outputs", "temp_path", "remove_stale_temporaries",
-           "OutputLock"]
+           "OutputLock", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_h5"]
 
 
 class OutputConflict(ValueError):
@@ -96,6 +101,88 @@ def temp_path(path) -> Path:
         pass
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     return tmp
+
+
+def _fsync(path, directory=False) -> None:
+    """Flush ``path`` (a file, or best effort a folder) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems cannot fsync a folder; the rename still holds
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write_fn):
+    """Write ``path`` atomically: ``write_fn(tmp)`` fills the temporary file, then it replaces
+    ``path``.
+
+    ``tmp`` is :func:`temp_path` ``(path)`` (``.NAME.<pid>.tmp`` in the same folder, created
+    empty, 0666 less the umask).  After ``write_fn`` returns, the file is fsynced and moved onto
+    ``path`` with ``os.replace`` (the folder is fsynced too, best effort).  On any error —
+    including ``KeyboardInterrupt`` — the temporary file is removed and the previous ``path``,
+    if any, is left untouched.
+
+    Parameters
+    ----------
+    path : str or path-like
+    write_fn : callable(Path) -> object
+        Writes the complete content to the path it is given (it may reopen or truncate it).
+
+    Returns
+    -------
+    object
+        What ``write_fn`` returned.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        result = write_fn(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync(tmp.parent, directory=True)
+    return result
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path, text: str, newline=None) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`).
+
+    ``newline`` is passed to :func:`open` (``""`` writes line endings untranslated, as the
+    :mod:`csv` module wants).
+    """
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+            fh.write(text)
+    atomic_write(path, write)
+
+
+def atomic_h5(path, write):
+    """Call ``write(h5file)`` on a new HDF5 file, then move it onto ``path`` atomically
+    (:func:`atomic_write`).  Returns what ``write`` returned."""
+    import h5py
+
+    def fill(tmp):
+        with h5py.File(tmp, "w") as f:
+            return write(f)
+    return atomic_write(path, fill)
 
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")

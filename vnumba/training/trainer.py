@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vnumba.vn.config import ModelConfig
 from vnumba.io.dataset import SyntheticDataset, batch_plan
-from vnumba.io.models import Model, atomic_h5, read_model_group, save_model, write_model_group
-from vnumba.io.outputs import OutputLock, check_outputs, remove_stale_temporaries
+from vnumba.io.models import Model, read_model_group, save_model, write_model_group
+from vnumba.io.outputs import OutputLock, atomic_h5, atomic_write, check_outputs, remove_stale_temporaries
+from vnumba.vn.config import ModelConfig
 
 __all__ = ["TrainOptions", "train", "lr_at", "dataset_identity", "ADAM_EPS", "LOG_COLUMNS"]
 
@@ -231,19 +230,12 @@ def _read_checkpoint(path):
 
 
 def _rewrite_log(path, rows):
-    from vnumba.io.outputs import temp_path
-
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
+    def write(tmp):
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(LOG_COLUMNS)
             w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def _read_log(path, upto):
