@@ -514,3 +514,24 @@ def gpu_training_loss(u_T, gu, m_T, gm):
     dm = m_T.astype(np.float64) - gm
     s = 1.0 / (N * H * W)
     return s * ((du ** 2).sum() / 6 + (dm ** 2).sum() / 2), du * s / 3, dm * s
+
+
+# --- training loss (3) reference (vnumba.ops.loss) ---
+
+
+def training_loss(u_T, gu, m_T, gm, batch_size=None):
+    """Loss (3) image by image in float64: ``Σ_s [1/6 ‖u_s − gu_s‖² + 1/2 ‖m_s − gm_s‖²]``
+    divided by ``batch_size · H · W`` (default: the N images given), and its gradients
+    ``∂/∂u = 2/6 (u − gu) / (batch_size H W)``, ``∂/∂m = 2/2 (m − gm) / (batch_size H W)``."""
+    N, _, H, W = u_T.shape
+    n = N if batch_size is None else batch_size
+    total = 0.0
+    du = np.zeros(u_T.shape)
+    dm = np.zeros(m_T.shape)
+    for s in range(N):
+        eu = u_T[s].astype(np.float64) - gu[s].astype(np.float64)
+        em = m_T[s].astype(np.float64) - gm[s].astype(np.float64)
+        total += (eu ** 2).sum() / 6 + (em ** 2).sum() / 2
+        du[s] = 2 * eu / 6 / (n * H * W)
+        dm[s] = 2 * em / 2 / (n * H * W)
+    return total / (n * H * W), du, dm

@@ -116,6 +116,20 @@ def test_loss_and_exact_gradient_match_cpu(engine):
         assert np.abs(gc[k]).max() > 0, k  # every group is exercised
 
 
+def test_engine_loss_is_the_one_loss_definition_of_its_outputs(engine):
+    """Loss (3) reduced on the device (engine.loss_and_grad and CudaTrainer.step) equals
+    vnumba.ops.loss on the returned outputs and the same targets."""
+    from vnumba.ops.loss import loss_value_and_output_grad
+    rng = np.random.default_rng(5)
+    p = _params(rng)
+    u0, gu, gm, m0 = _batch(rng)
+    loss, _, u, m = engine.loss_and_grad(p, CFG, u0, gu, gm, m0)
+    assert loss == pytest.approx(loss_value_and_output_grad(u, gu, m, gm)[0], rel=1e-12)
+    tr = engine.CudaTrainer(CFG, p, 1e-3)
+    loss, u, m = tr.step(u0, gu, gm)
+    assert loss == pytest.approx(loss_value_and_output_grad(u, gu, m, gm)[0], rel=1e-12)
+
+
 def test_training_iterations_give_the_parameters_and_adam_state_of_the_cpu_path(engine):
     # Ku without the zero-mean constraint (scenario 1), Km and K with: both projections run.
     cfg = dataclasses.replace(CFG, zero_mean_u=False)

@@ -218,6 +218,21 @@ def test_training_loss_and_its_gradient_match_definition(ops):
     _close(mb, mbr)
 
 
+@pytest.mark.parametrize("tiling", TILINGS)
+def test_training_loss_kernel_equals_the_one_loss_definition(ops, tiling):
+    """The device-reduced loss (3) against vnumba.ops.loss on the same inputs: the gradients
+    are the same float32 operations, the loss differs only by the summation order."""
+    from vnumba.ops.loss import loss_value_and_output_grad
+    rng = np.random.default_rng(8)
+    u, gu = (rng.random((3, 3, 5, 7)).astype(np.float32) for _ in range(2))
+    m, gm = (rng.random((3, 5, 7)).astype(np.float32) for _ in range(2))
+    loss, ub, mb = ops.training_loss(u, gu, m, gm, tiling=_tilings()[tiling])
+    lr, ubr, mbr = loss_value_and_output_grad(u, gu, m, gm)
+    assert loss == pytest.approx(lr, rel=1e-12)
+    np.testing.assert_array_equal(ub, ubr)
+    np.testing.assert_array_equal(mb, mbr)
+
+
 def test_kernel_wrappers_reject_bad_input_with_clear_errors(ops):
     x = np.zeros((1, 3, 8, 8), np.float32)
     k = np.zeros((2, 3, 5, 5), np.float32)

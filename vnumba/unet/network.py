@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.unet.kernels import (
     _concat_impl, _conv2d_impl, _conv2d_input_adjoint_impl, _conv2d_param_grad_impl,
     _maxpool2_backward_impl, _maxpool2_impl, _output_head_backward_impl, _output_head_impl,
@@ -408,8 +409,9 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
     Returns
     -------
     loss : float
-        ``mean_s [ 1/6 ||u_s - gu_s||² + 1/2 ||m_s - gm_s||² ] / (H W)`` — the normalisation
-        of :func:`vnumba.vn.model.loss_and_grad`, so both architectures report comparable losses.
+        ``mean_s [ 1/6 ||u_s - gu_s||² + 1/2 ||m_s - gm_s||² ] / (H W)`` — loss (3) as
+        :func:`vnumba.ops.loss.loss_value_and_output_grad` defines it for both architectures,
+        so they report comparable losses.
     grads : dict
         Same keys, shapes and dtype as ``params``.
     u : ndarray, shape (N, C, H, W)
@@ -424,17 +426,11 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
 
 
 def _loss_and_grad(params, cfg, u0, gu, gm):
-    dt = u0.dtype
-    N, C, H, W = u0.shape
     u, m, cache = _forward(params, cfg, u0, keep=True)
 
-    scale = 1.0 / (N * H * W)
-    du = u - gu
-    dm = m - gm
-    loss = scale * (np.sum(du.astype(np.float64) ** 2) / 6.0
-                    + np.sum(dm.astype(np.float64) ** 2) / 2.0)
-    ubar = np.ascontiguousarray(du * (scale / 3.0), dtype=dt)
-    mbar = np.ascontiguousarray(dm * scale, dtype=dt)
+    loss, ubar, mbar = loss_value_and_output_grad(
+        np.ascontiguousarray(u), np.ascontiguousarray(gu), np.ascontiguousarray(m),
+        np.ascontiguousarray(gm))
 
     S, K, ks = cfg.scales, cfg.convs_per_scale, cfg.kernel
     grads = {}

@@ -22,6 +22,7 @@ import numpy as np
 
 from vnumba.vn.config import ModelConfig, PARAM_NAMES, param_shapes
 from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
+from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
 
 __all__ = [
@@ -382,7 +383,8 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
     -------
     loss : float
         ``mean_s [ 1/6 ||u_T - g_u||² + 1/2 ||m_T - g_m||² ] / (H W)`` (article eq. 3,
-        divided by the batch size and the pixel count so it does not scale with either).
+        divided by the batch size and the pixel count so it does not scale with either;
+        :func:`vnumba.ops.loss.loss_value_and_output_grad`).
     grads : dict
         Same keys and shapes as ``params``.
     u_T : ndarray, shape (N, C, H, W)
@@ -405,32 +407,27 @@ def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: in
     if store not in ("convs", "states"):
         raise ValueError(f"store must be 'convs' or 'states', got {store!r}")
     chunk = _check_chunk(chunk)
-    scale = 1.0 / (N * H * W)
+    gu = np.ascontiguousarray(gu)
+    gm = np.ascontiguousarray(gm)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     u_T = np.empty_like(u0)
     m_T = np.empty((N, H, W), dt)
     loss = 0.0
     for s0 in range(0, N, chunk):
         sl = slice(s0, min(N, s0 + chunk))
-        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl], m0[sl], scale, grads,
+        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl], m0[sl], N, grads,
                                      u_T[sl], m_T[sl], store)
     return float(loss), grads, u_T, m_T
 
 
-def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, scale, grads, u_out, m_out, store):
-    """Loss contribution of some images (checked, contiguous inputs; ``scale`` = 1 / (N H W)
-    of the whole batch); adds their parameter gradients to ``grads`` and writes their final
-    states to ``u_out``, ``m_out``."""
-    dt = u0.dtype
+def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, batch_size, grads, u_out, m_out, store):
+    """Loss contribution of some images (checked, contiguous inputs; normalised by the
+    ``batch_size`` images of the whole batch); adds their parameter gradients to ``grads``
+    and writes their final states to ``u_out``, ``m_out``."""
     (u_T, m_T, states), records = _run_steps(params, cfg, u0, m0, record=store == "convs")
     if not records:
         records = [None] * cfg.n_steps
-    du = u_T - gu
-    dm = m_T - gm
-    loss = scale * (np.sum(du.astype(np.float64) ** 2) / 6.0 + np.sum(dm.astype(np.float64) ** 2) / 2.0)
-    ubar = (du * (scale / 3.0)).astype(dt)
-    mbar = (dm * scale).astype(dt)
-    del du, dm
+    loss, ubar, mbar = loss_value_and_output_grad(u_T, gu, m_T, gm, batch_size=batch_size)
     u_out[...] = u_T
     m_out[...] = m_T
     for t in range(cfg.n_steps - 1, -1, -1):

@@ -26,6 +26,7 @@ import warnings
 
 import numpy as np
 
+from vnumba.ops.loss import loss_from_sums, loss_scale, output_grad_factors
 from vnumba.vn.config import PARAM_NAMES, ModelConfig, param_shapes
 
 __all__ = ["is_available", "device_name", "forward", "loss_and_grad", "step_forward",
@@ -327,14 +328,17 @@ class _Net:
 
     def loss_and_grad(self):
         """Forward with stored states, loss partials into ``ws.lossp``, gradients into
-        ``self.G``; returns the number of loss partial rows."""
+        ``self.G``; returns ``(ws.lossp, scale)`` — the partial sums of squared differences
+        and the normalisation that :func:`vnumba.ops.loss.loss_from_sums` combines."""
         cfg, ws, L = self.cfg, self.ws, self.L
         T = cfg.n_steps
         N, H, W = ws.shape
         for t in range(T):
             self.step_forward(t, ws.su[t], ws.sm[t], ws.u0, ws.su[t + 1], ws.sm[t + 1])
-        scale = 1.0 / (N * H * W)
-        L.loss(ws.su[T], ws.gu, ws.sm[T], ws.gm, ws.ub[0], ws.mb[0], scale / 3.0, scale, ws.lossp)
+        # Loss (3) is reduced on the device; its constants come from vnumba.ops.loss.
+        scale = loss_scale(N, H, W)
+        f_u, f_m = output_grad_factors(scale)
+        L.loss(ws.su[T], ws.gu, ws.sm[T], ws.gm, ws.ub[0], ws.mb[0], f_u, f_m, ws.lossp)
         k = 0
         for t in range(T - 1, -1, -1):
             self.step_backward(t, ws.su[t], ws.sm[t], ws.u0, ws.ub[k], ws.mb[k], ws.ub[1 - k], ws.mb[1 - k])
@@ -440,7 +444,7 @@ def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
     s = loss_part.copy_to_host(stream=stream).sum(axis=0)
     g = net.grad.copy_to_host(stream=stream)
     u_T, m_T = _host_state(ws.su[cfg.n_steps], ws.sm[cfg.n_steps], stream)
-    loss = float(scale * (s[0] / 6.0 + s[1] / 2.0))
+    loss = loss_from_sums(s[0], s[1], scale)
     grads = {k: g[net.offsets[k]:net.offsets[k] + int(np.prod(sh))].reshape(sh).copy()
              for k, sh in net.shapes.items()}
     return loss, grads, u_T, m_T
@@ -638,7 +642,7 @@ class CudaTrainer:
         flag = self._flag.copy_to_host(stream=s)
         u_T, m_T = _host_state(ws.su[cfg.n_steps], ws.sm[cfg.n_steps], s)
         sums = part_h.sum(axis=0)
-        loss = float(scale * (sums[0] / 6.0 + sums[1] / 2.0))
+        loss = loss_from_sums(sums[0], sums[1], scale)
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss}")
         if flag[0]:

@@ -173,7 +173,10 @@ class Launcher:
         K.get("reduce")[min(_cdiv(L, ew), 1024), ew, self.stream](part, G, L, dst, doff, float(sign))
 
     def loss(self, uT, gu, mT, gm, ubar, mbar, s3, s1, part64):
-        """Loss partials (``part64[:G, 0:2]``) and ``ubar``, ``mbar``; returns ``G``."""
+        """Loss partials (``part64[:G, 0:2]``) and ``ubar = s3 (uT − gu)``,
+        ``mbar = s1 (mT − gm)``; returns ``G``.  ``s3, s1`` are
+        :func:`vnumba.ops.loss.output_grad_factors`, and the partials combine with
+        :func:`vnumba.ops.loss.loss_from_sums`."""
         tl = self.tl
         G = tl.red_blocks
         K.get("loss", tl.red_threads)[G, tl.red_threads, self.stream](

@@ -12,6 +12,7 @@ import numpy as np
 from numba import cuda
 
 from vnumba.ops.checks import check_array, check_filter_bank
+from vnumba.ops.loss import loss_from_sums, loss_scale, output_grad_factors
 from vnumba.vn.gpu.launch import Launcher, default_tiling
 from vnumba.vn.gpu.tiling import Tiling
 
@@ -337,8 +338,9 @@ def adam_update(p, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, *, tiling: 
 
 
 def training_loss(u_T, gu, m_T, gm, *, tiling: Tiling | None = None):
-    """Loss ``mean_s [1/6 ‖u_T − g_u‖² + 1/2 ‖m_T − g_m‖²] / (H W)`` and its gradient at
-    ``(u_T, m_T)`` (as :func:`vnumba.vn.model.loss_and_grad`).
+    """Loss (3) ``mean_s [1/6 ‖u_T − g_u‖² + 1/2 ‖m_T − g_m‖²] / (H W)`` and its gradient at
+    ``(u_T, m_T)``, reduced by the device kernel, as
+    :func:`vnumba.ops.loss.loss_value_and_output_grad` (whose constants it uses).
 
     Parameters
     ----------
@@ -358,13 +360,14 @@ def training_loss(u_T, gu, m_T, gm, *, tiling: Tiling | None = None):
     N, C, H, W = u_T.shape
     if gu.shape != u_T.shape or m_T.shape != (N, H, W) or gm.shape != (N, H, W):
         raise ValueError("u_T, gu must be (N, C, H, W) and m_T, gm (N, H, W) of one batch")
-    scale = 1.0 / (N * H * W)
+    scale = loss_scale(N, H, W)
+    f_u, f_m = output_grad_factors(scale)
     L = _launcher(tiling)
     arrs = [cuda.to_device(a, stream=L.stream) for a in (u_T, gu, m_T, gm)]
     ub = cuda.device_array(u_T.shape, np.float32, stream=L.stream)
     mb = cuda.device_array(m_T.shape, np.float32, stream=L.stream)
     part = cuda.device_array((L.tl.red_blocks, 2), np.float64, stream=L.stream)
-    L.loss(*arrs, ub, mb, scale / 3.0, scale, part)
+    L.loss(*arrs, ub, mb, f_u, f_m, part)
     part_h, ub_h, mb_h = _finish(L, part, ub, mb)
     s = part_h.sum(axis=0)
-    return float(scale * (s[0] / 6.0 + s[1] / 2.0)), ub_h, mb_h
+    return loss_from_sums(s[0], s[1], scale), ub_h, mb_h
