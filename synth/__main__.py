@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vnumba.cli import ArgumentParser
+
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
 
 #: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
@@ -116,7 +118,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="synth", description="Synthetic training data from scenario scripts "
+    p = ArgumentParser(prog="synth", description="Synthetic training data from scenario scripts "
                                 "(Effland et al. 2019).")
     sub = p.add_subparsers(dest="command", required=True)
 

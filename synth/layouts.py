@@ -70,6 +70,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from vnumba.cli import ArgumentParser
+
 __all__ = [
     "FORMAT",
     "VERSION",
@@ -904,7 +906,7 @@ def _run(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m synth layout-stats ...`` (also runnable as ``python -m synth.layouts``)."""
-    p = _configure_parser(argparse.ArgumentParser(
+    p = _configure_parser(ArgumentParser(
         prog="synth layout-stats", description=__doc__.split("\n\n")[0]))
     return _run(p.parse_args(argv))
 

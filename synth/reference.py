@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from vnumba.cli import ArgumentParser
+
 __all__ = [
     "FORMAT",
     "VERSION",
@@ -1063,7 +1065,7 @@ def _run(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m synth reference ...`` (also runnable as ``python -m synth.reference``)."""
-    p = _configure_parser(argparse.ArgumentParser(
+    p = _configure_parser(ArgumentParser(
         prog="synth reference", description=__doc__.split("\n\n")[0]))
     return _run(p.parse_args(argv))
 

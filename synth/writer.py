@@ -23,6 +23,8 @@ place when complete), so an interrupted run never leaves a file under the reques
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +56,39 @@ _W_SEED = 0
 def _init_worker(script, reference, seed):
     global _W_SCRIPT, _W_REF, _W_SEED
     _W_SCRIPT, _W_REF, _W_SEED = script, reference, seed
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker process exit when the generating process dies (also by ``kill -9``):
+    an orphaned worker would keep computing and keep the output's HDF5 file open.  Linux:
+    the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere:
+    a daemon thread that exits once the parent process id changes."""
+    import signal
+    import threading
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the call above
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _init_pool_worker(parent_pid, script, reference, seed):
+    _die_with_parent(parent_pid)
+    _init_worker(script, reference, seed)
 
 
 def _make(i: int):
@@ -127,6 +162,13 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
         raise FileNotFoundError(f"output directory {path.parent} does not exist")
     H, W = script.size
     C = CHANNELS
+    # Before any sample is drawn: a dataset that cannot fit on the disk is refused (lzf
+    # rarely compresses these images by more than 3x; a 4x allowance only stops absurd -n).
+    raw = n * (2 * C + 1) * H * W * 4
+    free = shutil.disk_usage(path.parent).free
+    if raw / 4 > free:
+        raise ValueError(f"n = {n} samples of {H}x{W} px need about {raw / 2**30:.3g} GiB "
+                         f"uncompressed; {path.parent} has {free / 2**30:.3g} GiB free")
     bar = _Progress(n, progress, f"{script.name} -> {path.name}")
 
     def write(f):
@@ -162,8 +204,8 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
                 bar.update(i + 1)
         else:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(script, reference, seed)) as ex:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
+                                     initargs=(os.getpid(), script, reference, seed)) as ex:
                 chunk = max(1, min(8, n // (4 * workers)))
                 for done, res in enumerate(ex.map(_make, range(n), chunksize=chunk), 1):
                     put(*res)

@@ -87,7 +87,7 @@ def test_vnumba_imports_point_down_the_layers_and_only_apps_import_synth():
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("allowed", [("ops", "io", "scenarios")])
+@pytest.mark.parametrize("allowed", [("ops", "io", "scenarios", "cli")])
 def test_synth_uses_only_the_operator_and_file_layers_of_vnumba(allowed):
     bad = []
     for path, name, package in _modules("synth"):

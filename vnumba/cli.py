@@ -14,8 +14,16 @@ def _positive_float(s):
     return v
 
 
-#: Plausible pixel sizes (µm/px): from beyond 100x objectives to a 0.2x overview.
-MPP_RANGE = (0.01, 50.0)
+from vnumba.io.images import MPP_RANGE
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (``PROG: error: MESSAGE (see
+    --help)``, exit status 2) instead of the usage block followed by the message: every
+    command of the project reports a bad option on one line naming it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _pixel_size(s):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vnumba.analysis.evaluation import ALL_BACKGROUND, MATCH_RADIUS, _n_images, _summary_line, run_evaluation
 from vnumba.analysis.inference import load_model_arg
-from vnumba.cli import _pixel_size, _positive_float, _positive_int, _unit_float, add_extraction_options
+from vnumba.cli import ArgumentParser, _pixel_size, _positive_float, _positive_int, _unit_float, add_extraction_options
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
@@ -32,7 +32,7 @@ def script_rule(scenario: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m vnumba.evaluate",
         description="Score a model (and a classical haematoxylin/Otsu/watershed baseline, and "
                     "optionally a second model) against real annotations: pixel accuracy, "

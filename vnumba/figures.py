@@ -10,6 +10,7 @@ import numpy as np
 
 from vnumba.analysis.inference import load_model_arg, predict_image
 from vnumba.analysis.plots import plot_panels, plot_training_curves
+from vnumba.cli import ArgumentParser
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
@@ -24,7 +25,7 @@ def _index_list(s):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vnumba.figures",
+    p = ArgumentParser(prog="python -m vnumba.figures",
                                 description="Training curves and sample panels.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("curves", help="loss / mask accuracy / PSNR vs iteration (Fig. 3)")

@@ -2,14 +2,14 @@
 (:mod:`vnumba.analysis.objfilter`) on synthetic objects and store it in the model's meta."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from vnumba.analysis.objfilter import fit_object_filter
+from vnumba.cli import ArgumentParser
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vnumba.objclass", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m vnumba.objclass", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="trained model file or shipped name")
     p.add_argument("data", help="synthetic dataset (HDF5) of the model's scenario")
     p.add_argument("--out", required=True, help="model file to write (the model plus its filter)")

@@ -18,14 +18,14 @@ from vnumba.analysis.inference import (
     predict_image,
     write_prediction,
 )
-from vnumba.cli import _pixel_size, _positive_int, _unit_float, add_extraction_options
+from vnumba.cli import ArgumentParser, _pixel_size, _positive_int, _unit_float, add_extraction_options
 from vnumba.io.images import read_image
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m vnumba.predict",
         description="Denoise and segment real images with a trained coupled variational "
                     "network. Writes NAME_reconstruction.png, NAME_mask.png (16-bit, "

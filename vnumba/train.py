@@ -8,16 +8,16 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from vnumba.cli import ArgumentParser
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.training.trainer import ADAM_EPS, TrainOptions, train
 from vnumba.vn.backend import BackendUnavailable
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m vnumba.train",
         description="Train a coupled variational network on a synthetic HDF5 dataset "
                     "(datasets u0, gu, gm; see README).")

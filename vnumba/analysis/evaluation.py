@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from vnumba.analysis.objects import MIN_AREA_UM2, SPLIT_UM
+from vnumba.io.images import MPP_RANGE
 from vnumba.scenarios import CLASS_NAMES, SCENARIOS, DensityRule, class_name, class_order
 
 __all__ = [
@@ -440,12 +441,18 @@ def nominal_mpp(data_dir, image_path) -> float | None:
                     if (folder / (row.get("file") or "")).resolve() != image_path:
                         continue
                     mag = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[xX]\s*", row.get("magnification") or "")
+                    value = None
                     if mag and float(mag.group(1)) > 0:
-                        return 10.0 / float(mag.group(1))
-                    nums = re.findall(r"\d+(?:\.\d+)?", row.get("mpp") or "")
-                    if len(nums) == 1 and float(nums[0]) > 0:
-                        return float(nums[0])
-                    return None
+                        value = 10.0 / float(mag.group(1))
+                    else:
+                        nums = re.findall(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", row.get("mpp") or "")
+                        if len(nums) == 1 and float(nums[0]) > 0:
+                            value = float(nums[0])
+                    if value is not None and not MPP_RANGE[0] <= value <= MPP_RANGE[1]:
+                        raise ValueError(f"{man}: row {row.get('file')!r} gives "
+                                         f"{value:g} um/px, not a plausible pixel size "
+                                         f"({MPP_RANGE[0]:g} to {MPP_RANGE[1]:g})")
+                    return value
     return None
 
 
@@ -658,6 +665,11 @@ def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", 
             entry["skipped"]["all"] = f"{lab_path}: unreadable annotation ({e})"
             say(f"[{k}/{len(pairs)}] {rel}: skipped — {entry['skipped']['all']}")
             continue
+        try:
+            # Float labels (e.g. saved by an image tool) would round ids silently: refuse.
+            _check_labels(instances, classes if classes is not None else instances)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{lab_path}: {e}") from None
         try:
             img = read_image(img_path)
         except (OSError, ValueError) as e:

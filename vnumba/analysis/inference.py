@@ -26,7 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vnumba.io.images import ImageData, encode_mask16, float_to_uint, image_to_float, match_channels, write_png
+from vnumba.io.images import (
+    MAX_RESAMPLED_PIXELS,
+    MPP_RANGE,
+    ImageData,
+    encode_mask16,
+    float_to_uint,
+    image_to_float,
+    match_channels,
+    write_png,
+)
 
 __all__ = [
     "Prediction", "tile_windows", "predict_array", "model_channels", "model_mpp",
@@ -284,8 +293,10 @@ def predict_image(model, image, mpp: float | None = None, tile: int = DEFAULT_TI
         arr, path, in_mpp = np.asarray(image), "image", mpp
         if arr.ndim == 2:
             arr = arr[:, :, None]
-    if in_mpp is not None and not float(in_mpp) > 0:
-        raise ValueError(f"{path}: pixel size must be > 0, got {in_mpp}")
+    if in_mpp is not None and not (np.isfinite(float(in_mpp))
+                                   and MPP_RANGE[0] <= float(in_mpp) <= MPP_RANGE[1]):
+        raise ValueError(f"{path}: pixel size {in_mpp} um/px is not plausible (expected "
+                         f"{MPP_RANGE[0]:g} to {MPP_RANGE[1]:g})")
     arr = match_channels(arr, model_channels(model), path)
     x = image_to_float(arr, scale_mode, path)
     H, W = x.shape[:2]
@@ -296,6 +307,11 @@ def predict_image(model, image, mpp: float | None = None, tile: int = DEFAULT_TI
         scale = float(in_mpp) / m_mpp
     if abs(scale - 1.0) > 1e-3:
         shape = (max(1, round(H * scale)), max(1, round(W * scale)))
+        if shape[0] * shape[1] > MAX_RESAMPLED_PIXELS:
+            # Checked before allocating: a wrong pixel size must not ask for terabytes.
+            raise ValueError(f"{path}: resampling {W}x{H} px from {in_mpp:g} to the model's "
+                             f"{m_mpp:g} um/px would give {shape[1]}x{shape[0]} px (more than "
+                             f"{MAX_RESAMPLED_PIXELS} pixels); check the pixel size")
         xs = resample(xn, shape)
     else:
         scale, xs = 1.0, xn

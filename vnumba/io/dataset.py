@@ -201,6 +201,9 @@ class SyntheticDataset:
             self.n, self.channels, self.height, self.width = validate_file(self._f, self.path)
             self.attrs = {k: (v.decode() if isinstance(v, bytes) else v)
                           for k, v in self._f.attrs.items()}
+            # Samples whose whole arrays passed check_sample (a crop alone could miss a
+            # NaN or an out-of-range pixel elsewhere in the sample).
+            self._checked = set()
         except Exception:
             self._f.close()
             raise
@@ -233,13 +236,25 @@ class SyntheticDataset:
             if y < 0 or x < 0 or y + size > self.height or x + size > self.width:
                 raise ValueError(f"crop {size} at ({y}, {x}) outside {self.height}x{self.width}")
             ys, xs = slice(y, y + size), slice(x, x + size)
+        if i not in self._checked:
+            # First read of this sample: validate all of it (one chunk per dataset), so a bad
+            # value anywhere stops the run the first time the sample is drawn.
+            full = self._read(i, slice(0, self.height), slice(0, self.width))
+            check_sample(self.path, i, *full)
+            self._checked.add(i)
+            if size is None:
+                return full
+        u0, gu, gm = self._read(i, ys, xs)
+        check_sample(self.path, i, u0, gu, gm)
+        return u0, gu, gm
+
+    def _read(self, i, ys, xs):
         try:
             u0 = np.asarray(self._f["u0"][i, :, ys, xs], dtype=np.float32)
             gu = np.asarray(self._f["gu"][i, :, ys, xs], dtype=np.float32)
             gm = np.asarray(self._f["gm"][i, ys, xs], dtype=np.float32)
         except OSError as e:
             raise DatasetError(f"{self.path}: sample {i} cannot be read (truncated file?): {e}") from None
-        check_sample(self.path, i, u0, gu, gm)
         return u0, gu, gm
 
     def batch(self, plan, dtype=np.float32):

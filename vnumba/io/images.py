@@ -63,6 +63,13 @@ class ImageData:
         return self.path.stem
 
 
+#: Plausible pixel sizes (µm/px): from beyond 100x objectives to a 0.2x overview.  A value
+#: outside is a typo or a unit mix-up, and resampling by it could ask for terabytes.
+MPP_RANGE = (0.01, 50.0)
+#: Largest image (pixels) that prediction resamples to (about 16 GiB of float32 RGB).
+MAX_RESAMPLED_PIXELS = 2 ** 30
+
+
 def _fail(path, msg) -> ValueError:
     return ValueError(f"{path}: {msg}")
 

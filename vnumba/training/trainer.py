@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,10 @@ def _meta(ds, args, lr):
         if k in ds.attrs:
             v = ds.attrs[k]
             meta[k if k != "seed" else "dataset_seed"] = v.tolist() if isinstance(v, np.ndarray) else v
-    norm = _script_normalization(ds.attrs.get("script"))
+    try:
+        norm = _script_normalization(ds.attrs.get("script"))
+    except ValueError as e:
+        raise ValueError(f"{ds.path}: {e}") from None
     if norm is not None and "reinhard_mean" not in meta:
         meta["reinhard_mean"], meta["reinhard_std"] = norm
     meta["train"] = {"iters": args.iters, "batch": args.batch, "lr": lr, "crop": args.crop,
@@ -151,7 +155,19 @@ def _script_normalization(text):
         return None
     if norm.get("method", "reinhard") != "reinhard" or "target_mean" not in norm:
         return None
-    return [float(v) for v in norm["target_mean"]], [float(v) for v in norm["target_std"]]
+    out = []
+    for key in ("target_mean", "target_std"):
+        v = norm.get(key)
+        if (not isinstance(v, list) or len(v) != 3
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                or not np.all(np.isfinite(v))):
+            raise ValueError(f"the dataset's script attribute: [normalization] {key} must be "
+                             f"three finite numbers, got {v!r}")
+        out.append([float(x) for x in v])
+    if min(out[1]) <= 0:
+        raise ValueError(f"the dataset's script attribute: [normalization] target_std must be "
+                         f"positive, got {out[1]}")
+    return out[0], out[1]
 
 
 def _fmt_time(s):
@@ -206,6 +222,24 @@ def _write_checkpoint(path, model, opt_state, iteration, elapsed, run_key, rows=
     atomic_h5(path, write)
 
 
+def _check_optimizer_state(path, params: dict, opt: dict) -> None:
+    """Adam's state must match the parameters it belongs to (names, shapes, step count)."""
+    if "t" not in opt or np.asarray(opt["t"]).shape != () or int(opt["t"]) < 0:
+        raise ValueError(f"{path}: optimizer state has no valid step count 't'")
+    for kind in ("m", "v"):
+        names = {k[2:] for k in opt if k.startswith(kind + "/")}
+        if names and names != set(params):
+            raise ValueError(f"{path}: optimizer moments {kind!r} cover {sorted(names)}, the "
+                             f"parameters are {sorted(params)}")
+        for k in names:
+            a, want = np.asarray(opt[f"{kind}/{k}"]), np.shape(params[k])
+            if a.shape != want:
+                raise ValueError(f"{path}: optimizer moment '{kind}/{k}' has shape {a.shape}, "
+                                 f"the parameter {k!r} {want}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{path}: optimizer moment '{kind}/{k}' is not finite")
+
+
 def _read_checkpoint(path):
     """Model, optimizer state, iteration, elapsed seconds, run key and log rows (or None)."""
     try:
@@ -218,6 +252,7 @@ def _read_checkpoint(path):
                 raise ValueError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
             opt = {}
             f["optimizer"].visititems(lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
+            _check_optimizer_state(path, model.params, opt)
             rows = None
             if "log_csv" in f.attrs:
                 text = f.attrs["log_csv"]
@@ -277,6 +312,48 @@ def train(args: TrainOptions) -> Model:
         return _train_locked(args, out, log_path, ckpt_path, dtype)
 
 
+def estimate_memory(args, cfg, channels: int, height: int, width: int, dtype) -> int:
+    """Rough bytes a training run needs, from the shapes alone (nothing is allocated).
+
+    Parameters, their gradient and Adam's two moments (float64), plus the stored states of
+    the unrolled network: per step and batch image, the image and mask, their filter
+    responses and the coupling features, forward and backward.  Meant to refuse settings
+    that cannot fit (``--steps 100000000``), not to predict the peak exactly.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    if args.arch == "unet":
+        from vnumba.unet.network import param_shapes
+        per_px = 2 * (channels + 1) + 6 * int(cfg.width)
+        steps = 2 * int(cfg.scales)
+    else:
+        from vnumba.vn.config import param_shapes
+        per_px = 2 * (channels + 1) + 2 * (int(cfg.nf_u) + int(cfg.nf_m))
+        steps = int(cfg.n_steps)
+    n_params = sum(int(np.prod(s, dtype=np.float64)) for s in param_shapes(cfg).values())
+    return int(n_params * (itemsize + 3 * 8)
+               + 2.0 * args.batch * height * width * steps * per_px * itemsize)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(args, cfg, ds, crop, dtype) -> None:
+    h = crop or ds.height
+    w = crop or ds.width
+    need = estimate_memory(args, cfg, ds.channels, h, w, dtype)
+    have = _physical_memory()
+    if have and need > have:
+        what = (f"--unet-width {args.unet_width}" if args.arch == "unet" else
+                f"--steps {args.steps}, --nf-u {args.nf_u}, --nf-m {args.nf_m}")
+        raise SystemExit(f"error: this run would need about {need / 2**30:.3g} GiB ({what}, "
+                         f"--batch {args.batch}, {h}x{w} px); the machine has "
+                         f"{have / 2**30:.3g} GiB")
+
+
 def _train_locked(args, out, log_path, ckpt_path, dtype):
     from vnumba.vn.backend import get_backend
     from vnumba.vn.model import batch_metrics
@@ -291,6 +368,8 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
                          f"({ds.n} samples)")
     if crop is not None and (crop > ds.height or crop > ds.width):
         raise SystemExit(f"error: --crop {crop} is larger than the images ({ds.height}x{ds.width})")
+    _check_memory(args, cfg, ds, crop, dtype)
+    _meta(ds, args, lr)  # the dataset's metadata is checked before any iteration runs
     if args.arch == "unet":
         from vnumba.unet import network as unet
         side = crop or min(ds.height, ds.width)
