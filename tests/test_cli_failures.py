@@ -232,3 +232,21 @@ def test_a_read_only_output_folder_is_named_in_one_line(work, argv):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
     assert "ro" in lines[0]
+
+
+def test_library_entry_points_validate_their_arguments(tmp_path):
+    from vnumba import ModelConfig, init_params
+    from vnumba.io.dataset import batch_plan
+    from vnumba.io.models import Model
+
+    cfg = ModelConfig(n_steps=1, n_channels=3, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    m = Model("vn", cfg, init_params(cfg, np.random.default_rng(0)), {})
+    for bad, what in ((np.zeros((3, 8, 8)), "shape"), (np.zeros((1, 2, 8, 8)), "channels"),
+                      (np.full((1, 3, 8, 8), np.nan), "NaN")):
+        with pytest.raises(ValueError, match=what):
+            m.apply(bad)
+    for kw, name in ((dict(batch=0), "batch"), (dict(seed=-1), "seed"), (dict(crop=0), "crop"),
+                     (dict(n=0), "n")):
+        args = dict(seed=0, iteration=0, n=4, batch=2, height=8, width=8, crop=None) | kw
+        with pytest.raises(ValueError, match=name):
+            batch_plan(**args)

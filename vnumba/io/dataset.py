@@ -281,6 +281,13 @@ def batch_plan(seed: int, iteration: int, n: int, batch: int, height: int, width
     tuple
         ``(indices (B,), y (B,), x (B,), size)``; ``size`` is None for full images.
     """
+    for name, v, lo in (("seed", seed, 0), ("iteration", iteration, 0), ("n", n, 1),
+                        ("batch", batch, 1), ("height", height, 1), ("width", width, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"batch_plan: {name} must be an integer >= {lo}, got {v!r}")
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, np.integer))
+                             or crop < 1):
+        raise ValueError(f"batch_plan: crop must be None or an integer >= 1, got {crop!r}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, iteration)))
     idx = rng.choice(n, size=batch, replace=batch > n)
     if crop is None or (crop >= height and crop >= width):

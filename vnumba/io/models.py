@@ -87,14 +87,25 @@ class Model:
         Parameters
         ----------
         u0 : ndarray, shape (N, C, H, W), values in [0, 1]
-            Converted to the parameters' dtype.
+            Converted to the parameters' dtype; C must be the model's channel count and
+            every value finite (``ValueError`` otherwise).
 
         Returns
         -------
         u : ndarray, shape (N, C, H, W)
         m : ndarray, shape (N, H, W)
         """
-        u0 = np.ascontiguousarray(u0, dtype=self.dtype)
+        a = np.asarray(u0)
+        if a.ndim != 4 or 0 in a.shape:
+            raise ValueError(f"u0 must have shape (N, C, H, W) with no empty axis, got {a.shape}")
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"u0 must be a numeric array, got {a.dtype}")
+        want = getattr(self.config, "n_channels", None)
+        if want is not None and a.shape[1] != int(want):
+            raise ValueError(f"u0 has {a.shape[1]} channels, the model expects {want}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("u0 contains NaN or inf")
+        u0 = np.ascontiguousarray(a, dtype=self.dtype)
         if self.arch == "vn":
             from vnumba.vn.backend import get_backend
             return get_backend("cpu").forward(self.params, self.config, u0, m0)
