@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vnumba.ops.color import (_as_float_rgb, lab_stats, lab_to_rgb,  # noqa: F401 (part of synth.color)
-                              reinhard_normalize, rgb_to_lab)
+from vnumba.ops.color import _as_float_rgb, lab_stats, lab_to_rgb, reinhard_normalize, rgb_to_lab  # noqa: F401 (part of synth.color)
 
 from .noise import gaussian_random_field
 from .script import param

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import numpy as np
+import scipy.fft as sfft
 
 from . import fmm
 from .color import ColorSpec, color_noise, sample_object_colors
 from .generator import RenderSpec, Sample, compose
 from .layers import FilterSpec, Layer, apply_filters, colorize, paint_ellipses, place_ellipses
 from .masks import concentration_mask
-import scipy.fft as sfft
-
 from .noise import gaussian_transfer
 from .script import ParseContext, param, register_scenario
 

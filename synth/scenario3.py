@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import tme
 from .color import ColorSpec, color_noise, sample_object_colors
 from .degrade import DegradeSpec, canvas_size, degrade_input, rescale, stain_variation
 from .fmm import fmm_labels, fmm_regions, random_speed_field, region_boundaries, travel_time
@@ -49,9 +50,7 @@ from .layers import FilterSpec, Layer, apply_filters
 from .noise import gaussian_random_field
 from .reference import ReferenceBundle, load_reference
 from .script import ParseContext, Script, param, register_scenario
-from . import tme
-from .tme import (_rotated_alpha, _rotated_rgb, _rotation,
-                  density_jitter, ellipse_box, rotate_patch)
+from .tme import _rotated_alpha, _rotated_rgb, _rotation, density_jitter, ellipse_box, rotate_patch
 
 __all__ = [
     "LAYER_NAMES", "SpeedSpec", "ReferenceSpec", "RegionsSpec", "ConnectiveSpec", "NucleiSpec",

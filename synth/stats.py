@@ -42,7 +42,8 @@ from .color import lab_stats, reinhard_normalize, rgb_to_lab
 from .script import load_script, parse_script_text
 
 __all__ = ["CATEGORIES", "CategoryStats", "load_annotated", "category_objects", "estimate",
-           "format_block", "replace_block", "fit_correlation_length", "nucleus_sizes", "add_stats_arguments", "run_stats_cli"]
+           "format_block", "replace_block", "fit_correlation_length", "nucleus_sizes",
+           "add_stats_arguments", "run_stats_cli"]
 
 BEGIN = "# >>> synth stats"
 END = "# <<< synth stats"

@@ -17,8 +17,9 @@ PUMA = "he_melanoma_puma/puma_metastatic_roi094_top"
 
 class FakeLocalModel:
     """``apply(u0)``: ``passes`` times a (2r+1)^2 weighted average with symmetric padding and
-    a contrast-raising smoothstep; mask = 1 - channel mean (dark nuclei -> high).  Every output pixel is a fixed sequence of floating
-    point operations on its neighbourhood, so a correct tiling reproduces it bit for bit."""
+    a contrast-raising smoothstep; mask = 1 - channel mean (dark nuclei -> high).  Every output
+    pixel is a fixed sequence of floating point operations on its neighbourhood, so a correct
+    tiling reproduces it bit for bit."""
 
     arch = "fake"
 
@@ -55,9 +56,9 @@ class FakeLocalModel:
 
 def tiny_model(scenario="scenario3", mpp=None, seed=0, **meta):
     """A real ``vnumba.io.models.Model`` with a tiny architecture (receptive radius 12 px)."""
+    from vnumba.io.models import Model
     from vnumba.vn.config import ModelConfig
     from vnumba.vn.model import init_params
-    from vnumba.io.models import Model
 
     cfg = ModelConfig(n_steps=2, nf_u=4, nf_m=2, ks_u=5, ks_m=3, ks=3, n_w=11)
     params = init_params(cfg, np.random.default_rng(seed))

@@ -14,7 +14,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from test_train import TINY, _toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

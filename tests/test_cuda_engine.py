@@ -4,14 +4,14 @@ training iterations (loss and exact gradient, Adam, projection) giving the same 
 and optimiser state as vnumba.vn.model + vnumba.ops.optim.Adam + vnumba.ops.projections."""
 import dataclasses
 
+import cudasim
 import numpy as np
 import pytest
 
-import cudasim
-from vnumba.vn import model
-from vnumba.vn.config import PARAM_NAMES, ModelConfig
 from vnumba.ops.optim import Adam
 from vnumba.ops.projections import project_params
+from vnumba.vn import model
+from vnumba.vn.config import PARAM_NAMES, ModelConfig
 
 # Tiny but complete: three kernel sizes, odd channel counts (idle register slots in the
 # simulator's tiles), a window narrower than the RBF grid.

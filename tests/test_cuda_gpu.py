@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from vnumba.ops import conv as cpu_conv
-from vnumba.vn import model
 from vnumba.ops import projections as cpu_proj
-from vnumba.vn.config import PARAM_NAMES, ModelConfig
 from vnumba.ops.optim import Adam
 from vnumba.ops.projections import project_params
-from vnumba.ops.rbf import RBFGrid, rbf_apply as cpu_rbf_apply, rbf_weight_grad as cpu_rbf_wgrad
+from vnumba.ops.rbf import RBFGrid
+from vnumba.ops.rbf import rbf_apply as cpu_rbf_apply
+from vnumba.ops.rbf import rbf_weight_grad as cpu_rbf_wgrad
+from vnumba.vn import model
+from vnumba.vn.config import PARAM_NAMES, ModelConfig
 
 pytestmark = pytest.mark.gpu
 

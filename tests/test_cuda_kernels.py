@@ -1,16 +1,18 @@
 """CUDA kernels under the CUDA simulator: every kernel family against the NumPy references
 (tests/naive.py) and the CPU kernels, in float32 tolerance, with the simulator's default
 tiles and with tiles smaller than the images (partial and multiple tiles per launch)."""
+import cudasim
+import naive
 import numpy as np
 import pytest
 
-import cudasim
-import naive
 from vnumba.ops import conv as cpu_conv
 from vnumba.ops import projections as cpu_proj
-from vnumba.vn.config import ModelConfig
 from vnumba.ops.optim import Adam
-from vnumba.ops.rbf import RBFGrid, rbf_apply as cpu_rbf_apply, rbf_weight_grad as cpu_rbf_wgrad
+from vnumba.ops.rbf import RBFGrid
+from vnumba.ops.rbf import rbf_apply as cpu_rbf_apply
+from vnumba.ops.rbf import rbf_weight_grad as cpu_rbf_wgrad
+from vnumba.vn.config import ModelConfig
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_train import TINY, _toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vnumba.vn import model
-from vnumba.vn.config import ModelConfig, PARAM_NAMES
+from vnumba.vn.config import PARAM_NAMES, ModelConfig
 
 # All centres evaluated: the loss is then smooth in every parameter (a window would add
 # ~1e-8 jumps where a value crosses between centres).

@@ -6,11 +6,10 @@ import os
 
 import numpy as np
 import pytest
-
 from test_train import TINY, _toy_dataset
+
 from vnumba import train
-from vnumba.io.outputs import (OutputConflict, check_outputs, remove_stale_temporaries,
-                             same_file, temp_path)
+from vnumba.io.outputs import OutputConflict, check_outputs, remove_stale_temporaries, same_file, temp_path
 
 
 def _digest(p):

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from vnumba.io.images import (decode_mask16, encode_mask16, image_to_float, match_channels,
-                                  read_image, tiff_mpp, write_png)
+from vnumba.io.images import (
+    decode_mask16,
+    encode_mask16,
+    image_to_float,
+    match_channels,
+    read_image,
+    tiff_mpp,
+    write_png,
+)
 
 
 @pytest.fixture
@@ -180,8 +187,9 @@ def test_png_alpha_opaque_is_dropped_transparent_is_refused(tmp_path):
 
 
 def test_predict_warns_once_per_image_when_the_pixel_size_is_assumed(tmp_path, monkeypatch, capsys):
-    import vnumba.predict
     from predict_helpers import FakeLocalModel
+
+    import vnumba.predict
 
     iio.imwrite(tmp_path / "x.png", np.full((10, 12, 3), 120, np.uint8))
     model = FakeLocalModel(r=0, passes=1, meta={"mpp": 0.48})

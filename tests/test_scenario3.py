@@ -1,17 +1,17 @@
 """Scenario 3 generator (synth.scenario3): geometry, texture, mask rule, script, determinism."""
 import dataclasses
 
+import naive
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from test_reference import COHORT_CFG, cohort_image, write_labelled
 
-import naive
 from synth import reference as R
 from synth import scenario3 as S3
 from synth.generator import generate_sample, sample_rng
 from synth.layers import Layer
 from synth.script import ScriptError, load_script, parse_script_text
-from test_reference import COHORT_CFG, cohort_image, write_labelled
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 sections: geometry, determinism per seed, the mask never covering a look-alike."""
 import numpy as np
 import pytest
+from test_reference import COHORT_CFG, cohort_image, write_labelled
 
 from synth import degrade as D
 from synth import reference as R
@@ -9,7 +10,6 @@ from synth import scenario3 as S3
 from synth import tme
 from synth.generator import generate_sample, sample_rng
 from synth.script import ScriptError, load_script, parse_script_text
-from test_reference import COHORT_CFG, cohort_image, write_labelled
 
 LOOKALIKES = ("vessel_cells", "stroma", "aggregates", "immune_cells", "pigment", "debris")
 
@@ -64,8 +64,9 @@ def test_bundle_holds_immune_and_other_nuclei_with_provenance(bundle):
 
 
 def test_version_1_bundle_loads_with_empty_lookalike_sets_and_keeps_its_fingerprint(bundle, tmp_path):
-    import h5py
     import shutil
+
+    import h5py
 
     b2 = R.load_reference(bundle)
     old = tmp_path / "v1.h5"

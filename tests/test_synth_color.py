@@ -2,8 +2,16 @@
 import numpy as np
 import pytest
 
-from synth.color import (ColorSpec, color_noise, lab_stats, lab_to_rgb, psd_factor,
-                         reinhard_normalize, rgb_to_lab, sample_object_colors)
+from synth.color import (
+    ColorSpec,
+    color_noise,
+    lab_stats,
+    lab_to_rgb,
+    psd_factor,
+    reinhard_normalize,
+    rgb_to_lab,
+    sample_object_colors,
+)
 
 
 def _image(seed=0):

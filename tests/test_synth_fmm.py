@@ -1,8 +1,8 @@
 """Fast marching, region decompositions and random fields (synth.fmm, synth.noise)."""
+import naive
 import numpy as np
 import pytest
 
-import naive
 from synth import fmm
 from synth.noise import gaussian_random_field
 

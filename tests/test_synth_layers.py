@@ -1,10 +1,9 @@
 """Layers, merging, filters and ellipse placement (synth.layers)."""
+import naive
 import numpy as np
 import pytest
 
-import naive
-from synth.layers import (FilterSpec, Layer, blur_rgba, colorize, merge_layers, paint_ellipses,
-                          place_ellipses)
+from synth.layers import FilterSpec, Layer, blur_rgba, colorize, merge_layers, paint_ellipses, place_ellipses
 
 
 def _layer(h, w, color, box):

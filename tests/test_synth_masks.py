@@ -1,8 +1,8 @@
 """Target-mask rules on hand-placed cells (synth.masks, synth.layered)."""
+import naive
 import numpy as np
 import pytest
 
-import naive
 from synth.masks import concentration_mask, disc_concentration, disc_offsets
 
 

@@ -3,8 +3,15 @@ import textwrap
 
 import pytest
 
-from synth.script import (SHIPPED, ScriptError, get_scenario, load_script, parse_script_text,
-                          register_scenario, shipped_path)
+from synth.script import (
+    SHIPPED,
+    ScriptError,
+    get_scenario,
+    load_script,
+    parse_script_text,
+    register_scenario,
+    shipped_path,
+)
 
 MINIMAL = textwrap.dedent("""
     [scenario]
@@ -149,7 +156,8 @@ def test_syntax_error_and_missing_file(tmp_path):
 
 
 def test_filter_validation(tmp_path):
-    text = MINIMAL.replace('count = [3, 5]', 'count = [3, 5]\nfilters = [{ kind = "noise", sigma = 0.1, apply_to = "both" }]')
+    text = MINIMAL.replace('count = [3, 5]', 'count = [3, 5]\n'
+                           'filters = [{ kind = "noise", sigma = 0.1, apply_to = "both" }]')
     e = _err(text, tmp_path)
     assert e.key == "layers[1].filters[0].apply_to"
 

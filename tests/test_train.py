@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from vnumba import train
-
 from vnumba.io import models as modelio
+from vnumba.io.dataset import DatasetError, SyntheticDataset, batch_plan, write_dataset_arrays
 from vnumba.training import trainer
 from vnumba.vn.config import ModelConfig
-from vnumba.io.dataset import DatasetError, SyntheticDataset, batch_plan, write_dataset_arrays
 from vnumba.vn.model import init_params
 
 TINY = ["--steps", "2", "--nf-u", "4", "--nf-m", "2", "--ks-u", "5", "--ks-m", "3", "--ks", "3"]

@@ -1,10 +1,10 @@
 """U-Net baseline (vnumba.unet.network): configuration, parameters, forward pass against a NumPy
 reference built from the architecture description, receptive field, loss normalisation,
 whole-network finite differences in float64 and a short Adam training run."""
+import naive
 import numpy as np
 import pytest
 
-import naive
 from vnumba.unet import network as unet
 from vnumba.vn.config import from_dict
 

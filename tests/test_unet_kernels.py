@@ -1,11 +1,13 @@
 """U-Net layers (vnumba.unet.kernels): Numba kernels vs the NumPy references in naive.py,
 dot-product tests of the linear operators, central finite differences of every layer's
 backward pass (float64), and argument checking."""
+import naive
 import numpy as np
 import pytest
 
-import naive
 from vnumba.unet import kernels as uk
+
+
 def _fd(f, x, d, eps=1e-6):
     """Central difference of the scalar function f at x along d."""
     return (f(x + eps * d) - f(x - eps * d)) / (2 * eps)

@@ -42,8 +42,8 @@ SHIPPED = tuple(_SCENARIOS)
 
 def _arch_api(arch):
     if arch == "vn":
-        from vnumba.vn import model as api
         from vnumba.ops.projections import project_params
+        from vnumba.vn import model as api
         return ModelConfig, api.init_params, project_params
     if arch == "unet":
         from vnumba.unet import network as api

@@ -251,7 +251,8 @@ def _read_checkpoint(path):
                                            ("run_key", "run_key" in f.attrs)) if not ok]
                 raise ValueError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
             opt = {}
-            f["optimizer"].visititems(lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
+            f["optimizer"].visititems(
+                lambda k, d: opt.__setitem__(k, np.array(d)) if isinstance(d, h5py.Dataset) else None)
             _check_optimizer_state(path, model.params, opt)
             rows = None
             if "log_csv" in f.attrs:

@@ -42,9 +42,18 @@ import numpy as np
 
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.unet.kernels import (
-    _concat_impl, _conv2d_impl, _conv2d_input_adjoint_impl, _conv2d_param_grad_impl,
-    _maxpool2_backward_impl, _maxpool2_impl, _output_head_backward_impl, _output_head_impl,
-    _relu_backward_impl, _split_impl, _upsample2_adjoint_impl, _upsample2_impl,
+    _concat_impl,
+    _conv2d_impl,
+    _conv2d_input_adjoint_impl,
+    _conv2d_param_grad_impl,
+    _maxpool2_backward_impl,
+    _maxpool2_impl,
+    _output_head_backward_impl,
+    _output_head_impl,
+    _relu_backward_impl,
+    _split_impl,
+    _upsample2_adjoint_impl,
+    _upsample2_impl,
 )
 
 __all__ = [

@@ -35,8 +35,8 @@ class CPUTrainer:
         from vnumba.ops.optim import Adam
         self.arch, self.cfg, self._params = arch, cfg, params
         if arch == "vn":
-            from vnumba.vn import model
             from vnumba.ops.projections import project_params
+            from vnumba.vn import model
             self._loss_and_grad = model.loss_and_grad
             project = lambda p: project_params(p, cfg)  # noqa: E731
         elif arch == "unet":

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from vnumba.vn.config import ModelConfig, PARAM_NAMES, param_shapes
 from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+from vnumba.vn.config import PARAM_NAMES, ModelConfig, param_shapes
 
 __all__ = [
     "init_params", "step_params", "step_forward", "step_backward", "forward",
