@@ -579,7 +579,8 @@ def pool_results(results: list) -> dict:
     return out
 
 
-def run_evaluation(methods: dict, data_dir, out_dir, target: str = "scenario3", rule_model=None,
+def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
+                   target: str = "scenario3", rule_model=None,
                    mpp: float | None = None, threshold: float = 0.5,
                    split_um: float = SPLIT_UM, min_area_um2: float = MIN_AREA_UM2,
                    split_h: float | None = None, min_area: int | None = None,

@@ -21,6 +21,7 @@ Command line: ``python -m vnumba.predict IMAGE... [--model MODEL] --out DIR``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,8 +262,9 @@ class Prediction:
     seconds: float
 
 
-def predict_image(model, image, mpp: float | None = None, tile: int = DEFAULT_TILE,
-                  scale_mode: str = "dtype", progress=None) -> Prediction:
+def predict_image(model, image: ImageData | np.ndarray, mpp: float | None = None,
+                  tile: int = DEFAULT_TILE, scale_mode: str = "dtype",
+                  progress: Callable[[int, int], None] | None = None) -> Prediction:
     """Full pipeline for one image (steps 1–5 of the module docstring, without writing).
 
     Parameters

@@ -15,6 +15,7 @@ shape, and names the file in each error.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def write_model_group(f, model: Model):
         g.create_dataset(k, data=np.asarray(v))
 
 
-def save_model(path, model: Model) -> Path:
+def save_model(path: str | os.PathLike, model: Model) -> Path:
     """Write ``model`` to ``path`` (HDF5), atomically.
 
     Returns
@@ -206,7 +207,7 @@ def read_model_group(f, where) -> Model:
     return model
 
 
-def load_model(path_or_name) -> Model:
+def load_model(path_or_name: str | os.PathLike) -> Model:
     """Read a model file, or a shipped model by name.
 
     Parameters

@@ -19,6 +19,7 @@ Parameters are a dict ``name -> array`` stacked over steps (see
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
 from vnumba.ops.loss import loss_value_and_output_grad
@@ -32,7 +33,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- parameters
-def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> dict:
+def init_params(cfg: ModelConfig, rng: np.random.Generator,
+                dtype: DTypeLike = np.float32) -> dict[str, np.ndarray]:
     """Initial parameters: random feasible filters, near-linear functions.
 
     ``φ^u``, ``φ^m`` start close to the identity and ``ψ`` close to a small multiple of the
@@ -266,8 +268,9 @@ def _check_batch(name, x, ndim, dtype, shape=None):
         raise ValueError(f"{name} contains NaN or inf")
 
 
-def forward(params: dict, cfg: ModelConfig, u0, m0=None, return_states: bool = False,
-            chunk: int = 1):
+def forward(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
+            m0: np.ndarray | None = None, return_states: bool = False,
+            chunk: int = 1) -> tuple:
     """Unrolled forward pass of ``cfg.n_steps`` steps.
 
     Parameters
@@ -352,8 +355,9 @@ def _run_steps(params, cfg, u0, m0, keep_states=True, record=False):
     return (u, m, states), records
 
 
-def loss_and_grad(params: dict, cfg: ModelConfig, u0, gu, gm, m0=None, chunk: int = 1,
-                  store: str = "convs"):
+def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
+                  gu: np.ndarray, gm: np.ndarray, m0: np.ndarray | None = None,
+                  chunk: int = 1, store: str = "convs") -> tuple:
     """Training loss and its exact gradient for every parameter of every step.
 
     Parameters
