@@ -14,7 +14,7 @@ import numpy as np
 from vnumba.ops.color import _as_float_rgb, lab_stats, lab_to_rgb, reinhard_normalize, rgb_to_lab  # noqa: F401 (part of synth.color)
 
 from .noise import gaussian_random_field
-from .script import param
+from .params import param
 
 __all__ = ["rgb_to_lab", "lab_to_rgb", "lab_stats", "reinhard_normalize", "ColorSpec",
            "sample_object_colors", "color_noise", "psd_factor"]

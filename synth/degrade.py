@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .script import param
+from .params import param
 
 __all__ = ["DegradeSpec", "canvas_size", "rescale", "stain_variation", "degrade_input"]
 

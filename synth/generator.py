@@ -13,13 +13,16 @@ kind shares the same rendering:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from .layers import merge_layers, over_backdrop
-from .script import Script, param
+from .params import param
+
+if TYPE_CHECKING:  # annotations only: synth.script imports this module
+    from .script import Script
 
 __all__ = ["Sample", "RenderSpec", "compose", "generate_sample", "sample_rng"]
 
@@ -128,7 +131,8 @@ def generate_sample(script: Script, rng: np.random.Generator, reference: Any = N
     Sample
         Validated: float32, values in [0, 1], binary mask, shapes ``script.size``.
     """
-    if not isinstance(script, Script):
+    # Duck-typed: synth.script (which defines Script) sits above this module.
+    if not (hasattr(script, "kind") and hasattr(script, "sections") and hasattr(script, "text")):
         raise TypeError(f"script must be a synth.script.Script, got {type(script).__name__}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError("rng must be a numpy.random.Generator")

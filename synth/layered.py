@@ -33,10 +33,11 @@ import scipy.fft as sfft
 from . import fmm
 from .color import ColorSpec, color_noise, sample_object_colors
 from .generator import RenderSpec, Sample, compose
+from .kinds import register_scenario
 from .layers import FilterSpec, Layer, apply_filters, colorize, paint_ellipses, place_ellipses
 from .masks import concentration_mask
 from .noise import gaussian_transfer
-from .script import ParseContext, param, register_scenario
+from .params import ParseContext, param
 
 __all__ = ["SpeedSpec", "DomainSpec", "MaskSpec", "LayerSpec", "NoiseLayerSpec", "CellsSpec",
            "NucleiSpec", "RibbonsSpec", "LayerKind", "LAYER_KINDS", "register_layer_kind",

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 from scipy import ndimage
 
-from .script import param
+from .params import param
 
 __all__ = ["Layer", "FilterSpec", "merge_layers", "apply_filters", "blur_rgba", "over_backdrop",
            "place_ellipses", "paint_ellipses", "colorize"]

@@ -36,7 +36,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -46,10 +46,14 @@ from .color import ColorSpec, color_noise, sample_object_colors
 from .degrade import DegradeSpec, canvas_size, degrade_input, rescale, stain_variation
 from .fmm import fmm_labels, fmm_regions, random_speed_field, region_boundaries, travel_time
 from .generator import RenderSpec, Sample, compose
+from .kinds import register_scenario
 from .layers import FilterSpec, Layer, apply_filters
 from .noise import gaussian_random_field
+from .params import ParseContext, param
 from .reference import ReferenceBundle, load_reference
-from .script import ParseContext, Script, param, register_scenario
+
+if TYPE_CHECKING:  # annotations only: synth.script imports this module
+    from .script import Script
 from .tme import _rotated_alpha, _rotated_rgb, _rotation, density_jitter, ellipse_box, rotate_patch
 
 __all__ = [

@@ -34,7 +34,13 @@ def _part(module: str) -> str:
 
 def _imports(path: Path, package: str):
     tree = ast.parse(path.read_text(), filename=str(path))
+    # imports under ``if TYPE_CHECKING:`` are for annotations and never run
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             for a in node.names:
                 yield a.name, node.lineno
@@ -45,9 +51,8 @@ def _imports(path: Path, package: str):
             else:
                 mod = node.module or ""
             yield mod, node.lineno
-            for a in node.names:  # ``from vnumba import ops`` names a subpackage
-                if mod == "vnumba":
-                    yield f"vnumba.{a.name}", node.lineno
+            for a in node.names:  # ``from synth import script`` names a module
+                yield f"{mod}.{a.name}", node.lineno
 
 
 def _modules(top: str):
@@ -95,3 +100,52 @@ def test_synth_uses_only_the_operator_and_file_layers_of_vnumba(allowed):
             if mod.startswith("vnumba.") and _part(mod) not in allowed:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+def _graph(top: str) -> dict:
+    """Module -> the modules of the same package it imports (every import, also deferred)."""
+    mods = {name: (path, package) for path, name, package in _modules(top)}
+    g = {}
+    for name, (path, package) in mods.items():
+        deps = set()
+        for mod, _ in _imports(path, package):
+            # "from synth import layered" names the module synth.layered; "from
+            # synth.script import x" the module synth.script
+            for cand in (mod, mod.rsplit(".", 1)[0]):
+                if cand in mods and cand != top:
+                    if cand != name:
+                        deps.add(cand)
+                    break
+        g[name] = deps
+    return g
+
+
+def _cycle(g: dict):
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                c = visit(m)
+                if c:
+                    return c
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(g):
+        if n not in state:
+            c = visit(n)
+            if c:
+                return c
+    return None
+
+
+@pytest.mark.parametrize("top", ["vnumba", "synth"])
+def test_no_import_cycles_not_even_through_deferred_imports(top):
+    cycle = _cycle(_graph(top))
+    assert cycle is None, " -> ".join(cycle)
