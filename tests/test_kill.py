@@ -100,3 +100,26 @@ def test_training_killed_during_checkpoint_writes_resumes_to_the_same_model(tmp_
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert not [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp") or
                 f.name.endswith(".lock")]
+
+
+@pytest.mark.parametrize("cmd", ["vnumba.predict", "vnumba.evaluate"])
+def test_ctrl_c_prints_one_line_and_leaves_nothing_half_written(tmp_path, cmd):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "d").mkdir()
+    iio.imwrite(tmp_path / "d" / "big.png", (rng.uniform(.3, .9, (1024, 1024, 3)) * 255).astype(np.uint8))
+    np.savez(tmp_path / "d" / "big_labels.npz", instances=np.zeros((1024, 1024), np.int32),
+             classes=np.zeros((1024, 1024), np.int32))
+    argv = ([cmd, "d/big.png", "--mpp", "0.25", "--out", "o"] if cmd == "vnumba.predict" else
+            [cmd, "d", "--mpp", "0.25", "--out", "o", "--no-overlays"])
+    p = _popen(argv, tmp_path)
+    time.sleep(4.0)
+    assert p.poll() is None, p.stderr.read()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("warning:", "[", " "))]
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert lines and lines[-1].startswith("interrupted"), err
+    left = [f.name for f in (tmp_path / "o").rglob("*")] if (tmp_path / "o").exists() else []
+    assert not [n for n in left if n.endswith(".tmp")], left

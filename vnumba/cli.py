@@ -17,6 +17,25 @@ def _positive_float(s):
 from vnumba.io.images import MPP_RANGE
 
 
+def interruptible(main):
+    """Wrap a command's ``main`` so that Ctrl-C prints one line and exits 130 instead of a
+    traceback (every file the command writes is written atomically, so an interrupted run
+    leaves finished outputs complete and nothing half-written)."""
+    import functools
+    import sys
+
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print("interrupted; the outputs finished before it are complete, nothing half-written "
+                  "was left", file=sys.stderr)
+            return 130
+
+    return wrapped
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line (``PROG: error: MESSAGE (see
     --help)``, exit status 2) instead of the usage block followed by the message: every

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from vnumba.analysis.evaluation import ALL_BACKGROUND, MATCH_RADIUS, _n_images, _summary_line, run_evaluation
 from vnumba.analysis.inference import load_model_arg
-from vnumba.cli import ArgumentParser, _pixel_size, _positive_float, _positive_int, _unit_float, add_extraction_options
+from vnumba.cli import (
+    ArgumentParser,
+    _pixel_size,
+    _positive_float,
+    _positive_int,
+    _unit_float,
+    add_extraction_options,
+    interruptible,
+)
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
@@ -61,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@interruptible
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)

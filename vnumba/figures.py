@@ -10,7 +10,7 @@ import numpy as np
 
 from vnumba.analysis.inference import load_model_arg, predict_image
 from vnumba.analysis.plots import plot_panels, plot_training_curves
-from vnumba.cli import ArgumentParser
+from vnumba.cli import ArgumentParser, interruptible
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
@@ -83,6 +83,7 @@ def _panels_cli(args) -> int:
     return 0
 
 
+@interruptible
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)

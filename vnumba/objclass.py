@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from vnumba.analysis.objfilter import fit_object_filter
-from vnumba.cli import ArgumentParser
+from vnumba.cli import ArgumentParser, interruptible
 
 
+@interruptible
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m vnumba.objclass", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="trained model file or shipped name")

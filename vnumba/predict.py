@@ -18,7 +18,7 @@ from vnumba.analysis.inference import (
     predict_image,
     write_prediction,
 )
-from vnumba.cli import ArgumentParser, _pixel_size, _positive_int, _unit_float, add_extraction_options
+from vnumba.cli import ArgumentParser, _pixel_size, _positive_int, _unit_float, add_extraction_options, interruptible
 from vnumba.io.images import read_image
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@interruptible
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 some image failed,
     2 bad arguments or model)."""
