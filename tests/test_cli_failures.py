@@ -249,3 +249,17 @@ def test_library_entry_points_validate_their_arguments(tmp_path):
         args = dict(seed=0, iteration=0, n=4, batch=2, height=8, width=8, crop=None) | kw
         with pytest.raises(ValueError, match=name):
             batch_plan(**args)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("argv", [T + ["--out", "/proc/m.h5"], P + ["--mpp", "0.5", "--out", "/proc/o"],
+                                  E + ["evm", "--out", "/proc/eo"],
+                                  G[:2] + ["scenario2"] + G[2:] + ["-o", "/proc/x.h5"]])
+def test_an_unwritable_output_location_is_named_in_one_line(work, argv):
+    # /proc refuses new files even to root, so this runs where read-only folders cannot
+    before = _snapshot(work)
+    r = _run(argv, work)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert "/proc/" in lines[0]
+    assert _snapshot(work) == before

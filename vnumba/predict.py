@@ -149,7 +149,7 @@ def main(argv=None) -> int:
             if str(path) not in msg:
                 msg = f"{path}: {msg}"
             print(f"error: {msg}", file=sys.stderr)
-    if failed:
+    if failed and len(args.images) > 1:  # one image: its own error line says it all
         print(f"{failed} of {len(args.images)} image(s) failed", file=sys.stderr)
     return 1 if failed else 0
 

@@ -61,7 +61,7 @@ def main(argv=None):
     keep_freed_memory()  # a training process reuses its arrays' pages (vnumba.ops.memory)
     try:
         train(TrainOptions(**vars(args)))
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: unreadable input, read-only folder, full disk
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
