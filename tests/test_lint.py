@@ -16,3 +16,10 @@ def test_ruff_is_clean():
     r = subprocess.run([exe, "check", "--output-format", "concise", str(ROOT)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+
+
+def test_readme_links_every_document():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
+               if f"docs/{p.name}" not in readme]
+    assert not missing, f"README.md does not link {missing}"
