@@ -300,23 +300,37 @@ def batch_plan(seed: int, iteration: int, n: int, batch: int, height: int, width
     return idx, ys, xs, int(crop)
 
 
-def write_dataset_arrays(path, u0, gu, gm, **attrs):
+def write_dataset_arrays(path, u0, gu, gm, *, check_values: bool = True, **attrs):
     """Write arrays in the dataset contract (one chunk per sample), atomically.
 
     Used by tests and tools that build small datasets directly; :mod:`synth` writes its
     files (:func:`synth.writer.write_dataset`) with the same layout and the same checks.
 
+    Parameters
+    ----------
+    path : path-like
+    u0, gu : array_like, shape (N, C, H, W), values in [0, 1]
+    gm : array_like, shape (N, H, W), values in [0, 1]
+    check_values : bool
+        Check every sample with :func:`check_sample` (finite, in range) before writing;
+        ``False`` only for tests that need a file with a bad sample (the reader refuses it).
+    **attrs
+        Root attributes (``scenario``, ``seed``, ``mpp``, ...).
+
     Raises
     ------
     DatasetError
-        The arrays break the file rules of :func:`validate_file` (nothing is written).  The
-        per-sample values are not checked here, so tests can build files with a bad sample;
-        the reader refuses such a sample when it reads it.
+        The arrays break the file rules of :func:`validate_file` or, with ``check_values``,
+        a sample breaks :func:`check_sample` (nothing is written).
     """
     from vnumba.io.outputs import atomic_h5
     u0 = np.asarray(u0, DTYPE)
     gu = np.asarray(gu, DTYPE)
     gm = np.asarray(gm, DTYPE)
+    if check_values and u0.ndim == 4 and gu.shape == u0.shape and gm.shape == (
+            u0.shape[0],) + u0.shape[2:]:
+        for i in range(u0.shape[0]):
+            check_sample(path, i, u0[i], gu[i], gm[i])
 
     def write(f):
         for k, a in zip(DATASETS, (u0, gu, gm)):
