@@ -327,10 +327,6 @@ def write_dataset_arrays(path, u0, gu, gm, *, check_values: bool = True, **attrs
     u0 = np.asarray(u0, DTYPE)
     gu = np.asarray(gu, DTYPE)
     gm = np.asarray(gm, DTYPE)
-    if check_values and u0.ndim == 4 and gu.shape == u0.shape and gm.shape == (
-            u0.shape[0],) + u0.shape[2:]:
-        for i in range(u0.shape[0]):
-            check_sample(path, i, u0[i], gu[i], gm[i])
 
     def write(f):
         for k, a in zip(DATASETS, (u0, gu, gm)):
@@ -340,5 +336,8 @@ def write_dataset_arrays(path, u0, gu, gm, *, check_values: bool = True, **attrs
         for k, v in attrs.items():
             f.attrs[k] = v
         validate_file(f, path)
+        if check_values:  # after the file rules, whose messages name the broken rule
+            for i in range(u0.shape[0]):
+                check_sample(path, i, u0[i], gu[i], gm[i])
 
     atomic_h5(path, write)
