@@ -73,7 +73,7 @@ def test_training_killed_during_checkpoint_writes_resumes_to_the_same_model(tmp_
     from vnumba.io.models import load_model
 
     data = _toy_dataset(tmp_path / "D.h5")
-    base = ["vnumba.train", str(data), *TINY, "--iters", "40", "--batch", "2", "--crop", "12",
+    base = ["vnumba.train", str(data), *TINY, "--iters", "200", "--batch", "2", "--crop", "12",
             "--checkpoint-every", "1", "--quiet"]
     r = subprocess.run([sys.executable, "-m", *base, "--out", str(tmp_path / "ref.h5")],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -82,15 +82,22 @@ def test_training_killed_during_checkpoint_writes_resumes_to_the_same_model(tmp_
     out = tmp_path / "k.h5"
     rng = np.random.default_rng(0)
     kills = 0
+    ckpt = tmp_path / "k.ckpt.h5"
     for _ in range(4):
+        stamp = ckpt.stat().st_mtime_ns if ckpt.exists() else None
         p = _popen(base + ["--out", str(out), "--resume"], tmp_path)
-        # a checkpoint is written after every iteration, so most moments fall into a write
-        time.sleep(float(rng.uniform(2.5, 4.5)))
+        # wait until this run writes checkpoints (one after every iteration), then kill it at
+        # a random moment, most likely inside a write
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None and (
+                not ckpt.exists() or ckpt.stat().st_mtime_ns == stamp):
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.05, 0.6)))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.wait()
-    assert kills >= 1
+    assert kills >= 3, kills  # most runs were killed mid-way
     r = subprocess.run([sys.executable, "-m", *base, "--out", str(out), "--resume"],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                        timeout=600)
