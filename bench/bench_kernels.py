@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vnumba import fused  # noqa: E402
+from vnumba.ops import fused  # noqa: E402
 from vnumba.ops.conv import conv_kernel_grad  # noqa: E402
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad  # noqa: E402
 from vnumba.vn.config import ModelConfig  # noqa: E402

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vnumba import unet  # noqa: E402
+from vnumba.unet import network as unet  # noqa: E402
 from vnumba.unet.network import _conv_layers  # noqa: E402
 
 

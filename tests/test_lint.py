@@ -23,3 +23,11 @@ def test_readme_links_every_document():
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
                if f"docs/{p.name}" not in readme]
     assert not missing, f"README.md does not link {missing}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("[!_]*.py")))
+def test_every_benchmark_starts(script):
+    """A moved module must not leave a benchmark behind: each one parses ``--help``."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
