@@ -36,10 +36,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vnumba.vn import model  # noqa: E402
 from vnumba.ops.memory import keep_freed_memory  # noqa: E402
 from vnumba.ops.optim import Adam  # noqa: E402
 from vnumba.ops.projections import project_params  # noqa: E402
+from vnumba.vn import model  # noqa: E402
 from vnumba.vn.config import ModelConfig  # noqa: E402
 
 
