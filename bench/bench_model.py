@@ -270,6 +270,21 @@ def memory_run(args):
 
 
 # ----------------------------------------------------------------------------- main
+def simd_summary() -> str:
+    """The kernels' vector width (vnumba.ops.simd) beside the widest the host offers, so a
+    figure says whether half of every vector unit idled (issue 15)."""
+    import llvmlite.binding as llvm
+
+    from vnumba.ops import simd
+
+    feats = llvm.get_host_cpu_features()
+    host = ("AVX-512 (512-bit)" if feats.get("avx512f") else "AVX2 (256-bit)" if feats.get("avx2")
+            else "no AVX2")
+    lanes = simd.VECTOR_BYTES // 4
+    return (f"kernels use {simd.VECTOR_BYTES * 8}-bit vectors ({lanes} float32 lanes); host "
+            f"{llvm.get_host_cpu_name()}, widest {host}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,6 +321,7 @@ def main(argv=None):
     print(f"vnumba CPU benchmark: {H}x{W}, {cfg.n_steps} steps, nf {cfg.nf_u}/{cfg.nf_m}/{cfg.nf}, "
           f"kernels {cfg.ks_u}/{cfg.ks_m}/{cfg.ks}, float32, numba threads {numba.get_num_threads()}, "
           f"malloc: {'freed memory kept (vnumba.ops.memory)' if kept else 'system defaults'}")
+    print(f"  SIMD: {simd_summary()}")
     per_px = conv_macs_per_pixel(cfg)
     print(f"  multiply-adds per pixel per operator application: {per_px} -> "
           f"{2 * sum(per_px.values())} per pixel per forward step")
