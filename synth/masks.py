@@ -1,16 +1,8 @@
-"""Target-mask rules.
+"""Target-mask rules: :func:`concentration_mask`, the concentration rule of scenarios 1 and 2.
 
-Concentration rule (scenarios 1 and 2)
---------------------------------------
-For an object (cell) with centre ``c`` let ``D`` be the set of pixels of the image whose
-centres lie in the closed disc of radius ``R`` around ``round(c)`` (pixels outside the image
-are not part of ``D``).  The *concentration* of a reference category in that disc is::
-
-    |{p in D : p is covered by a cell of the reference category}| / |D|
-
-i.e. the fraction of the disc's pixels covered by such cells (a cell's own pixels count when
-it belongs to the reference category).  A target cell enters the mask when its
-concentration is **strictly greater** than the threshold; the mask is the set of its pixels.
+The rule itself (the disc ``D`` around a cell, the covered fraction, "strictly greater than
+the threshold") is defined once, with :func:`~vnumba.ops.masks.disc_concentration`, in
+:mod:`vnumba.ops.masks`, which the evaluation on real annotations uses too.
 """
 from __future__ import annotations
 

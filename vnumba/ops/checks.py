@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FLOATS", "check_array", "check_filter_bank"]
+__all__ = ["FLOATS", "check_array", "check_batch", "check_filter_bank"]
 
 FLOATS = (np.float32, np.float64)
 
@@ -47,3 +47,16 @@ def check_filter_bank(k, C=None, name="kernel", dtype=None):
     if C is not None and Ck != C:
         raise ValueError(f"{name} has {Ck} input channels but the input has {C}")
     return O, Ck, kh
+
+
+def check_batch(name, x, ndim, dtype, shape=None) -> None:
+    """A network input or target: an ndarray of ``ndim`` dimensions, exactly ``dtype`` (the
+    parameters'), optionally of ``shape``, all values finite (used by the VN and the U-Net)."""
+    if not isinstance(x, np.ndarray) or x.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-d array, got {getattr(x, 'shape', type(x))}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} (the parameters' dtype)")
+    if shape is not None and x.shape != shape:
+        raise ValueError(f"{name} has shape {x.shape}, expected {shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf")

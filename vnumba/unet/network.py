@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from vnumba.ops.checks import check_batch
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.unet.kernels import (
     _concat_impl,
@@ -302,20 +303,9 @@ def _threads_for(cfg, shape):
         numba.set_num_threads(previous)
 
 
-def _check_batch(name, x, ndim, dtype, shape=None):
-    if not isinstance(x, np.ndarray) or x.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-d array, got {getattr(x, 'shape', type(x))}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} (the parameters' dtype)")
-    if shape is not None and x.shape != shape:
-        raise ValueError(f"{name} has shape {x.shape}, expected {shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf")
-
-
 def _check_input(params, cfg, u0):
     dt = check_params(params, cfg)
-    _check_batch("u0", u0, 4, dt)
+    check_batch("u0", u0, 4, dt)
     N, C, H, W = u0.shape
     if C != cfg.n_channels:
         raise ValueError(f"u0 has {C} channels, the U-Net expects {cfg.n_channels}")
@@ -427,9 +417,9 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
     m : ndarray, shape (N, H, W)
     """
     dt, u0 = _check_input(params, cfg, u0)
-    _check_batch("gu", gu, 4, dt, u0.shape)
+    check_batch("gu", gu, 4, dt, u0.shape)
     N, C, H, W = u0.shape
-    _check_batch("gm", gm, 3, dt, (N, H, W))
+    check_batch("gm", gm, 3, dt, (N, H, W))
     with _threads_for(cfg, u0.shape):
         return _loss_and_grad(params, cfg, u0, gu, gm)
 

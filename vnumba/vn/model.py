@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import DTypeLike
 
+from vnumba.ops.checks import check_batch
 from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
@@ -257,17 +258,6 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
 
 
 # ----------------------------------------------------------------------------- network
-def _check_batch(name, x, ndim, dtype, shape=None):
-    if not isinstance(x, np.ndarray) or x.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-d array, got {getattr(x, 'shape', type(x))}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} (the parameters' dtype)")
-    if shape is not None and x.shape != shape:
-        raise ValueError(f"{name} has shape {x.shape}, expected {shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf")
-
-
 def forward(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
             m0: np.ndarray | None = None, return_states: bool = False,
             chunk: int = 1) -> tuple:
@@ -311,7 +301,7 @@ def _check_input(params, cfg, u0, m0):
     """Validate the parameters and a network input; return contiguous ``u0`` and ``m0``
     (zeros when ``m0`` is None)."""
     dt = check_params(params, cfg)
-    _check_batch("u0", u0, 4, dt)
+    check_batch("u0", u0, 4, dt)
     N, C, H, W = u0.shape
     if C != cfg.n_channels:
         raise ValueError(f"u0 has {C} channels, the model expects {cfg.n_channels}")
@@ -319,7 +309,7 @@ def _check_input(params, cfg, u0, m0):
     if H < r or W < r:
         raise ValueError(f"image {H}x{W} smaller than the largest kernel radius {r}")
     m = np.zeros((N, H, W), dt) if m0 is None else np.ascontiguousarray(m0)
-    _check_batch("m0", m, 3, dt, (N, H, W))
+    check_batch("m0", m, 3, dt, (N, H, W))
     return np.ascontiguousarray(u0), m
 
 
@@ -406,8 +396,8 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     u0, m0 = _check_input(params, cfg, u0, m0)
     dt = u0.dtype
     N, C, H, W = u0.shape
-    _check_batch("gu", gu, 4, dt, u0.shape)
-    _check_batch("gm", gm, 3, dt, (N, H, W))
+    check_batch("gu", gu, 4, dt, u0.shape)
+    check_batch("gm", gm, 3, dt, (N, H, W))
     if store not in ("convs", "states"):
         raise ValueError(f"store must be 'convs' or 'states', got {store!r}")
     chunk = _check_chunk(chunk)
