@@ -271,18 +271,12 @@ def memory_run(args):
 
 # ----------------------------------------------------------------------------- main
 def simd_summary() -> str:
-    """The kernels' vector width (vnumba.ops.simd) beside the widest the host offers, so a
-    figure says whether half of every vector unit idled (issue 15)."""
-    import llvmlite.binding as llvm
+    """The kernels' vector width (vnumba.ops.simd: the host's widest, or VNUMBA_SIMD_BITS)
+    and the target CPU, so a figure says which kernels it measured (issue 15)."""
+    from vnumba.ops import fused, simd
 
-    from vnumba.ops import simd
-
-    feats = llvm.get_host_cpu_features()
-    host = ("AVX-512 (512-bit)" if feats.get("avx512f") else "AVX2 (256-bit)" if feats.get("avx2")
-            else "no AVX2")
-    lanes = simd.VECTOR_BYTES // 4
-    return (f"kernels use {simd.VECTOR_BYTES * 8}-bit vectors ({lanes} float32 lanes); host "
-            f"{llvm.get_host_cpu_name()}, widest {host}")
+    return (f"{simd.describe()}; convolution tile 3 x {fused.CONV_VECS} vectors, kernel-gradient tile "
+            f"3 x {fused.KG_TAPS} taps")
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from vnumba.ops import fused
+from vnumba.ops import fused, simd
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
 from vnumba.ops.simd import (
     lanes,
@@ -65,11 +65,15 @@ def _path_widths(dtype):
     """Row widths that reach each code path of _corr_valid_tiled: narrower than a vector
     (scalar), one vector up to a tile (1-vector tiles, the last one overlapping), a tile
     and more (exact multiples; a rest of at most two vectors as an overlapping 2-vector
-    tile, a longer rest as an overlapping full tile)."""
-    L = 32 // np.dtype(dtype).itemsize
+    tile, a longer rest as an overlapping full tile), and with the 8-vector tiles of a
+    512-bit host (fused.CONV_VECS == 8) each rest after them."""
+    L = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     T = 4 * L
-    return [1, L - 1, L, L + 3, 2 * L, T - 1, T, T + 1, T + 2 * L, T + 2 * L + 1, 2 * T,
-            2 * T + L + 1]
+    widths = [1, L - 1, L, L + 3, 2 * L, T - 1, T, T + 1, T + 2 * L, T + 2 * L + 1, 2 * T,
+              2 * T + L + 1]
+    if fused.CONV_VECS == 8:
+        widths += [2 * T + 2 * L, 2 * T + T, 2 * T + T + 1, 4 * T - 1, 4 * T + 2 * L + 1, 5 * T + 1]
+    return widths
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
@@ -136,8 +140,9 @@ def _fma_exact(a, b, c, dtype):
     return min(cands, key=lambda v: abs(Fraction(float(v)) - exact))
 
 
-@pytest.mark.parametrize("dtype,L", [(np.float32, 8), (np.float64, 4)])
-def test_simd_primitives_match_numpy_and_round_once(dtype, L):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simd_primitives_match_numpy_and_round_once(dtype):
+    L = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     rng = np.random.default_rng(23)
     a, b, c = (rng.standard_normal(2 * L).astype(dtype) for _ in range(3))
     # a*b + c with a single rounding: (1 + e)^2 - (1 + 2e) = e^2 exactly, which a separate
@@ -173,7 +178,7 @@ def test_tiled_kernel_gradient_matches_reference_for_every_row_end(dtype, rtol):
     # end; more image rows than the row blocks and chunks of the kernel
     rng = np.random.default_rng(13)
     C, O, ks = 2, 4, 3
-    for N, H, W in [(1, 3, 1), (1, 2, 3), (2, 5, 8), (1, 4, 9), (3, 11, 16), (1, 70, 21)]:
+    for N, H, W in [(1, 3, 1), (1, 2, 3), (2, 5, 8), (1, 4, 9), (3, 11, 16), (1, 70, 21), (1, 3, 37)]:
         y = rng.standard_normal((N, O, H, W)).astype(dtype)
         xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1)).astype(dtype)
         got = fused.kernel_grad_fast(y, xp, ks)
@@ -235,7 +240,7 @@ def _pointwise_ops(x, y, lo, hi, out, idx):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pointwise_vector_primitives_match_numpy(dtype):
-    L = 32 // np.dtype(dtype).itemsize
+    L = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     rng = np.random.default_rng(24)
     x = rng.uniform(-3, 3, L).astype(dtype)
     x[0] = np.nan
@@ -258,7 +263,7 @@ def test_pointwise_vector_primitives_match_numpy(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_partial_vector_load_zero_fills_and_lane_sum_adds_every_lane(dtype):
-    L = 32 // np.dtype(dtype).itemsize
+    L = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     row = np.arange(1, 2 * L + 1, dtype=dtype)
     for i, n in [(0, L), (3, 1), (L + 1, L - 1), (2 * L - 2, 2)]:
         v, total = _vector_tail_and_sum(row, i, n)
@@ -346,7 +351,7 @@ def test_rbf_value_does_not_depend_on_row_width(dtype):
     # may change a value's bits (tiled prediction relies on it)
     grid = RBFGrid(ModelConfig())
     rng = np.random.default_rng(31)
-    L = 32 // np.dtype(dtype).itemsize
+    L = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     Wmax = 4 * L + 3
     x = rng.uniform(-1.5, 1.5, (1, 2, 3, Wmax)).astype(dtype)
     x[0, 0, 0, :3] = [np.nan, 5.0, -5.0]  # NaN and values out of reach

@@ -39,10 +39,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from vnumba.ops.simd import (
+    VECTOR_BITS,
+    jit,
     lanes,
     load,
     sfloor,
@@ -53,15 +55,18 @@ from vnumba.ops.simd import (
     vfloor,
     vfma,
     vload,
-    vload_head,
     vmul,
     vsplat,
     vstore,
     vstore_index,
     vsub,
     vsum,
-    vtailmask,
     vwhere_between,
+    wlanes,
+    wload,
+    wload_head,
+    wsplat,
+    wtailmask,
 )
 
 # Fast-math flags of the kernels on the forward path: contraction to FMA and the like, but
@@ -88,7 +93,45 @@ _FM = {"nsz", "arcp", "contract", "afn"}
 # values.
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
+def _tile3x8(x, base, offs, w, L, r0, r1, r2, q):
+    """:func:`_tile3x4` for eight vectors of pixels (AVX-512: 24 accumulators + 3 weights +
+    1 input of the 32 vector registers; twice the multiply-adds per weight broadcast and per
+    loop step).  r_t[q : q + 8L] = sum_m w[3m + t] x[base + offs[m] : ... + 8L]."""
+    z = vsplat(w[0] - w[0])
+    a00 = z; a01 = z; a02 = z; a03 = z; a04 = z; a05 = z; a06 = z; a07 = z  # noqa: E702
+    a10 = z; a11 = z; a12 = z; a13 = z; a14 = z; a15 = z; a16 = z; a17 = z  # noqa: E702
+    a20 = z; a21 = z; a22 = z; a23 = z; a24 = z; a25 = z; a26 = z; a27 = z  # noqa: E702
+    for m in range(offs.shape[0]):
+        s = base + offs[m]
+        w0 = vbcast(w, 3 * m)
+        w1 = vbcast(w, 3 * m + 1)
+        w2 = vbcast(w, 3 * m + 2)
+        v = vload(x, s)
+        a00 = vfma(w0, v, a00); a10 = vfma(w1, v, a10); a20 = vfma(w2, v, a20)  # noqa: E702
+        v = vload(x, s + L)
+        a01 = vfma(w0, v, a01); a11 = vfma(w1, v, a11); a21 = vfma(w2, v, a21)  # noqa: E702
+        v = vload(x, s + 2 * L)
+        a02 = vfma(w0, v, a02); a12 = vfma(w1, v, a12); a22 = vfma(w2, v, a22)  # noqa: E702
+        v = vload(x, s + 3 * L)
+        a03 = vfma(w0, v, a03); a13 = vfma(w1, v, a13); a23 = vfma(w2, v, a23)  # noqa: E702
+        v = vload(x, s + 4 * L)
+        a04 = vfma(w0, v, a04); a14 = vfma(w1, v, a14); a24 = vfma(w2, v, a24)  # noqa: E702
+        v = vload(x, s + 5 * L)
+        a05 = vfma(w0, v, a05); a15 = vfma(w1, v, a15); a25 = vfma(w2, v, a25)  # noqa: E702
+        v = vload(x, s + 6 * L)
+        a06 = vfma(w0, v, a06); a16 = vfma(w1, v, a16); a26 = vfma(w2, v, a26)  # noqa: E702
+        v = vload(x, s + 7 * L)
+        a07 = vfma(w0, v, a07); a17 = vfma(w1, v, a17); a27 = vfma(w2, v, a27)  # noqa: E702
+    vstore(r0, q, a00); vstore(r0, q + L, a01); vstore(r0, q + 2 * L, a02); vstore(r0, q + 3 * L, a03)  # noqa: E702,E501
+    vstore(r0, q + 4 * L, a04); vstore(r0, q + 5 * L, a05); vstore(r0, q + 6 * L, a06); vstore(r0, q + 7 * L, a07)  # noqa: E702,E501
+    vstore(r1, q, a10); vstore(r1, q + L, a11); vstore(r1, q + 2 * L, a12); vstore(r1, q + 3 * L, a13)  # noqa: E702,E501
+    vstore(r1, q + 4 * L, a14); vstore(r1, q + 5 * L, a15); vstore(r1, q + 6 * L, a16); vstore(r1, q + 7 * L, a17)  # noqa: E702,E501
+    vstore(r2, q, a20); vstore(r2, q + L, a21); vstore(r2, q + 2 * L, a22); vstore(r2, q + 3 * L, a23)  # noqa: E702,E501
+    vstore(r2, q + 4 * L, a24); vstore(r2, q + 5 * L, a25); vstore(r2, q + 6 * L, a26); vstore(r2, q + 7 * L, a27)  # noqa: E702,E501
+
+
+@jit(inline="always")
 def _tile3x4(x, base, offs, w, L, r0, r1, r2, q):
     """r_t[q : q + 4L] = sum_m w[3m + t] x[base + offs[m] : ... + 4L], t = 0, 1, 2."""
     z = vsplat(w[0] - w[0])
@@ -114,7 +157,7 @@ def _tile3x4(x, base, offs, w, L, r0, r1, r2, q):
     vstore(r2, q, a20); vstore(r2, q + L, a21); vstore(r2, q + 2 * L, a22); vstore(r2, q + 3 * L, a23)  # noqa: E702,E501
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _tile3x2(x, base, offs, w, L, r0, r1, r2, q):
     """Two vectors of pixels: the end of a row that has at most half a tile left."""
     z = vsplat(w[0] - w[0])
@@ -135,7 +178,7 @@ def _tile3x2(x, base, offs, w, L, r0, r1, r2, q):
     vstore(r2, q, a20); vstore(r2, q + L, a21)  # noqa: E702
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _tile3x1(x, base, offs, w, r0, r1, r2, q):
     """One vector of pixels (rows narrower than a 4-vector tile)."""
     z = vsplat(w[0] - w[0])
@@ -152,7 +195,7 @@ def _tile3x1(x, base, offs, w, r0, r1, r2, q):
     vstore(r2, q, a2)
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _pixel3(x, base, offs, w, r0, r1, r2, q):
     """One pixel (rows narrower than a vector); the same fused multiply-adds as a lane."""
     a0 = w[0] - w[0]
@@ -168,15 +211,16 @@ def _pixel3(x, base, offs, w, r0, r1, r2, q):
     r2[q] = a2
 
 
-@njit(cache=True, parallel=True)
-def _corr_valid_tiled(xf, Wp, offs, kt, orow, out):
+@jit(parallel=True)
+def _corr_valid_tiled(xf, Wp, offs, kt, orow, vecs, out):
     """out[n, orow[3b + t], p, q] = sum_m kt[b, 3m + t] xf[n, p Wp + q + offs[m]].
 
     ``xf`` (N, C·Hp·Wp): the padded input, each image flattened; ``offs`` (C·ks²,) intp:
     flat offset of tap m = (c, i, j), ``c Hp Wp + i Wp + j``; ``kt`` (nb, 3 C ks²): the
     filters of block b, tap-major (:func:`pack_filters`); ``orow`` (3 nb,): output channel
     of each filter row (a padding row repeats the block's previous channel and filter, so it
-    rewrites that channel with the same values: no scratch rows, no races).
+    rewrites that channel with the same values: no scratch rows, no races).  ``vecs`` (8 or
+    4): vectors per tile in a row (:data:`CONV_VECS`).
     """
     N = xf.shape[0]
     nb = kt.shape[0]
@@ -196,7 +240,19 @@ def _corr_valid_tiled(xf, Wp, offs, kt, orow, out):
         r1 = out[n, orow[3 * b + 1], p]
         r2 = out[n, orow[3 * b + 2], p]
         base = p * Wp
-        if W >= T:
+        if vecs == 8 and W >= 2 * T:
+            q = 0
+            while q + 2 * T <= W:
+                _tile3x8(x, base + q, offs, w, L, r0, r1, r2, q)
+                q += 2 * T
+            # the rest, overlapping the pixels already written: the smallest tile that covers it
+            if q < W and W - q <= 2 * L:
+                _tile3x2(x, base + W - 2 * L, offs, w, L, r0, r1, r2, W - 2 * L)
+            elif q < W and W - q <= T:
+                _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
+            elif q < W:
+                _tile3x8(x, base + W - 2 * T, offs, w, L, r0, r1, r2, W - 2 * T)
+        elif W >= T:
             q = 0
             while q + T <= W:
                 _tile3x4(x, base + q, offs, w, L, r0, r1, r2, q)
@@ -221,6 +277,9 @@ def _corr_valid_tiled(xf, Wp, offs, kt, orow, out):
 
 
 OB = 3  # output channels per register tile of _corr_valid_tiled
+# vectors of one row per tile: 3 × 8 accumulators where there are 32 vector registers
+# (AVX-512), 3 × 4 where there are 16 (AVX2)
+CONV_VECS = 8 if VECTOR_BITS >= 512 else 4
 
 
 def block_rows(O):
@@ -257,11 +316,11 @@ def corr_valid_fast(xp, k):
     O, _, ks, _ = k.shape
     kt, orow = pack_filters(k)
     out = np.empty((N, O, Hp - ks + 1, Wp - ks + 1), dtype=xp.dtype)
-    _corr_valid_tiled(xp.reshape(N, C * Hp * Wp), Wp, tap_offsets(C, Hp, Wp, ks), kt, orow, out)
+    _corr_valid_tiled(xp.reshape(N, C * Hp * Wp), Wp, tap_offsets(C, Hp, Wp, ks), kt, orow, CONV_VECS, out)
     return out
 
 
-@njit(cache=True, parallel=True)
+@jit(parallel=True)
 def _zero_pad(y, r, out):
     N, O, H, W = y.shape
     for no in prange(N * O):
@@ -284,28 +343,43 @@ def corr_valid_adjoint_fast(y, k):
 
 
 # ----------------------------------------------------------------------------- kernel gradient
-# The same register tiling as the convolution, transposed: a tile is 3 output channels × 4
-# taps, twelve vector accumulators of products y[o] · x[tap] summed along the row (lanes hold
-# partial sums of every L-th pixel), over a few rows before the lanes are summed into float64.
-# Per vector of pixels: three y loads, four x loads, twelve fused multiply-adds.
+# The same register tiling as the convolution, transposed: a tile is 3 output channels × G
+# taps, 3G vector accumulators of products y[o] · x[tap] summed along the row, over a few rows
+# before the lanes are summed into float64.  Per vector of pixels: three y loads, G x loads,
+# 3G fused multiply-adds.
+#
+# These sums are the one place where the vector width could change a result: a lane holds
+# the partial sum of every L-th pixel, so L decides how the float32 sum is grouped.  They are
+# therefore written with the canonical 256-bit vectors (simd.wload & co.) whatever the host:
+# pixel q of a row always goes to lane q mod 8 (float32), the lanes are summed by the same
+# pairwise tree, and the result is bit for bit the same at every width; only the tile (G)
+# follows the register file.  Why 256 and not 512 bits: on the 2-core Zen 4 (AVX-512) host,
+# 512-bit canonical vectors with the 3 × 8 tile measured no faster than 256-bit ones with the
+# same tile (21-23 ms both for K's gradient at 300², interleaved runs; nearly every 512-bit
+# load of a shifted row splits across two cache lines), and on an AVX2 target (Numba set to
+# haswell on the same host) they were 15-35 % slower than 256-bit ones, which are exactly the
+# kernel of the AVX2 hosts before the width followed the host: no regression there.
 
 _KG_ROWS = 4  # image rows accumulated in registers before the lanes go to float64
 _KG_CHUNKS = 16  # fixed row chunks, each with its own float64 sums: results do not depend
 # on the number of threads
+# taps per tile: 3 × 8 accumulators with AVX-512's 32 vector registers (its 256-bit forms
+# reach all 32), 3 × 4 with AVX2's 16, 3 × 2 where a canonical vector takes two registers
+KG_TAPS = {512: 8, 256: 4, 128: 2}[VECTOR_BITS]
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _kgrad_tile3x4(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
     """acc[a0 + t, m + u] += sum over the rows r = n H + p in [rs, re) and pixels q of
-    y[n, o_t, p, q] xf[n, p Wp + q + offs[m + u]], t < 3, u < 4 (float32 lanes summed per
-    tile, added in float64)."""
+    y[n, o_t, p, q] xf[n, p Wp + q + offs[m + u]], t < 3, u < 4 (canonical float32 lanes
+    summed per tile, added in float64)."""
     H = y.shape[2]
     W = y.shape[3]
-    L = lanes(xf)
+    L = wlanes(xf)
     Wv = W - W % L
     zero = xf[0, 0] - xf[0, 0]
-    z = vsplat(zero)
-    tail = vtailmask(zero, W - Wv)
+    z = wsplat(zero)
+    tail = wtailmask(zero, W - Wv)
     c00 = z; c01 = z; c02 = z; c03 = z  # noqa: E702
     c10 = z; c11 = z; c12 = z; c13 = z  # noqa: E702
     c20 = z; c21 = z; c22 = z; c23 = z  # noqa: E702
@@ -322,37 +396,37 @@ def _kgrad_tile3x4(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
         s2 = b + offs[m + 2]
         s3 = b + offs[m + 3]
         for q in range(0, Wv, L):
-            e0 = vload(y0, q)
-            e1 = vload(y1, q)
-            e2 = vload(y2, q)
-            v = vload(x, s0 + q)
+            e0 = wload(y0, q)
+            e1 = wload(y1, q)
+            e2 = wload(y2, q)
+            v = wload(x, s0 + q)
             c00 = vfma(e0, v, c00); c10 = vfma(e1, v, c10); c20 = vfma(e2, v, c20)  # noqa: E702
-            v = vload(x, s1 + q)
+            v = wload(x, s1 + q)
             c01 = vfma(e0, v, c01); c11 = vfma(e1, v, c11); c21 = vfma(e2, v, c21)  # noqa: E702
-            v = vload(x, s2 + q)
+            v = wload(x, s2 + q)
             c02 = vfma(e0, v, c02); c12 = vfma(e1, v, c12); c22 = vfma(e2, v, c22)  # noqa: E702
-            v = vload(x, s3 + q)
+            v = wload(x, s3 + q)
             c03 = vfma(e0, v, c03); c13 = vfma(e1, v, c13); c23 = vfma(e2, v, c23)  # noqa: E702
         if Wv < W:
             if W >= L:
                 # the row's last full vector, overlapping the counted pixels: their lanes
                 # of y are zeroed (a NaN or inf of x there has made the sum NaN or inf already)
                 qt = W - L
-                e0 = vmul(vload(y0, qt), tail)
-                e1 = vmul(vload(y1, qt), tail)
-                e2 = vmul(vload(y2, qt), tail)
-                t0 = vload(x, s0 + qt)
-                t1 = vload(x, s1 + qt)
-                t2 = vload(x, s2 + qt)
-                t3 = vload(x, s3 + qt)
+                e0 = vmul(wload(y0, qt), tail)
+                e1 = vmul(wload(y1, qt), tail)
+                e2 = vmul(wload(y2, qt), tail)
+                t0 = wload(x, s0 + qt)
+                t1 = wload(x, s1 + qt)
+                t2 = wload(x, s2 + qt)
+                t3 = wload(x, s3 + qt)
             else:  # a row narrower than a vector: zero-filled lanes, nothing past it read
-                e0 = vload_head(y0, 0, W)
-                e1 = vload_head(y1, 0, W)
-                e2 = vload_head(y2, 0, W)
-                t0 = vload_head(x, s0, W)
-                t1 = vload_head(x, s1, W)
-                t2 = vload_head(x, s2, W)
-                t3 = vload_head(x, s3, W)
+                e0 = wload_head(y0, 0, W)
+                e1 = wload_head(y1, 0, W)
+                e2 = wload_head(y2, 0, W)
+                t0 = wload_head(x, s0, W)
+                t1 = wload_head(x, s1, W)
+                t2 = wload_head(x, s2, W)
+                t3 = wload_head(x, s3, W)
             c00 = vfma(e0, t0, c00); c10 = vfma(e1, t0, c10); c20 = vfma(e2, t0, c20)  # noqa: E702
             c01 = vfma(e0, t1, c01); c11 = vfma(e1, t1, c11); c21 = vfma(e2, t1, c21)  # noqa: E702
             c02 = vfma(e0, t2, c02); c12 = vfma(e1, t2, c12); c22 = vfma(e2, t2, c22)  # noqa: E702
@@ -365,14 +439,168 @@ def _kgrad_tile3x4(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
     acc[a0 + 2, m + 2] += vsum(c22); acc[a0 + 2, m + 3] += vsum(c23)  # noqa: E702
 
 
-@njit(cache=True, parallel=True)
+@jit(inline="always")
+def _kgrad_tile3x8(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
+    """:func:`_kgrad_tile3x4` for eight taps ``m .. m + 7`` (the tile of AVX-512 hosts: 24
+    accumulators of the 32 registers, three y loads per 24 multiply-adds); the same
+    canonical lanes, so the same sums bit for bit."""
+    H = y.shape[2]
+    W = y.shape[3]
+    L = wlanes(xf)
+    Wv = W - W % L
+    zero = xf[0, 0] - xf[0, 0]
+    z = wsplat(zero)
+    tail = wtailmask(zero, W - Wv)
+    c00 = z; c01 = z; c02 = z; c03 = z; c04 = z; c05 = z; c06 = z; c07 = z  # noqa: E702
+    c10 = z; c11 = z; c12 = z; c13 = z; c14 = z; c15 = z; c16 = z; c17 = z  # noqa: E702
+    c20 = z; c21 = z; c22 = z; c23 = z; c24 = z; c25 = z; c26 = z; c27 = z  # noqa: E702
+    for r in range(rs, re):
+        n = r // H
+        p = r - n * H
+        x = xf[n]
+        y0 = y[n, o0, p]
+        y1 = y[n, o1, p]
+        y2 = y[n, o2, p]
+        b = p * Wp
+        s0 = b + offs[m]
+        s1 = b + offs[m + 1]
+        s2 = b + offs[m + 2]
+        s3 = b + offs[m + 3]
+        s4 = b + offs[m + 4]
+        s5 = b + offs[m + 5]
+        s6 = b + offs[m + 6]
+        s7 = b + offs[m + 7]
+        for q in range(0, Wv, L):
+            e0 = wload(y0, q)
+            e1 = wload(y1, q)
+            e2 = wload(y2, q)
+            v = wload(x, s0 + q)
+            c00 = vfma(e0, v, c00); c10 = vfma(e1, v, c10); c20 = vfma(e2, v, c20)  # noqa: E702
+            v = wload(x, s1 + q)
+            c01 = vfma(e0, v, c01); c11 = vfma(e1, v, c11); c21 = vfma(e2, v, c21)  # noqa: E702
+            v = wload(x, s2 + q)
+            c02 = vfma(e0, v, c02); c12 = vfma(e1, v, c12); c22 = vfma(e2, v, c22)  # noqa: E702
+            v = wload(x, s3 + q)
+            c03 = vfma(e0, v, c03); c13 = vfma(e1, v, c13); c23 = vfma(e2, v, c23)  # noqa: E702
+            v = wload(x, s4 + q)
+            c04 = vfma(e0, v, c04); c14 = vfma(e1, v, c14); c24 = vfma(e2, v, c24)  # noqa: E702
+            v = wload(x, s5 + q)
+            c05 = vfma(e0, v, c05); c15 = vfma(e1, v, c15); c25 = vfma(e2, v, c25)  # noqa: E702
+            v = wload(x, s6 + q)
+            c06 = vfma(e0, v, c06); c16 = vfma(e1, v, c16); c26 = vfma(e2, v, c26)  # noqa: E702
+            v = wload(x, s7 + q)
+            c07 = vfma(e0, v, c07); c17 = vfma(e1, v, c17); c27 = vfma(e2, v, c27)  # noqa: E702
+        if Wv < W:
+            if W >= L:
+                qt = W - L
+                e0 = vmul(wload(y0, qt), tail)
+                e1 = vmul(wload(y1, qt), tail)
+                e2 = vmul(wload(y2, qt), tail)
+                t0 = wload(x, s0 + qt)
+                t1 = wload(x, s1 + qt)
+                t2 = wload(x, s2 + qt)
+                t3 = wload(x, s3 + qt)
+                t4 = wload(x, s4 + qt)
+                t5 = wload(x, s5 + qt)
+                t6 = wload(x, s6 + qt)
+                t7 = wload(x, s7 + qt)
+            else:
+                e0 = wload_head(y0, 0, W)
+                e1 = wload_head(y1, 0, W)
+                e2 = wload_head(y2, 0, W)
+                t0 = wload_head(x, s0, W)
+                t1 = wload_head(x, s1, W)
+                t2 = wload_head(x, s2, W)
+                t3 = wload_head(x, s3, W)
+                t4 = wload_head(x, s4, W)
+                t5 = wload_head(x, s5, W)
+                t6 = wload_head(x, s6, W)
+                t7 = wload_head(x, s7, W)
+            c00 = vfma(e0, t0, c00); c10 = vfma(e1, t0, c10); c20 = vfma(e2, t0, c20)  # noqa: E702,E501
+            c01 = vfma(e0, t1, c01); c11 = vfma(e1, t1, c11); c21 = vfma(e2, t1, c21)  # noqa: E702,E501
+            c02 = vfma(e0, t2, c02); c12 = vfma(e1, t2, c12); c22 = vfma(e2, t2, c22)  # noqa: E702,E501
+            c03 = vfma(e0, t3, c03); c13 = vfma(e1, t3, c13); c23 = vfma(e2, t3, c23)  # noqa: E702,E501
+            c04 = vfma(e0, t4, c04); c14 = vfma(e1, t4, c14); c24 = vfma(e2, t4, c24)  # noqa: E702,E501
+            c05 = vfma(e0, t5, c05); c15 = vfma(e1, t5, c15); c25 = vfma(e2, t5, c25)  # noqa: E702,E501
+            c06 = vfma(e0, t6, c06); c16 = vfma(e1, t6, c16); c26 = vfma(e2, t6, c26)  # noqa: E702,E501
+            c07 = vfma(e0, t7, c07); c17 = vfma(e1, t7, c17); c27 = vfma(e2, t7, c27)  # noqa: E702,E501
+    acc[a0, m] += vsum(c00); acc[a0, m + 1] += vsum(c01)  # noqa: E702
+    acc[a0, m + 2] += vsum(c02); acc[a0, m + 3] += vsum(c03)  # noqa: E702
+    acc[a0, m + 4] += vsum(c04); acc[a0, m + 5] += vsum(c05)  # noqa: E702
+    acc[a0, m + 6] += vsum(c06); acc[a0, m + 7] += vsum(c07)  # noqa: E702
+    acc[a0 + 1, m] += vsum(c10); acc[a0 + 1, m + 1] += vsum(c11)  # noqa: E702
+    acc[a0 + 1, m + 2] += vsum(c12); acc[a0 + 1, m + 3] += vsum(c13)  # noqa: E702
+    acc[a0 + 1, m + 4] += vsum(c14); acc[a0 + 1, m + 5] += vsum(c15)  # noqa: E702
+    acc[a0 + 1, m + 6] += vsum(c16); acc[a0 + 1, m + 7] += vsum(c17)  # noqa: E702
+    acc[a0 + 2, m] += vsum(c20); acc[a0 + 2, m + 1] += vsum(c21)  # noqa: E702
+    acc[a0 + 2, m + 2] += vsum(c22); acc[a0 + 2, m + 3] += vsum(c23)  # noqa: E702
+    acc[a0 + 2, m + 4] += vsum(c24); acc[a0 + 2, m + 5] += vsum(c25)  # noqa: E702
+    acc[a0 + 2, m + 6] += vsum(c26); acc[a0 + 2, m + 7] += vsum(c27)  # noqa: E702
+
+
+@jit(inline="always")
+def _kgrad_tile3x2(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
+    """:func:`_kgrad_tile3x4` for two taps ``m, m + 1`` (the tile where a canonical vector
+    takes two registers); the same canonical lanes, so the same sums bit for bit."""
+    H = y.shape[2]
+    W = y.shape[3]
+    L = wlanes(xf)
+    Wv = W - W % L
+    zero = xf[0, 0] - xf[0, 0]
+    z = wsplat(zero)
+    tail = wtailmask(zero, W - Wv)
+    c00 = z; c01 = z  # noqa: E702
+    c10 = z; c11 = z  # noqa: E702
+    c20 = z; c21 = z  # noqa: E702
+    for r in range(rs, re):
+        n = r // H
+        p = r - n * H
+        x = xf[n]
+        y0 = y[n, o0, p]
+        y1 = y[n, o1, p]
+        y2 = y[n, o2, p]
+        b = p * Wp
+        s0 = b + offs[m]
+        s1 = b + offs[m + 1]
+        for q in range(0, Wv, L):
+            v = wload(x, s0 + q)
+            w = wload(x, s1 + q)
+            e = wload(y0, q)
+            c00 = vfma(e, v, c00); c01 = vfma(e, w, c01)  # noqa: E702
+            e = wload(y1, q)
+            c10 = vfma(e, v, c10); c11 = vfma(e, w, c11)  # noqa: E702
+            e = wload(y2, q)
+            c20 = vfma(e, v, c20); c21 = vfma(e, w, c21)  # noqa: E702
+        if Wv < W:
+            if W >= L:
+                qt = W - L
+                e0 = vmul(wload(y0, qt), tail)
+                e1 = vmul(wload(y1, qt), tail)
+                e2 = vmul(wload(y2, qt), tail)
+                t0 = wload(x, s0 + qt)
+                t1 = wload(x, s1 + qt)
+            else:
+                e0 = wload_head(y0, 0, W)
+                e1 = wload_head(y1, 0, W)
+                e2 = wload_head(y2, 0, W)
+                t0 = wload_head(x, s0, W)
+                t1 = wload_head(x, s1, W)
+            c00 = vfma(e0, t0, c00); c10 = vfma(e1, t0, c10); c20 = vfma(e2, t0, c20)  # noqa: E702
+            c01 = vfma(e0, t1, c01); c11 = vfma(e1, t1, c11); c21 = vfma(e2, t1, c21)  # noqa: E702
+    acc[a0, m] += vsum(c00); acc[a0, m + 1] += vsum(c01)  # noqa: E702
+    acc[a0 + 1, m] += vsum(c10); acc[a0 + 1, m + 1] += vsum(c11)  # noqa: E702
+    acc[a0 + 2, m] += vsum(c20); acc[a0 + 2, m + 1] += vsum(c21)  # noqa: E702
+
+
+@jit(parallel=True)
 def _kgrad_tiled(y, xf, Wp, offs, orow, chunk, acc):
     """acc[ch, 3b + t, m] = sum over the rows of chunk ch (``chunk`` rows of the N·H) of
     sum_q y[n, orow[3b + t], p, q] xf[n, p Wp + q + offs[m]]; ``offs`` padded to a multiple
-    of four taps (the padding columns are discarded by the caller)."""
+    of :data:`KG_TAPS` taps (the tile; the padding columns are discarded by the caller)."""
     N, _, H, _ = y.shape
     nb = orow.shape[0] // 3
-    ng = offs.shape[0] // 4
+    G = KG_TAPS  # a compile-time constant: only the host's tile is compiled in
+    ng = offs.shape[0] // G
     R = N * H
     for ch in prange(acc.shape[0]):
         a = acc[ch]
@@ -383,8 +611,15 @@ def _kgrad_tiled(y, xf, Wp, offs, orow, chunk, acc):
             # (tap groups outer measured 1-4 % slower in an interleaved comparison)
             for b in range(nb):
                 for g in range(ng):
-                    _kgrad_tile3x4(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
-                                   4 * g, rs, re, a, 3 * b)
+                    if G == 8:
+                        _kgrad_tile3x8(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
+                                       8 * g, rs, re, a, 3 * b)
+                    elif G == 4:
+                        _kgrad_tile3x4(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
+                                       4 * g, rs, re, a, 3 * b)
+                    else:
+                        _kgrad_tile3x2(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
+                                       2 * g, rs, re, a, 3 * b)
 
 
 def kernel_grad_fast(y, xp, ks):
@@ -395,7 +630,8 @@ def kernel_grad_fast(y, xp, ks):
     _, C, Hp, Wp = xp.shape
     offs = tap_offsets(C, Hp, Wp, ks)
     M = offs.shape[0]
-    offs4 = np.empty(-(-M // 4) * 4, dtype=np.intp)
+    G = KG_TAPS
+    offs4 = np.empty(-(-M // G) * G, dtype=np.intp)
     offs4[:M] = offs
     offs4[M:] = offs[-1]
     orow = block_rows(O)
@@ -444,7 +680,7 @@ def rbf_constants(grid, dtype):
     return np.array(head + list(_EXP_TAYLOR), dtype=dtype), m
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _exp_taylor(y, cst):
     # Horner on the first _taylor_terms(y) coefficients stored from cst[11]
     nt = _taylor_terms(y)
@@ -454,7 +690,7 @@ def _exp_taylor(y, cst):
     return e
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _exp_taylor_v(y, cst):
     """``_exp_taylor`` on a vector: the same fused multiply-adds lane by lane."""
     nt = _taylor_terms(cst[0])
@@ -464,7 +700,7 @@ def _exp_taylor_v(y, cst):
     return e
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _rbf_setup_vec(x, q, cst, squarings, P, jb, gc, dc, bb, bi):
     """:func:`_rbf_setup_row` for the pixels ``q .. q + lanes - 1``."""
     zs = cst[0] - cst[0]  # zero of the working dtype (cst[0] * 0 would be float64)
@@ -487,7 +723,7 @@ def _rbf_setup_vec(x, q, cst, squarings, P, jb, gc, dc, bb, bi):
     vstore(bi, q, vdiv(vsplat(cst[11]), b))
 
 
-@njit(cache=True, inline="always")
+@jit(inline="always")
 def _rbf_setup_pixel(x, q, cst, squarings, P, jb, gc, dc, bb, bi):
     """:func:`_rbf_setup_vec` for one pixel, with the same operations."""
     zero = cst[0] - cst[0]
@@ -510,7 +746,7 @@ def _rbf_setup_pixel(x, q, cst, squarings, P, jb, gc, dc, bb, bi):
     bi[q] = cst[11] / b
 
 
-@njit(cache=True)
+@jit()
 def _rbf_setup_row(x, cst, squarings, radius, jb, gc, dc, bb, bi):
     """Per pixel: padded index ``jb`` of the nearest centre, ``A = exp(-δ² s²/2)`` (zero for
     values out of reach or NaN), ``d = δ s``, ``B = exp(δ s²)`` and ``1/B``.
@@ -579,7 +815,7 @@ def rbf_tables(w, grid, dtype):
 # interleaving slot computes it.
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@jit(fastmath=_FM, inline="always")
 def _horner_s0x4(tab, k0, k1, k2, k3, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
     """S_0 of four pixels: eight independent Horner chains, so the multiply-adds overlap."""
     p0 = zero
@@ -603,7 +839,7 @@ def _horner_s0x4(tab, k0, k1, k2, k3, b0, b1, b2, b3, i0, i1, i2, i3, radius, ze
     return p0 + n0, p1 + n1, p2 + n2, p3 + n3
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@jit(fastmath=_FM, inline="always")
 def _horner_s01x2(tab, k0, k1, b0, b1, i0, i1, radius, zero):
     """S_0 and S_1 of two pixels: Horner with the first derivative carried along."""
     p0 = zero
@@ -627,7 +863,7 @@ def _horner_s01x2(tab, k0, k1, b0, b1, i0, i1, radius, zero):
     return p0 + n0, b0 * q0 - i0 * m0, p1 + n1, b1 * q1 - i1 * m1
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@jit(fastmath=_FM, inline="always")
 def _horner_s012(tab, k, b, bi, radius, zero):
     """S_0, S_1, S_2 of one pixel: Horner with first and second derivatives (six chains)."""
     p = zero
@@ -650,7 +886,7 @@ def _horner_s012(tab, k, b, bi, radius, zero):
     return p + n, bp - yn, bp + yn + e + e
 
 
-@njit(cache=True, fastmath=_FM)
+@jit(fastmath=_FM)
 def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v1, v2):
     """phi, phi', phi'' on a row from the setup buffers (``ga`` = A, ``dc`` = d = δ s,
     ``bb`` = B, ``bi`` = 1/B) and the channel's Horner table (:func:`rbf_tables`, flattened:
@@ -712,7 +948,7 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
 _RBF_ROWS = 8  # image rows per job of _rbf_apply_rows (its row buffers are allocated per job)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@jit(parallel=True, fastmath=_FM)
 def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
     """phi (into channel ``c + off`` of ``v0``), phi', phi'' (channel ``c`` of ``v1``,
     ``v2``) of every row of ``x``; one job is a block of rows of one channel."""
@@ -738,7 +974,7 @@ def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
                               buf[5], buf[6], r0, v1[n, c, p], v2[n, c, p])
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@jit(fastmath=True, inline="always")
 def _wgrad_scatter2(ra, rb, radius, aa, ba, pa, ia, ab, bb, pb, ib):
     """ra[r + k] += B_a^k (α_a + k β_a) and the same for a second value into ``rb``,
     k = -r..r, in one loop (two independent chains of powers; float64)."""
@@ -763,7 +999,7 @@ def _wgrad_scatter2(ra, rb, radius, aa, ba, pa, ia, ab, bb, pb, ib):
         rb[radius - k] += db * (ab - kb)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@jit(parallel=True, fastmath=True)
 def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
     """acc[c, jb, k + r] = sum over values with nearest padded centre jb of
     B^k (α + k β), α = A (c0 - c1 d / sigma), β = A c1 s / sigma (float64).
@@ -812,3 +1048,10 @@ def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
         for j in range(acc.shape[1]):
             for m in range(R):
                 acc[c, j, m] = a2[0, j, m] + a2[1, j, m]
+
+
+@jit()
+def vector_lanes(x):
+    """(kernel lanes, canonical lanes) of the dtype of the 1-D array ``x``, as compiled and
+    cached: what the kernels of this process really use (tests/test_simd_width.py)."""
+    return lanes(x), wlanes(x)

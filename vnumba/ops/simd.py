@@ -9,9 +9,19 @@ the few operations the kernels need, so a tile can be written as plain Numba cod
 accumulators — LLVM keeps such SSA values in registers, which it does not reliably do for a
 small local array.
 
-The vector is 256 bits wide (8 float32 or 4 float64 lanes: AVX2).  On a CPU with narrower
-vectors LLVM splits each operation (correct, slower); without an FMA unit ``llvm.fma``
-becomes a library call (correct, much slower).
+The vector width follows the CPU that Numba compiles for, chosen once at import
+(:func:`choose_vector_bits`): 512 bits (16 float32 or 8 float64 lanes) with AVX-512, 256 with
+AVX2 and FMA, 128 otherwise (SSE or NEON; correct everywhere: LLVM splits a vector the target
+cannot hold).  ``VNUMBA_SIMD_BITS=128|256|512`` forces a width (tests, comparisons).  Compiled
+code embeds the width, and Numba's on-disk cache does not know about a module constant, so
+every kernel that uses these vectors is declared with :func:`jit` (``njit`` whose cache entries
+carry the width: one process per width, both cached side by side).
+
+Reductions whose rounding must not depend on the width (the kernel gradient) use the
+*canonical* vectors instead: ``wlanes``, ``wsplat``, ``wload``, ``wload_head``, ``wtailmask``
+build vectors of :data:`CANONICAL_BYTES` (256 bits) whatever the host (on a 128-bit one LLVM
+splits them into halves, lane for lane the same arithmetic), and the lane-generic operations
+below take them too.
 
 Operations (all ``inline``; none checks bounds or wraps negative indices — the caller
 guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
@@ -27,23 +37,98 @@ guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
 * ``vadd``, ``vsub``, ``vmul``, ``vdiv``, ``vfloor`` — lane by lane; ``vwhere_between(x, lo,
   hi, a, b)`` — ``a`` where ``lo <= x <= hi``, else ``b``; ``vstore_index(row, i, v, off)`` —
   ``int32(v) + off`` into an int32 row;
-* ``vsum(v)`` — the sum of the lanes; ``vtailmask(x, n)`` — 1 in the last ``n`` lanes, 0
-  before them;
+* ``vlanes(v)`` — number of lanes of the vector ``v``; ``vsum(v)`` — the sum of the lanes;
+  ``vtailmask(x, n)`` — 1 in the last ``n`` lanes, 0 before them;
 * ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops); ``sfloor`` —
   ``floor`` of a scalar in its own dtype.
 """
 from __future__ import annotations
 
+import os
+
+import llvmlite.binding as _llvm
+import numba
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import caching, cgutils
+from numba.core import config as _numba_config
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "lanes", "vsplat", "vbcast", "vload", "vload_head", "vstore", "vstore_index",
-           "vfma", "vadd", "vsub", "vmul", "vdiv", "vfloor", "vwhere_between", "vsum", "vtailmask",
-           "sfma", "sfloor", "load"]
+__all__ = ["Vec", "ENV_VAR", "VECTOR_BITS", "VECTOR_BYTES", "CANONICAL_BYTES", "choose_vector_bits",
+           "describe", "jit", "lanes", "vsplat", "vbcast", "vload", "vload_head", "vstore",
+           "vstore_index", "vfma", "vadd", "vsub", "vmul", "vdiv", "vfloor", "vwhere_between", "vsum",
+           "vlanes", "vtailmask", "wlanes", "wsplat", "wload", "wload_head", "wtailmask", "sfma",
+           "sfloor", "load"]
 
-VECTOR_BYTES = 32
+ENV_VAR = "VNUMBA_SIMD_BITS"
+WIDTHS = (128, 256, 512)
+CANONICAL_BYTES = 32  # reductions are grouped by 256-bit vectors at every width (fused.py says why)
+
+
+def target_features() -> set[str]:
+    """ISA features of the code Numba generates: ``NUMBA_CPU_FEATURES`` where set (Numba
+    passes it to LLVM instead of the host's), else the host's."""
+    if _numba_config.CPU_FEATURES is not None:
+        return {f[1:] for f in _numba_config.CPU_FEATURES.split(",") if f.startswith("+")}
+    return {name for name, on in _llvm.get_host_cpu_features().items() if on}
+
+
+def choose_vector_bits(environ=None, features=None) -> int:
+    """The kernels' vector width in bits: ``VNUMBA_SIMD_BITS`` when set (128, 256 or 512),
+    else the widest the target has (512 with AVX-512F, 256 with AVX2 and FMA, else 128).
+
+    Raises
+    ------
+    ValueError
+        ``VNUMBA_SIMD_BITS`` is set to anything else (one line naming the variable).
+    """
+    environ = os.environ if environ is None else environ
+    forced = environ.get(ENV_VAR, "").strip()
+    if forced:
+        if forced not in {str(w) for w in WIDTHS}:
+            raise ValueError(f"{ENV_VAR}={forced!r}: expected one of {', '.join(map(str, WIDTHS))}")
+        return int(forced)
+    features = target_features() if features is None else features
+    if "avx512f" in features:
+        return 512
+    if "avx2" in features and "fma" in features:
+        return 256
+    return 128
+
+
+VECTOR_BITS = choose_vector_bits()
+VECTOR_BYTES = VECTOR_BITS // 8
+
+
+def describe() -> str:
+    """One line: the kernels' vector width, whether it was forced, and the target CPU."""
+    forced = os.environ.get(ENV_VAR, "").strip()
+    widest = choose_vector_bits(environ={})
+    return (f"kernels use {VECTOR_BITS}-bit vectors ({VECTOR_BYTES // 4} float32 lanes"
+            f"{f', forced by {ENV_VAR}' if forced else ''}); target "
+            f"{_numba_config.CPU_NAME or _llvm.get_host_cpu_name()}, widest {widest}-bit")
+
+
+class _WidthKeyedCache(caching.FunctionCache):
+    """Numba's function cache with the vector width in every index key, so that code
+    compiled for one width is never loaded by a process that uses another."""
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), ("vnumba-simd-bits", VECTOR_BITS))
+
+
+def jit(**options):
+    """``numba.njit(cache=True, **options)`` for kernels built on these vectors: the cache
+    entries are keyed by :data:`VECTOR_BITS` as well (:class:`_WidthKeyedCache`)."""
+    if "cache" in options:
+        raise TypeError("simd.jit always caches (keyed by the vector width); do not pass cache")
+
+    def decorate(fn):
+        disp = numba.njit(cache=False, **options)(fn)
+        # what Dispatcher.enable_caching does, with the width-keyed cache
+        disp._cache = _WidthKeyedCache(disp.py_func)
+        return disp
+    return decorate
 
 
 class Vec(types.Type):
@@ -62,14 +147,14 @@ class _VecModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(elem, fe_type.lanes))
 
 
-def _n_lanes(dtype):
+def _n_lanes(dtype, nbytes=None):
     if not isinstance(dtype, types.Float):
         raise TypeError(f"SIMD vectors hold float32 or float64, not {dtype}")
-    return VECTOR_BYTES // (dtype.bitwidth // 8)
+    return (VECTOR_BYTES if nbytes is None else nbytes) // (dtype.bitwidth // 8)
 
 
-def _vec_of(dtype):
-    return Vec(dtype, _n_lanes(dtype))
+def _vec_of(dtype, nbytes=None):
+    return Vec(dtype, _n_lanes(dtype, nbytes))
 
 
 def _splat(builder, x, vty):
@@ -90,51 +175,113 @@ def _check_row(row, floats=True):
         _n_lanes(row.dtype)
 
 
+def _constructors(nbytes):
+    """The intrinsics that make vectors of ``nbytes`` bytes: ``lanes``, ``vsplat``, ``vbcast``,
+    ``vload``, ``vload_head``, ``vtailmask`` (``nbytes=None``: the kernels' width)."""
+
+    @intrinsic
+    def lanes(typingctx, arr):
+        n = _n_lanes(arr.dtype, nbytes)
+
+        def codegen(context, builder, sig, args):
+            return context.get_constant(types.intp, n)
+        return types.intp(arr), codegen
+
+    @intrinsic
+    def vsplat(typingctx, x):
+        vt = _vec_of(x, nbytes)
+
+        def codegen(context, builder, sig, args):
+            return _splat(builder, args[0], context.get_value_type(vt))
+        return vt(x), codegen
+
+    @intrinsic
+    def vbcast(typingctx, arr, i):
+        _check_row(arr)
+        vt = _vec_of(arr.dtype, nbytes)
+
+        def codegen(context, builder, sig, args):
+            x = builder.load(_element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1]))
+            return _splat(builder, x, context.get_value_type(vt))
+        return vt(arr, i), codegen
+
+    @intrinsic
+    def vload(typingctx, row, i):
+        _check_row(row)
+        vt = _vec_of(row.dtype, nbytes)
+
+        def codegen(context, builder, sig, args):
+            ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            vty = context.get_value_type(vt)
+            return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=row.dtype.bitwidth // 8)
+        return vt(row, i), codegen
+
+    @intrinsic
+    def vload_head(typingctx, row, i, n):
+        """Lanes ``k < n`` get ``row[i + k]``, the others 0; only ``row[i .. i + n - 1]`` is
+        read (the end of a row that does not fill a vector).  Needs ``n >= 1``."""
+        _check_row(row)
+        vt = _vec_of(row.dtype, nbytes)
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            i0 = context.cast(builder, args[1], sig.args[1], types.intp)
+            cnt = context.cast(builder, args[2], sig.args[2], types.intp)
+            vty = context.get_value_type(vt)
+            zero = ir.Constant(vty.element, 0.0)
+            v = ir.Constant(vty, [0.0] * vt.lanes)
+            for k in range(vt.lanes):
+                kk = ir.Constant(i0.type, k)
+                inside = builder.icmp_signed("<", kk, cnt)
+                # a lane past the end reads row[i] instead (always in bounds) and is then zeroed
+                idx = builder.select(inside, builder.add(i0, kk), i0)
+                x = builder.select(inside, builder.load(builder.gep(data, [idx])), zero)
+                v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), k))
+            return v
+        return vt(row, i, n), codegen
+
+    @intrinsic
+    def vtailmask(typingctx, x, n):
+        """A vector of the dtype of the scalar ``x``: 1 in the last ``n`` lanes, 0 before them
+        (selects the lanes of a row's last, overlapping vector that are not counted yet)."""
+        vt = _vec_of(x, nbytes)
+
+        def codegen(context, builder, sig, args):
+            vty = context.get_value_type(vt)
+            cnt = context.cast(builder, args[1], sig.args[1], types.intp)
+            first = builder.sub(ir.Constant(cnt.type, vt.lanes), cnt)
+            one = ir.Constant(vty.element, 1.0)
+            zero = ir.Constant(vty.element, 0.0)
+            v = ir.Constant(vty, [0.0] * vt.lanes)
+            for k in range(vt.lanes):
+                keep = builder.icmp_signed(">=", ir.Constant(cnt.type, k), first)
+                v = builder.insert_element(v, builder.select(keep, one, zero), ir.Constant(ir.IntType(32), k))
+            return v
+        return vt(x, n), codegen
+
+    return lanes, vsplat, vbcast, vload, vload_head, vtailmask
+
+
+# vectors of the kernels' width, and canonical (256-bit) ones for width-independent sums
+lanes, vsplat, vbcast, vload, vload_head, vtailmask = _constructors(None)
+wlanes, wsplat, _wbcast, wload, wload_head, wtailmask = _constructors(CANONICAL_BYTES)
+
+
 @intrinsic
-def lanes(typingctx, arr):
-    n = _n_lanes(arr.dtype)
+def vlanes(typingctx, v):
+    """Number of lanes of the vector ``v`` (compile-time constant)."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"vlanes needs a vector, got {v}")
 
     def codegen(context, builder, sig, args):
-        return context.get_constant(types.intp, n)
-    return types.intp(arr), codegen
-
-
-@intrinsic
-def vsplat(typingctx, x):
-    vt = _vec_of(x)
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, args[0], context.get_value_type(vt))
-    return vt(x), codegen
-
-
-@intrinsic
-def vbcast(typingctx, arr, i):
-    _check_row(arr)
-    vt = _vec_of(arr.dtype)
-
-    def codegen(context, builder, sig, args):
-        x = builder.load(_element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1]))
-        return _splat(builder, x, context.get_value_type(vt))
-    return vt(arr, i), codegen
-
-
-@intrinsic
-def vload(typingctx, row, i):
-    _check_row(row)
-    vt = _vec_of(row.dtype)
-
-    def codegen(context, builder, sig, args):
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        vty = context.get_value_type(vt)
-        return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=row.dtype.bitwidth // 8)
-    return vt(row, i), codegen
+        return context.get_constant(types.intp, v.lanes)
+    return types.intp(v), codegen
 
 
 @intrinsic
 def vstore(typingctx, row, i, v):
     _check_row(row)
-    if v != _vec_of(row.dtype):
+    if not (isinstance(v, Vec) and v.dtype == row.dtype):
         raise TypeError(f"cannot store {v} into an array of {row.dtype}")
 
     def codegen(context, builder, sig, args):
@@ -184,31 +331,6 @@ def load(typingctx, arr, i):
 
 
 @intrinsic
-def vload_head(typingctx, row, i, n):
-    """Lanes ``k < n`` get ``row[i + k]``, the others 0; only ``row[i .. i + n - 1]`` is read
-    (the end of a row that does not fill a vector).  Needs ``n >= 1``."""
-    _check_row(row)
-    vt = _vec_of(row.dtype)
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        i0 = context.cast(builder, args[1], sig.args[1], types.intp)
-        cnt = context.cast(builder, args[2], sig.args[2], types.intp)
-        vty = context.get_value_type(vt)
-        zero = ir.Constant(vty.element, 0.0)
-        v = ir.Constant(vty, [0.0] * vt.lanes)
-        for k in range(vt.lanes):
-            kk = ir.Constant(i0.type, k)
-            inside = builder.icmp_signed("<", kk, cnt)
-            # a lane past the end reads row[i] instead (always in bounds) and is then zeroed
-            idx = builder.select(inside, builder.add(i0, kk), i0)
-            x = builder.select(inside, builder.load(builder.gep(data, [idx])), zero)
-            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), k))
-        return v
-    return vt(row, i, n), codegen
-
-
-@intrinsic
 def vsum(typingctx, v):
     """Sum of the lanes (pairwise: halves added until one lane is left), in the lane type."""
     if not isinstance(v, Vec):
@@ -236,26 +358,6 @@ def vmul(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fmul(args[0], args[1])
     return a(a, b), codegen
-
-
-@intrinsic
-def vtailmask(typingctx, x, n):
-    """A vector of the dtype of the scalar ``x``: 1 in the last ``n`` lanes, 0 before them
-    (selects the lanes of a row's last, overlapping vector that are not counted yet)."""
-    vt = _vec_of(x)
-
-    def codegen(context, builder, sig, args):
-        vty = context.get_value_type(vt)
-        cnt = context.cast(builder, args[1], sig.args[1], types.intp)
-        first = builder.sub(ir.Constant(cnt.type, vt.lanes), cnt)
-        one = ir.Constant(vty.element, 1.0)
-        zero = ir.Constant(vty.element, 0.0)
-        v = ir.Constant(vty, [0.0] * vt.lanes)
-        for k in range(vt.lanes):
-            keep = builder.icmp_signed(">=", ir.Constant(cnt.type, k), first)
-            v = builder.insert_element(v, builder.select(keep, one, zero), ir.Constant(ir.IntType(32), k))
-        return v
-    return vt(x, n), codegen
 
 
 def _binary(op_name):
