@@ -71,7 +71,9 @@ def test_only_the_fused_kernels_use_explicit_vectors():
 
 
 def _probe(tmp_path, bits):
+    # an empty cache of the test's own: the first run of each width compiles, later ones load
     env = {k: v for k, v in os.environ.items() if k != simd.ENV_VAR}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
     if bits is not None:
         env[simd.ENV_VAR] = str(bits)
     out = tmp_path / f"probe-{bits}.npz"
@@ -83,9 +85,11 @@ def _probe(tmp_path, bits):
 
 
 def test_results_are_bit_identical_at_every_vector_width(tmp_path):
-    # native first (fills the cache), then each narrower forced width, then native again: the
-    # forced runs must compile their own kernels (lane counts), and the native rerun must not
-    # load theirs; every result, NaN positions included, equal bit for bit
+    # native first (compiles, fills an empty cache), then each narrower forced width, then
+    # native again (loads from the cache): the forced runs must compile their own kernels (lane
+    # counts), the native rerun must not load theirs, and code loaded from the cache must compute
+    # what freshly compiled code did (it did not while LLVM was free to contract multiply-adds);
+    # every result, NaN positions included, equal bit for bit
     native = simd.choose_vector_bits()
     runs = {"native": _probe(tmp_path, None)}
     for bits in (256, 128):

@@ -43,6 +43,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from vnumba.ops.simd import (
+    PERMUTE_LOOKUP,
     VECTOR_BITS,
     jit,
     lanes,
@@ -51,11 +52,14 @@ from vnumba.ops.simd import (
     sfma,
     vadd,
     vbcast,
+    vcells,
     vdiv,
     vfloor,
     vfma,
     vload,
+    vlookup64,
     vmul,
+    vneg,
     vsplat,
     vstore,
     vstore_index,
@@ -69,11 +73,12 @@ from vnumba.ops.simd import (
     wtailmask,
 )
 
-# Fast-math flags of the kernels on the forward path: contraction to FMA and the like, but
-# no reassociation (and no "no NaN" assumption): LLVM then computes a pixel the same way in the
-# vectorised loop body and in the scalar remainder, so a result does not depend on where the
-# pixel falls in a row — tiled prediction equals untiled prediction bit for bit.
-_FM = {"nsz", "arcp", "contract", "afn"}
+# No fast-math flags anywhere in these kernels: every multiply-add that should be fused is an
+# explicit fma (simd.vfma / simd.sfma), every other operation rounds as written.  With
+# contraction left to LLVM ("contract"), the same kernel gave results that differed in the
+# last bit between a process that compiled it and one that loaded it from Numba's cache
+# (phi'' and so the training gradient; found by tests/test_simd_width.py), and between
+# code paths that LLVM optimised differently.  Strict IEEE code has one correct result.
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -815,7 +820,7 @@ def rbf_tables(w, grid, dtype):
 # interleaving slot computes it.
 
 
-@jit(fastmath=_FM, inline="always")
+@jit(inline="always")
 def _horner_s0x4(tab, k0, k1, k2, k3, b0, b1, b2, b3, i0, i1, i2, i3, radius, zero):
     """S_0 of four pixels: eight independent Horner chains, so the multiply-adds overlap."""
     p0 = zero
@@ -839,7 +844,7 @@ def _horner_s0x4(tab, k0, k1, k2, k3, b0, b1, b2, b3, i0, i1, i2, i3, radius, ze
     return p0 + n0, p1 + n1, p2 + n2, p3 + n3
 
 
-@jit(fastmath=_FM, inline="always")
+@jit(inline="always")
 def _horner_s01x2(tab, k0, k1, b0, b1, i0, i1, radius, zero):
     """S_0 and S_1 of two pixels: Horner with the first derivative carried along."""
     p0 = zero
@@ -860,10 +865,12 @@ def _horner_s01x2(tab, k0, k1, b0, b1, i0, i1, radius, zero):
         p1 = sfma(p1, b1, load(tab, k1 + e))
         m1 = sfma(m1, i1, n1)
         n1 = sfma(n1, i1, load(tab, k1 + e + 1))
-    return p0 + n0, b0 * q0 - i0 * m0, p1 + n1, b1 * q1 - i1 * m1
+    # S_1 = B P' - y N' as one explicit fused multiply-add (not left to contraction), so the
+    # in-register look-up path computes it the same way
+    return p0 + n0, sfma(b0, q0, -(i0 * m0)), p1 + n1, sfma(b1, q1, -(i1 * m1))
 
 
-@jit(fastmath=_FM, inline="always")
+@jit(inline="always")
 def _horner_s012(tab, k, b, bi, radius, zero):
     """S_0, S_1, S_2 of one pixel: Horner with first and second derivatives (six chains)."""
     p = zero
@@ -886,8 +893,57 @@ def _horner_s012(tab, k, b, bi, radius, zero):
     return p + n, bp - yn, bp + yn + e + e
 
 
-@jit(fastmath=_FM)
-def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v1, v2):
+# In-register look-ups (AVX-512 hosts, simd.vlookup64): the Horner coefficients of one chain
+# step for all cells of a channel are 64 consecutive values, so a vector of pixels reads its
+# coefficients with permutes instead of one scalar load per pixel.  Each lane runs exactly
+# the fused multiply-adds of the scalar helpers below, so a value's bits do not depend on
+# which path computed it (tests/test_simd_width.py compares the two).
+LOOKUP_CELLS = 64
+
+
+def rbf_lookup_tables(tab, radius):
+    """The Horner tables of :func:`rbf_tables`, (F, cells, r + 1, 2), rearranged for
+    :func:`vlookup64`: ``out[c, (2 i + e) 64 + u] = tab[c, u + r, i, e]`` (the reachable
+    cells ``jb = r .. n_w + 3 r + 1`` shifted to 0), C-contiguous.  ``None`` where the
+    look-up is not available (:data:`vnumba.ops.simd.PERMUTE_LOOKUP`) or more than 64 cells
+    are reachable (``n_w + 2 r + 2 > 64``)."""
+    F, cells, R, _ = tab.shape
+    used = cells - 2 * radius  # n_w + 2r + 2 reachable cells (jb = r .. n_w + 3r + 1)
+    if not PERMUTE_LOOKUP or used > LOOKUP_CELLS:
+        return None
+    out = np.zeros((F, R, 2, LOOKUP_CELLS), dtype=tab.dtype)
+    out[:, :, :, :used] = tab[:, radius:radius + used].transpose(0, 2, 3, 1)
+    return out.reshape(F, -1)
+
+
+@jit(inline="always")
+def _lookup_s0(ptab, idx, b, y, radius, zero):
+    """S_0 of a vector of pixels: :func:`_horner_s0x4`'s chains, lane by lane."""
+    p = vsplat(zero)
+    n = p
+    for i in range(radius + 1):
+        p = vfma(p, b, vlookup64(ptab, 128 * i, idx))
+        n = vfma(n, y, vlookup64(ptab, 128 * i + 64, idx))
+    return vadd(p, n)
+
+
+@jit(inline="always")
+def _lookup_s01(ptab, idx, b, y, radius, zero):
+    """S_0, S_1 of a vector of pixels: :func:`_horner_s01x2`'s chains, lane by lane."""
+    p = vsplat(zero)
+    q = p
+    n = p
+    m = p
+    for i in range(radius + 1):
+        q = vfma(q, b, p)
+        p = vfma(p, b, vlookup64(ptab, 128 * i, idx))
+        m = vfma(m, y, n)
+        n = vfma(n, y, vlookup64(ptab, 128 * i + 64, idx))
+    return vadd(p, n), vfma(b, q, vneg(vmul(y, m)))
+
+
+@jit()
+def _rbf_eval_row(tab, ptab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v1, v2):
     """phi, phi', phi'' on a row from the setup buffers (``ga`` = A, ``dc`` = d = δ s,
     ``bb`` = B, ``bi`` = 1/B) and the channel's Horner table (:func:`rbf_tables`, flattened:
     ``tab[jb · 2(r + 1) + 2 i + e]``).
@@ -895,6 +951,8 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
     ``S_p`` go to the row buffers ``s0, s1, s2`` (several pixels per Horner pass), then
     ``phi = A S_0``, ``phi' = -(A / sigma) (d S_0 - s S_1)``,
     ``phi'' = (A / sigma²) ((d² - 1) S_0 - 2 d s S_1 + s² S_2)`` in a vectorised loop.
+    With a look-up table ``ptab`` (:func:`rbf_lookup_tables`; a row of length 1 means none),
+    orders 0 and 1 compute ``S_p`` a vector of pixels at a time, the scalar chains the rest.
     """
     W = jb.shape[0]
     st = 2 * (radius + 1)  # table entries per cell
@@ -905,9 +963,21 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
     zero = s - s  # of the working dtype
     two_s = s + s
     ss = s * s
+    qv = 0  # pixels before qv: S_p from the in-register look-ups
+    if ptab.shape[0] > 1 and order <= 1:
+        L = lanes(bb)
+        qv = W - W % L
+        for q in range(0, qv, L):
+            idx = vcells(jb, q, radius, bb)
+            if order == 0:
+                vstore(s0, q, _lookup_s0(ptab, idx, vload(bb, q), vload(bi, q), radius, zero))
+            else:
+                t0, t1 = _lookup_s01(ptab, idx, vload(bb, q), vload(bi, q), radius, zero)
+                vstore(s0, q, t0)
+                vstore(s1, q, t1)
     if order == 0:
-        W4 = W - W % 4
-        for q in range(0, W4, 4):
+        W4 = qv + (W - qv) // 4 * 4
+        for q in range(qv, W4, 4):
             s0[q], s0[q + 1], s0[q + 2], s0[q + 3] = _horner_s0x4(
                 tab, load(jb, q) * st, load(jb, q + 1) * st, load(jb, q + 2) * st,
                 load(jb, q + 3) * st, load(bb, q), load(bb, q + 1), load(bb, q + 2),
@@ -920,8 +990,8 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
         for q in range(W):
             v0[q] = ga[q] * s0[q]
     elif order == 1:
-        W2 = W - W % 2
-        for q in range(0, W2, 2):
+        W2 = qv + (W - qv) // 2 * 2
+        for q in range(qv, W2, 2):
             s0[q], s1[q], s0[q + 1], s1[q + 1] = _horner_s01x2(
                 tab, load(jb, q) * st, load(jb, q + 1) * st, load(bb, q), load(bb, q + 1),
                 load(bi, q), load(bi, q + 1), radius, zero)
@@ -948,10 +1018,11 @@ def _rbf_eval_row(tab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v
 _RBF_ROWS = 8  # image rows per job of _rbf_apply_rows (its row buffers are allocated per job)
 
 
-@jit(parallel=True, fastmath=_FM)
-def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
+@jit(parallel=True)
+def _rbf_apply_rows(x, tab, ptab, cst, squarings, radius, order, v0, off, v1, v2):
     """phi (into channel ``c + off`` of ``v0``), phi', phi'' (channel ``c`` of ``v1``,
-    ``v2``) of every row of ``x``; one job is a block of rows of one channel."""
+    ``v2``) of every row of ``x``; one job is a block of rows of one channel.  ``ptab``: the
+    look-up tables (:func:`rbf_lookup_tables`) or an (F, 1) placeholder."""
     N, F, H, W = x.shape
     nb = (H + _RBF_ROWS - 1) // _RBF_ROWS
     for job in prange(N * F * nb):
@@ -964,17 +1035,17 @@ def _rbf_apply_rows(x, tab, cst, squarings, radius, order, v0, off, v1, v2):
             _rbf_setup_row(x[n, c, p], cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
             r0 = v0[n, c + off, p]
             if order == 0:
-                _rbf_eval_row(tab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                _rbf_eval_row(tab[c], ptab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
                               buf[5], buf[6], r0, r0, r0)
             elif order == 1:
-                _rbf_eval_row(tab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                _rbf_eval_row(tab[c], ptab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
                               buf[5], buf[6], r0, v1[n, c, p], v1[n, c, p])
             else:
-                _rbf_eval_row(tab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
+                _rbf_eval_row(tab[c], ptab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2], buf[3], buf[4],
                               buf[5], buf[6], r0, v1[n, c, p], v2[n, c, p])
 
 
-@jit(fastmath=True, inline="always")
+@jit(inline="always")
 def _wgrad_scatter2(ra, rb, radius, aa, ba, pa, ia, ab, bb, pb, ib):
     """ra[r + k] += B_a^k (α_a + k β_a) and the same for a second value into ``rb``,
     k = -r..r, in one loop (two independent chains of powers; float64)."""
@@ -993,13 +1064,13 @@ def _wgrad_scatter2(ra, rb, radius, aa, ba, pa, ia, ab, bb, pb, ib):
         db *= ib
         ka += ba
         kb += bb
-        ra[radius + k] += ua * (aa + ka)
-        ra[radius - k] += da * (aa - ka)
-        rb[radius + k] += ub * (ab + kb)
-        rb[radius - k] += db * (ab - kb)
+        ra[radius + k] = sfma(ua, aa + ka, ra[radius + k])
+        ra[radius - k] = sfma(da, aa - ka, ra[radius - k])
+        rb[radius + k] = sfma(ub, ab + kb, rb[radius + k])
+        rb[radius - k] = sfma(db, ab - kb, rb[radius - k])
 
 
-@jit(parallel=True, fastmath=True)
+@jit(parallel=True)
 def _rbf_wgrad_rows(x, c0, c1, use_c1, cst, squarings, radius, acc):
     """acc[c, jb, k + r] = sum over values with nearest padded centre jb of
     B^k (α + k β), α = A (c0 - c1 d / sigma), β = A c1 s / sigma (float64).

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vnumba.ops.fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_tables
+from vnumba.ops.fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_lookup_tables, rbf_tables
 
 __all__ = ["RBFGrid", "rbf_apply", "rbf_weight_grad", "rbf_basis"]
 
@@ -107,7 +107,10 @@ def rbf_apply(x, w, grid, order=2, out=None, offset=0):
     v2 = np.empty_like(x) if order >= 2 else x
     cst, m = rbf_constants(grid, x.dtype)
     tab = rbf_tables(w, grid, x.dtype)
-    _rbf_apply_rows(x, tab.reshape(F, -1), cst, m, grid.radius, order, v0, offset, v1, v2)
+    ptab = rbf_lookup_tables(tab, grid.radius) if order <= 1 else None
+    if ptab is None:
+        ptab = np.zeros((F, 1), x.dtype)  # no look-up tables: the scalar chains
+    _rbf_apply_rows(x, tab.reshape(F, -1), ptab, cst, m, grid.radius, order, v0, offset, v1, v2)
     return (phi, v1, v2)[: order + 1]
 
 

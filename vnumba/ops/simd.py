@@ -39,6 +39,9 @@ guarantees ``0 <= i`` and ``i + lanes <= len(row)``):
   ``int32(v) + off`` into an int32 row;
 * ``vlanes(v)`` — number of lanes of the vector ``v``; ``vsum(v)`` — the sum of the lanes;
   ``vtailmask(x, n)`` — 1 in the last ``n`` lanes, 0 before them;
+* ``vneg(v)`` — ``-v`` (sign flip); ``vcells(row, i, off, like)`` — int32 lanes
+  ``row[i + k] - off``; ``vlookup64(tab, base, idx)`` — lane k ``tab[base + idx[k]]`` from a
+  64-entry table in registers (AVX-512 permutes where :data:`PERMUTE_LOOKUP`);
 * ``load(arr, i)`` — the scalar ``arr[i]`` (for table look-ups in scalar loops); ``sfloor`` —
   ``floor`` of a scalar in its own dtype.
 """
@@ -54,11 +57,11 @@ from numba.core import caching, cgutils
 from numba.core import config as _numba_config
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "ENV_VAR", "VECTOR_BITS", "VECTOR_BYTES", "CANONICAL_BYTES", "choose_vector_bits",
-           "describe", "jit", "lanes", "vsplat", "vbcast", "vload", "vload_head", "vstore",
-           "vstore_index", "vfma", "vadd", "vsub", "vmul", "vdiv", "vfloor", "vwhere_between", "vsum",
-           "vlanes", "vtailmask", "wlanes", "wsplat", "wload", "wload_head", "wtailmask", "sfma",
-           "sfloor", "load"]
+__all__ = ["Vec", "ENV_VAR", "VECTOR_BITS", "VECTOR_BYTES", "CANONICAL_BYTES", "PERMUTE_LOOKUP",
+           "choose_vector_bits", "target_features", "describe", "jit", "lanes", "vsplat", "vbcast", "vload",
+           "vload_head", "vstore", "vstore_index", "vfma", "vadd", "vsub", "vmul", "vdiv", "vneg", "vfloor",
+           "vwhere_between", "vsum", "vlanes", "vtailmask", "vcells", "vlookup64", "wlanes", "wsplat", "wload",
+           "wload_head", "wtailmask", "sfma", "sfloor", "load"]
 
 ENV_VAR = "VNUMBA_SIMD_BITS"
 WIDTHS = (128, 256, 512)
@@ -98,6 +101,10 @@ def choose_vector_bits(environ=None, features=None) -> int:
 
 VECTOR_BITS = choose_vector_bits()
 VECTOR_BYTES = VECTOR_BITS // 8
+# in-register table look-ups (vlookup64) compile to AVX-512 permutes only with 512-bit vectors
+# on a target that has them; elsewhere to one scalar load per lane (correct, slow: callers
+# then keep their scalar loops, fused.RBF_LOOKUP)
+PERMUTE_LOOKUP = VECTOR_BITS == 512 and "avx512f" in target_features()
 
 
 def describe() -> str:
@@ -377,6 +384,87 @@ vsub = intrinsic(_binary("fsub"))
 vsub.__doc__ = "``a - b`` lane by lane."
 vdiv = intrinsic(_binary("fdiv"))
 vdiv.__doc__ = "``a / b`` lane by lane (IEEE division)."
+
+
+@intrinsic
+def vcells(typingctx, row, i, off, like):
+    """int32 lanes ``row[i + k] - off`` of a 1-D contiguous int32 ``row``, as many as a vector
+    of the float array ``like`` has (the cell indices of :func:`vlookup64`)."""
+    _check_row(row, floats=False)
+    _check_row(like)
+    if row.dtype != types.int32:
+        raise TypeError(f"vcells reads an int32 row, got {row}")
+    n = _n_lanes(like.dtype)
+    vt = Vec(types.int32, n)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        ity = ir.VectorType(ir.IntType(32), n)
+        v = builder.load(builder.bitcast(ptr, ity.as_pointer()), align=4)
+        o = context.cast(builder, args[2], sig.args[2], types.int32)
+        return builder.sub(v, _splat(builder, o, ity))
+    return vt(row, i, off, like), codegen
+
+
+@intrinsic
+def vlookup64(typingctx, tab, base, idx):
+    """Lane k: ``tab[base + idx[k]]``, for int32 cell indices ``0 <= idx[k] < 64`` (from
+    :func:`vcells`) into the 64 values ``tab[base : base + 64]`` of a 1-D contiguous float
+    array: a table look-up in registers.
+
+    With 512-bit vectors on AVX-512 the table is four (float32) or eight (float64) vectors
+    and a look-up is two or four two-source permutes (``vpermi2ps``/``pd``: 32 or 16 entries
+    each) and a select tree on the index's high bits: no gather instruction (gathers measured
+    slower than scalar loads on both AVX2 and AVX-512 hosts here).  Elsewhere one scalar load
+    per lane.  Either way the lane's value is exactly ``tab[base + idx[k]]``.
+    """
+    _check_row(tab)
+    if not (isinstance(idx, Vec) and idx.dtype == types.int32 and idx.lanes == _n_lanes(tab.dtype)):
+        raise TypeError(f"vlookup64 needs int32 lanes from vcells for {tab}, got {idx}")
+    vt = _vec_of(tab.dtype)
+    n = vt.lanes
+    permute = PERMUTE_LOOKUP and n * tab.dtype.bitwidth == 512
+
+    def codegen(context, builder, sig, args):
+        fty = context.get_value_type(vt)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        iv = args[2]
+        if not permute:
+            v = ir.Constant(fty, ir.Undefined)
+            for k in range(n):
+                j = builder.sext(builder.extract_element(iv, ir.Constant(ir.IntType(32), k)), ir.IntType(64))
+                v = builder.insert_element(v, builder.load(builder.gep(ptr, [j])), ir.Constant(ir.IntType(32), k))
+            return v
+        wide = tab.dtype.bitwidth == 64
+        ity = ir.VectorType(ir.IntType(64 if wide else 32), n)
+        if wide:
+            iv = builder.sext(iv, ity)
+        vp = builder.bitcast(ptr, fty.as_pointer())
+        parts = [builder.load(builder.gep(vp, [ir.Constant(ir.IntType(64), j)]), align=tab.dtype.bitwidth // 8)
+                 for j in range(64 // n)]
+        name = "llvm.x86.avx512.vpermi2var." + ("pd" if wide else "ps") + ".512"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty, ity, fty]), name)
+        # each permute picks from 2n entries by the index's low bits; higher bits choose the pair
+        level = [builder.call(fn, [parts[j], iv, parts[j + 1]]) for j in range(0, len(parts), 2)]
+        bit = 2 * n
+        zero = ir.Constant(ity, [0] * n)
+        while len(level) > 1:
+            hi = builder.icmp_unsigned("!=", builder.and_(iv, ir.Constant(ity, [bit] * n)), zero)
+            level = [builder.select(hi, level[j + 1], level[j]) for j in range(0, len(level), 2)]
+            bit *= 2
+        return level[0]
+    return vt(tab, base, idx), codegen
+
+
+@intrinsic
+def vneg(typingctx, a):
+    """``-a`` lane by lane (sign flip; ``0 - a`` would turn -0 into +0)."""
+    if not isinstance(a, Vec):
+        raise TypeError(f"vneg needs a vector, got {a}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fneg(args[0])
+    return a(a), codegen
 
 
 def _floor_call(builder, x, llty, suffix):
