@@ -942,6 +942,29 @@ def _lookup_s01(ptab, idx, b, y, radius, zero):
     return vadd(p, n), vfma(b, q, vneg(vmul(y, m)))
 
 
+@jit(inline="always")
+def _lookup_s012(ptab, idx, b, y, radius, zero):
+    """S_0, S_1, S_2 of a vector of pixels: :func:`_horner_s012`'s chains and final
+    operations, lane by lane."""
+    p = vsplat(zero)
+    p1 = p
+    p2 = p
+    n = p
+    n1 = p
+    n2 = p
+    for i in range(radius + 1):
+        p2 = vfma(p2, b, p1)
+        p1 = vfma(p1, b, p)
+        p = vfma(p, b, vlookup64(ptab, 128 * i, idx))
+        n2 = vfma(n2, y, n1)
+        n1 = vfma(n1, y, n)
+        n = vfma(n, y, vlookup64(ptab, 128 * i + 64, idx))
+    bp = vmul(b, p1)
+    yn = vmul(y, n1)
+    e = vadd(vmul(vmul(b, b), p2), vmul(vmul(y, y), n2))
+    return vadd(p, n), vsub(bp, yn), vadd(vadd(vadd(bp, yn), e), e)
+
+
 @jit()
 def _rbf_eval_row(tab, ptab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2, v0, v1, v2):
     """phi, phi', phi'' on a row from the setup buffers (``ga`` = A, ``dc`` = d = δ s,
@@ -952,7 +975,7 @@ def _rbf_eval_row(tab, ptab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2,
     ``phi = A S_0``, ``phi' = -(A / sigma) (d S_0 - s S_1)``,
     ``phi'' = (A / sigma²) ((d² - 1) S_0 - 2 d s S_1 + s² S_2)`` in a vectorised loop.
     With a look-up table ``ptab`` (:func:`rbf_lookup_tables`; a row of length 1 means none),
-    orders 0 and 1 compute ``S_p`` a vector of pixels at a time, the scalar chains the rest.
+    ``S_p`` are computed a vector of pixels at a time, the scalar chains do the rest.
     """
     W = jb.shape[0]
     st = 2 * (radius + 1)  # table entries per cell
@@ -964,17 +987,22 @@ def _rbf_eval_row(tab, ptab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2,
     two_s = s + s
     ss = s * s
     qv = 0  # pixels before qv: S_p from the in-register look-ups
-    if ptab.shape[0] > 1 and order <= 1:
+    if ptab.shape[0] > 1:
         L = lanes(bb)
         qv = W - W % L
         for q in range(0, qv, L):
             idx = vcells(jb, q, radius, bb)
             if order == 0:
                 vstore(s0, q, _lookup_s0(ptab, idx, vload(bb, q), vload(bi, q), radius, zero))
-            else:
+            elif order == 1:
                 t0, t1 = _lookup_s01(ptab, idx, vload(bb, q), vload(bi, q), radius, zero)
                 vstore(s0, q, t0)
                 vstore(s1, q, t1)
+            else:
+                t0, t1, t2 = _lookup_s012(ptab, idx, vload(bb, q), vload(bi, q), radius, zero)
+                vstore(s0, q, t0)
+                vstore(s1, q, t1)
+                vstore(s2, q, t2)
     if order == 0:
         W4 = qv + (W - qv) // 4 * 4
         for q in range(qv, W4, 4):
@@ -1004,7 +1032,7 @@ def _rbf_eval_row(tab, ptab, radius, order, cst, jb, ga, dc, bb, bi, s0, s1, s2,
             v0[q] = a * s0[q]
             v1[q] = -(a * inv_s) * (dc[q] * s0[q] - s * s1[q])
     else:
-        for q in range(W):
+        for q in range(qv, W):
             s0[q], s1[q], s2[q] = _horner_s012(tab, load(jb, q) * st, load(bb, q), load(bi, q),
                                                radius, zero)
         for q in range(W):

@@ -107,7 +107,7 @@ def rbf_apply(x, w, grid, order=2, out=None, offset=0):
     v2 = np.empty_like(x) if order >= 2 else x
     cst, m = rbf_constants(grid, x.dtype)
     tab = rbf_tables(w, grid, x.dtype)
-    ptab = rbf_lookup_tables(tab, grid.radius) if order <= 1 else None
+    ptab = rbf_lookup_tables(tab, grid.radius)
     if ptab is None:
         ptab = np.zeros((F, 1), x.dtype)  # no look-up tables: the scalar chains
     _rbf_apply_rows(x, tab.reshape(F, -1), ptab, cst, m, grid.radius, order, v0, offset, v1, v2)
