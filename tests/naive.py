@@ -535,3 +535,13 @@ def training_loss(u_T, gu, m_T, gm, batch_size=None):
         du[s] = 2 * eu / 6 / (n * H * W)
         dm[s] = 2 * em / 2 / (n * H * W)
     return total / (n * H * W), du, dm
+
+
+# ----------------------------------------------------------------------------- vn pointwise
+def step_input_terms(f1, f2, d, g, dg):
+    """NumPy reference of vnumba.vn.pointwise.step_input_terms: the expressions it replaced."""
+    return f1 * dg + f2 * d * g, f1 * g, d * g, np.ascontiguousarray(dg)
+
+
+def scaled_concat(a1, da, b1, db):
+    return np.concatenate([a1 * da, b1 * db], axis=1)

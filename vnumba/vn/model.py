@@ -26,6 +26,7 @@ from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
 from vnumba.vn.config import PARAM_NAMES, ModelConfig, param_shapes
+from vnumba.vn.pointwise import scaled_concat, step_input_terms
 
 __all__ = [
     "init_params", "step_params", "step_forward", "step_backward", "forward",
@@ -159,7 +160,7 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
             raise ValueError(f"keep must be False, True or 'record', got {keep!r}")
         return u_next, m_next, dict(a=a, b=b, z=z, g=g, active_u=active_u, active_m=active_m)
     cache = dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
-                 gu=np.ascontiguousarray(g[:, :Fu]), gm=np.ascontiguousarray(g[:, Fu:]),
+                 gu=g[:, :Fu], gm=g[:, Fu:],
                  active_u=active_u, active_m=active_m)
     return u_next, m_next, cache
 
@@ -176,7 +177,7 @@ def _cache_from_record(p: dict, cfg: ModelConfig, rec: dict) -> dict:
     _, fb1, fb2 = rbf_apply(b, p["wm"], grid, order=2, out=f, offset=Fu)
     r, r1 = rbf_apply(z, p["w"], grid, order=1)
     return dict(a=a, b=b, fa1=fa1, fa2=fa2, fb1=fb1, fb2=fb2, f=f, z=z, r=r, r1=r1,
-                gu=np.ascontiguousarray(g[:, :Fu]), gm=np.ascontiguousarray(g[:, Fu:]),
+                gu=g[:, :Fu], gm=g[:, Fu:],
                 active_u=rec["active_u"], active_m=rec["active_m"])
 
 
@@ -225,16 +226,16 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     v_m = np.multiply(mbar, c.pop("active_m"), dtype=u.dtype)
     da = conv_forward(v_u, p["Ku"])
     db = conv_forward(np.ascontiguousarray(v_m[:, None]), p["Km"])
-    df = np.concatenate([c["fa1"] * da, c["fb1"] * db], axis=1)
+    df = scaled_concat(c["fa1"], da, c["fb1"], db)
     dz = conv_forward(df, p["K"])
     dr = c["r1"] * dz
     dg = conv_adjoint(dr, p["K"])
     dgu = dg[:, :Fu]
     dgm = dg[:, Fu:]
-    abar = np.ascontiguousarray(c["fa1"] * dgu + c["fa2"] * da * c["gu"])
-    dabar = np.ascontiguousarray(c["fa1"] * c["gu"])
-    bbar = np.ascontiguousarray(c["fb1"] * dgm + c["fb2"] * db * c["gm"])
-    dbbar = np.ascontiguousarray(c["fb1"] * c["gm"])
+    # abar = φ^u' dg_u + φ^u'' da g_u, dabar = φ^u' g_u, and the RBF weight gradient's
+    # coefficients da g_u, dg_u: one pass (vnumba.vn.pointwise), the same for the mask block
+    abar, dabar, cu1, cu0 = step_input_terms(c["fa1"], c["fa2"], da, c["gu"], dgu)
+    bbar, dbbar, cm1, cm0 = step_input_terms(c["fb1"], c["fb2"], db, c["gm"], dgm)
     hv_u = conv_adjoint(abar, p["Ku"])
     hv_u += p["lam"] * v_u
     hv_m = conv_adjoint(bbar, p["Km"])[:, 0]
@@ -246,10 +247,8 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     grads = {
         "K": -(conv_kernel_grad(dr, c["f"], cfg.ks) + conv_kernel_grad(c["r"], df, cfg.ks)),
         "w": -rbf_weight_grad(c["z"], dz, None, grid),
-        "wu": -rbf_weight_grad(c["a"], np.ascontiguousarray(dgu),
-                               np.ascontiguousarray(da * c["gu"]), grid),
-        "wm": -rbf_weight_grad(c["b"], np.ascontiguousarray(dgm),
-                               np.ascontiguousarray(db * c["gm"]), grid),
+        "wu": -rbf_weight_grad(c["a"], cu0, cu1, grid),
+        "wm": -rbf_weight_grad(c["b"], cm0, cm1, grid),
         "Ku": -(conv_kernel_grad(abar, u, cfg.ks_u) + conv_kernel_grad(dabar, v_u, cfg.ks_u)),
         "Km": -(conv_kernel_grad(bbar, mm, cfg.ks_m) + conv_kernel_grad(dbbar, vm, cfg.ks_m)),
         "lam": -np.asarray(np.sum(v_u * (u - u0), dtype=np.float64), dtype=u.dtype),
