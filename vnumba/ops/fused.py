@@ -4,33 +4,42 @@ Everything here is an ``@njit`` kernel without argument checks; the public, chec
 points are in :mod:`vnumba.ops.conv` and :mod:`vnumba.ops.rbf`.  NumPy references for each kernel
 are in ``tests/naive.py`` (block "fused kernels (perf)"), compared in ``tests/test_fused.py``.
 
-Why the loops look the way they do (this CPU: 2 AVX2 cores, no SVML; ``bench/README.md``):
+Why the loops look the way they do (``bench/README.md`` has the measurements per host).  The
+vector width is the host's (:mod:`vnumba.ops.simd`: 512 bits on AVX-512, 256 on AVX2; L lanes),
+and no result depends on it: every output value is computed by the same sequence of
+operations at every width (``tests/test_simd_width.py``).
 
 * **Convolutions** — ``_corr_valid_tiled``: register tiles of three output channels ×
-  four SIMD vectors of one output row (3 × 32 float32 values), written with the explicit
-  vector type of :mod:`vnumba.ops.simd`, so the twelve accumulators stay in registers over all
-  ``C·ks²`` taps (one flat loop over precomputed input offsets).  Each tap costs four vector
-  loads, three broadcasts and twelve fused multiply-adds: the loop runs at the FMA units'
-  rate instead of being bound by accumulator loads and stores.  Parallel over
+  ``CONV_VECS`` SIMD vectors of one output row (4 with AVX2's 16 registers: twelve
+  accumulators; 8 with AVX-512's 32: twenty-four), written with the explicit vector type of
+  :mod:`vnumba.ops.simd`, so the accumulators stay in registers over all ``C·ks²`` taps (one
+  flat loop over precomputed input offsets).  Each tap costs one vector load per vector of
+  pixels, three broadcasts and three fused multiply-adds per load: the loop runs at the FMA
+  units' rate instead of being bound by accumulator loads and stores.  Parallel over
   ``batch × row × channel-block``, so a batch of one keeps both cores busy.
 * **Adjoint** — ``C_valid^T y`` ("full" convolution) equals the valid correlation of the
   zero-padded ``y`` with the flipped, channel-transposed filter bank, so the adjoint reuses
   the same gather kernel (no scattered writes, no races).
 * **Kernel gradient** — ``_kgrad_tiled``: the same register tiling transposed, three output
-  channels × four taps, each of the twelve vector accumulators a dot product of a ``y`` row
-  with a shifted input row.  Partial sums of four rows stay in the working precision, then
-  go to float64 (fixed row chunks, summed in order: the result does not depend on the
-  number of threads).  A row's last partial vector is the overlapping full one with the
-  counted lanes of ``y`` zeroed.
+  channels × ``KG_TAPS`` taps, each vector accumulator a dot product of a ``y`` row with a
+  shifted input row, in *canonical* 256-bit vectors at every width (the lanes group the
+  float32 sum; a width-dependent grouping would change its rounding).  Partial sums of four
+  rows stay in the working precision, then go to float64 (fixed row chunks, summed in order:
+  the result does not depend on the number of threads).  A row's last partial vector is the
+  overlapping full one with the counted lanes of ``y`` zeroed.
 * **RBF** — ``_rbf_setup_row`` (explicit vectors) finds the nearest centre ``j0`` and the two
   exponentials ``A = exp(-δ² s²/2)``, ``B = exp(δ s²)`` (``|δ| <= 1/2``: Taylor polynomials,
   exact to double rounding; no ``exp`` call).  The window sum is then a polynomial in ``B``
   and ``1/B`` whose coefficients (weights × ``exp(-k² s²/2)``) are tabulated per channel and
-  centre (:func:`rbf_tables`); ``_rbf_eval_row`` evaluates it by Horner's rule for four
-  (order 0) or two (order 1) pixels at once, so that independent multiply-add chains
-  overlap.  The table reads are gathers, so this loop is scalar (AVX2 gather instructions
-  measured 1.8× slower than the scalar reads on this CPU); the interleaving and table reads
-  without Numba's index wrap-around (``simd.load``) are what make it fast.
+  centre (:func:`rbf_tables`); ``_rbf_eval_row`` evaluates it by Horner's rule.  On AVX-512
+  a vector of pixels at a time, the coefficients read from a 64-cell table in registers by
+  permutes (:func:`rbf_lookup_tables`, ``simd.vlookup64``); elsewhere for four (order 0),
+  two (order 1) or one pixel at a time with scalar table reads, so that independent
+  multiply-add chains overlap (gather instructions measured slower than the scalar reads:
+  1.8× on the AVX2 host, 1.5× on the AVX-512 one).  Both paths do the same fused
+  multiply-adds per pixel.
+* No fast-math flags: multiply-adds that should be fused are explicit fmas, everything else
+  rounds as written (see ``_STRICT`` below for why).
 * All scalar constants enter as arrays of the working dtype: a Python float constant would
   silently promote float32 arithmetic to float64.
 """
@@ -73,7 +82,7 @@ from vnumba.ops.simd import (
     wtailmask,
 )
 
-# No fast-math flags anywhere in these kernels: every multiply-add that should be fused is an
+# _STRICT — no fast-math flags anywhere in these kernels: every multiply-add that should be fused is an
 # explicit fma (simd.vfma / simd.sfma), every other operation rounds as written.  With
 # contraction left to LLVM ("contract"), the same kernel gave results that differed in the
 # last bit between a process that compiled it and one that loaded it from Numba's cache

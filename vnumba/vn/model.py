@@ -233,9 +233,15 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     dgu = dg[:, :Fu]
     dgm = dg[:, Fu:]
     # abar = φ^u' dg_u + φ^u'' da g_u, dabar = φ^u' g_u, and the RBF weight gradient's
-    # coefficients da g_u, dg_u: one pass (vnumba.vn.pointwise), the same for the mask block
+    # coefficients da g_u, dg_u: one pass (vnumba.vn.pointwise), the same for the mask block;
+    # each weight gradient right away, so that its two coefficient fields are freed before
+    # the next block's are made (peak memory)
     abar, dabar, cu1, cu0 = step_input_terms(c["fa1"], c["fa2"], da, c["gu"], dgu)
+    grad_wu = -rbf_weight_grad(c["a"], cu0, cu1, grid)
+    del cu0, cu1
     bbar, dbbar, cm1, cm0 = step_input_terms(c["fb1"], c["fb2"], db, c["gm"], dgm)
+    grad_wm = -rbf_weight_grad(c["b"], cm0, cm1, grid)
+    del cm0, cm1
     hv_u = conv_adjoint(abar, p["Ku"])
     hv_u += p["lam"] * v_u
     hv_m = conv_adjoint(bbar, p["Km"])[:, 0]
@@ -247,8 +253,8 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     grads = {
         "K": -(conv_kernel_grad(dr, c["f"], cfg.ks) + conv_kernel_grad(c["r"], df, cfg.ks)),
         "w": -rbf_weight_grad(c["z"], dz, None, grid),
-        "wu": -rbf_weight_grad(c["a"], cu0, cu1, grid),
-        "wm": -rbf_weight_grad(c["b"], cm0, cm1, grid),
+        "wu": grad_wu,
+        "wm": grad_wm,
         "Ku": -(conv_kernel_grad(abar, u, cfg.ks_u) + conv_kernel_grad(dabar, v_u, cfg.ks_u)),
         "Km": -(conv_kernel_grad(bbar, mm, cfg.ks_m) + conv_kernel_grad(dbbar, vm, cfg.ks_m)),
         "lam": -np.asarray(np.sum(v_u * (u - u0), dtype=np.float64), dtype=u.dtype),
