@@ -39,8 +39,12 @@ def _alive(pid):
 
 def _popen(argv, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # SIGINT back to its default in the child: a test run started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler (the Ctrl-C test would see the signal vanish)
     return subprocess.Popen([sys.executable, "-m", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_generator_workers_die_with_a_killed_parent_and_the_next_run_cleans_up(tmp_path):

@@ -340,9 +340,14 @@ def _zero_pad(y, r, out):
     for no in prange(N * O):
         n = no // O
         o = no % O
-        out[n, o] = 0
+        # each value written once: the zero border, then the interior rows (zeroing the
+        # whole plane first wrote the interior twice)
+        out[n, o, :r] = 0
+        out[n, o, r + H:] = 0
         for p in range(H):
+            out[n, o, r + p, :r] = 0
             out[n, o, r + p, r:r + W] = y[n, o, p]
+            out[n, o, r + p, r + W:] = 0
 
 
 def corr_valid_adjoint_fast(y, k):
