@@ -85,7 +85,7 @@ def _probe(tmp_path, bits):
 
 
 def test_results_are_bit_identical_at_every_vector_width(tmp_path):
-    # native first (compiles, fills an empty cache), then each narrower forced width, then
+    # native first (compiles, fills an empty cache), then each other forced width, then
     # native again (loads from the cache): the forced runs must compile their own kernels (lane
     # counts), the native rerun must not load theirs, and code loaded from the cache must compute
     # what freshly compiled code did (it did not while LLVM was free to contract multiply-adds);
@@ -93,7 +93,7 @@ def test_results_are_bit_identical_at_every_vector_width(tmp_path):
     native = simd.choose_vector_bits()
     runs = {"native": _probe(tmp_path, None)}
     for bits in (256, 128):
-        if bits < native:
+        if bits != native:  # narrower ones; on a 128-bit host 256 (LLVM splits each vector)
             runs[bits] = _probe(tmp_path, bits)
     runs["native again"] = _probe(tmp_path, None)
     assert len(runs) >= 3  # at least one width other than the host's
