@@ -20,11 +20,14 @@ from vnumba.ops.simd import (
     sfma,
     vadd,
     vbcast,
+    vcells,
     vdiv,
     vfloor,
     vfma,
     vload,
     vload_head,
+    vlookup64,
+    vneg,
     vsplat,
     vstore,
     vstore_index,
@@ -383,3 +386,50 @@ def test_float32_rbf_and_weight_gradient_match_float64_reference():
                           c1.astype(np.float32).astype(np.float64), grid)
     assert g32.dtype == np.float32
     np.testing.assert_allclose(g32, g64, rtol=0, atol=1e-5 * np.abs(g64).max())
+
+
+@njit
+def _lookup_ops(tab, base, jb, off, x, out, neg):
+    """out[q] = tab[base + jb[q] - off] (in-register look-up, a vector at a time), neg = -x."""
+    L = lanes(tab)
+    for q in range(0, jb.shape[0], L):
+        vstore(out, q, vlookup64(tab, base, vcells(jb, q, off, tab)))
+    vstore(neg, 0, vneg(vload(x, 0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_table_lookup_in_registers_returns_each_lanes_entry(dtype):
+    # every one of the 64 cells (each permute source and each half of the select tree), at a
+    # table offset, and the sign flip of vneg (-0 stays distinct from +0)
+    L = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(40)
+    tab = rng.standard_normal(64 * 3).astype(dtype)
+    off = 5
+    cells = np.concatenate([np.arange(64), rng.integers(0, 64, 4 * L)])
+    cells = cells[: len(cells) // L * L]
+    jb = (cells + off).astype(np.int32)
+    out = np.zeros(len(jb), dtype)
+    x = rng.standard_normal(L).astype(dtype)
+    x[0] = 0.0
+    neg = np.zeros(L, dtype)
+    _lookup_ops(tab, 64, jb, off, x, out, neg)
+    np.testing.assert_array_equal(out, tab[64 + cells])
+    np.testing.assert_array_equal(neg, -x)
+    assert np.signbit(neg[0])
+
+
+def test_rbf_with_too_many_centres_for_the_register_table_uses_the_scalar_reads():
+    # n_w + 2r + 2 = 74 reachable cells > 64: no look-up table, the scalar chains do it all
+    cfg = ModelConfig(nf_u=2, n_w=60, rbf_radius=6)
+    grid = RBFGrid(cfg)
+    tab = fused.rbf_tables(np.zeros((2, cfg.n_w)), grid, np.float32)
+    assert fused.rbf_lookup_tables(tab, grid.radius) is None
+    default = RBFGrid(ModelConfig())
+    tab = fused.rbf_tables(np.zeros((2, default.n_w)), default, np.float32)
+    assert (fused.rbf_lookup_tables(tab, default.radius) is not None) == simd.PERMUTE_LOOKUP
+    rng = np.random.default_rng(41)
+    x = rng.uniform(-1.3, 1.3, (1, 2, 3, 37))
+    w = rng.standard_normal((2, cfg.n_w))
+    ref = naive.rbf_window(x, w, grid.mu0, grid.h, grid.sigma, grid.n_w, grid.radius)
+    for g, r in zip(rbf_apply(x, w, grid, order=2), ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())

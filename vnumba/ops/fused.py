@@ -383,8 +383,9 @@ _KG_ROWS = 4  # image rows accumulated in registers before the lanes go to float
 _KG_CHUNKS = 16  # fixed row chunks, each with its own float64 sums: results do not depend
 # on the number of threads
 # taps per tile: 3 × 8 accumulators with AVX-512's 32 vector registers (its 256-bit forms
-# reach all 32), 3 × 4 with AVX2's 16, 3 × 2 where a canonical vector takes two registers
-KG_TAPS = {512: 8, 256: 4, 128: 2}[VECTOR_BITS]
+# reach all 32), 3 × 4 with AVX2's 16 (also on 128-bit targets, where a canonical vector is
+# two registers: correct, and such hosts are not what the kernels are tuned for)
+KG_TAPS = 8 if VECTOR_BITS >= 512 else 4
 
 
 @jit(inline="always")
@@ -557,60 +558,6 @@ def _kgrad_tile3x8(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
     acc[a0 + 2, m + 6] += vsum(c26); acc[a0 + 2, m + 7] += vsum(c27)  # noqa: E702
 
 
-@jit(inline="always")
-def _kgrad_tile3x2(y, xf, Wp, offs, o0, o1, o2, m, rs, re, acc, a0):
-    """:func:`_kgrad_tile3x4` for two taps ``m, m + 1`` (the tile where a canonical vector
-    takes two registers); the same canonical lanes, so the same sums bit for bit."""
-    H = y.shape[2]
-    W = y.shape[3]
-    L = wlanes(xf)
-    Wv = W - W % L
-    zero = xf[0, 0] - xf[0, 0]
-    z = wsplat(zero)
-    tail = wtailmask(zero, W - Wv)
-    c00 = z; c01 = z  # noqa: E702
-    c10 = z; c11 = z  # noqa: E702
-    c20 = z; c21 = z  # noqa: E702
-    for r in range(rs, re):
-        n = r // H
-        p = r - n * H
-        x = xf[n]
-        y0 = y[n, o0, p]
-        y1 = y[n, o1, p]
-        y2 = y[n, o2, p]
-        b = p * Wp
-        s0 = b + offs[m]
-        s1 = b + offs[m + 1]
-        for q in range(0, Wv, L):
-            v = wload(x, s0 + q)
-            w = wload(x, s1 + q)
-            e = wload(y0, q)
-            c00 = vfma(e, v, c00); c01 = vfma(e, w, c01)  # noqa: E702
-            e = wload(y1, q)
-            c10 = vfma(e, v, c10); c11 = vfma(e, w, c11)  # noqa: E702
-            e = wload(y2, q)
-            c20 = vfma(e, v, c20); c21 = vfma(e, w, c21)  # noqa: E702
-        if Wv < W:
-            if W >= L:
-                qt = W - L
-                e0 = vmul(wload(y0, qt), tail)
-                e1 = vmul(wload(y1, qt), tail)
-                e2 = vmul(wload(y2, qt), tail)
-                t0 = wload(x, s0 + qt)
-                t1 = wload(x, s1 + qt)
-            else:
-                e0 = wload_head(y0, 0, W)
-                e1 = wload_head(y1, 0, W)
-                e2 = wload_head(y2, 0, W)
-                t0 = wload_head(x, s0, W)
-                t1 = wload_head(x, s1, W)
-            c00 = vfma(e0, t0, c00); c10 = vfma(e1, t0, c10); c20 = vfma(e2, t0, c20)  # noqa: E702
-            c01 = vfma(e0, t1, c01); c11 = vfma(e1, t1, c11); c21 = vfma(e2, t1, c21)  # noqa: E702
-    acc[a0, m] += vsum(c00); acc[a0, m + 1] += vsum(c01)  # noqa: E702
-    acc[a0 + 1, m] += vsum(c10); acc[a0 + 1, m + 1] += vsum(c11)  # noqa: E702
-    acc[a0 + 2, m] += vsum(c20); acc[a0 + 2, m + 1] += vsum(c21)  # noqa: E702
-
-
 @jit(parallel=True)
 def _kgrad_tiled(y, xf, Wp, offs, orow, chunk, acc):
     """acc[ch, 3b + t, m] = sum over the rows of chunk ch (``chunk`` rows of the N·H) of
@@ -633,12 +580,9 @@ def _kgrad_tiled(y, xf, Wp, offs, orow, chunk, acc):
                     if G == 8:
                         _kgrad_tile3x8(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
                                        8 * g, rs, re, a, 3 * b)
-                    elif G == 4:
+                    else:
                         _kgrad_tile3x4(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
                                        4 * g, rs, re, a, 3 * b)
-                    else:
-                        _kgrad_tile3x2(y, xf, Wp, offs, orow[3 * b], orow[3 * b + 1], orow[3 * b + 2],
-                                       2 * g, rs, re, a, 3 * b)
 
 
 def kernel_grad_fast(y, xp, ks):
