@@ -239,3 +239,171 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
     assert rc == 2 and "missing.h5" in err
     with pytest.raises(SystemExit):
         predict.main([str(good)])                    # --out is required
+
+
+# ----------------------------------------------------------------------------- multi-class (issue 20)
+def _multiclass():
+    from multiclass_helpers import FakeMultiClassModel, paint
+    return FakeMultiClassModel, paint
+
+
+@pytest.mark.parametrize("tile", [3, 11, 500])
+def test_multiclass_maps_are_tiled_exactly_like_the_mask(image, tile):
+    FakeMultiClassModel, _ = _multiclass()
+    model = FakeMultiClassModel(r=2, passes=3)
+    _, m_ref = model.apply(np.ascontiguousarray(np.moveaxis(image, 2, 0))[None])
+    assert m_ref.shape == (1, 3) + image.shape[:2]
+    u, m = predict_array(model, image, tile=tile)
+    assert m.shape == (3,) + image.shape[:2]
+    assert np.array_equal(m, m_ref[0])
+    pred = predict_image(model, image, tile=tile)
+    assert pred.mask_classes == ("tumour", "immune", "other")
+    assert np.array_equal(pred.class_probs, m_ref[0])
+    assert np.array_equal(pred.mask, m_ref[0].max(axis=0))   # nucleus = max over classes
+
+
+def test_multiclass_maps_are_resampled_like_the_mask():
+    FakeMultiClassModel, _ = _multiclass()
+    img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    model = FakeMultiClassModel(meta={"mpp": 0.5})
+    pred = predict_image(model, img, mpp=0.25, tile=1000)
+    assert model.calls == [(1, 3, 20, 30)]
+    assert pred.class_probs.shape == (3, 40, 60) and pred.class_probs.dtype == np.float32
+    # each class map goes back through the same resampling as a one-channel mask would
+    from vnumba.analysis.inference import resample
+    _, m_small = predict_array(model, resample(img.astype(np.float32) / 255, (20, 30)), 1000)
+    for k in range(3):
+        np.testing.assert_allclose(pred.class_probs[k], resample(m_small[k], (40, 60)),
+                                   atol=1e-6)
+    np.testing.assert_array_equal(pred.mask, pred.class_probs.max(axis=0))
+
+
+def test_model_mask_classes_contract():
+    from vnumba.analysis.inference import model_mask_classes
+    FakeMultiClassModel, _ = _multiclass()
+    assert model_mask_classes(FakeLocalModel()) is None           # one channel
+    assert model_mask_classes(tiny_model()) is None
+    assert model_mask_classes(FakeMultiClassModel()) == ("tumour", "immune", "other")
+    bad = FakeMultiClassModel()
+    bad.meta.pop("mask_classes")
+    with pytest.raises(ValueError, match="mask_classes"):
+        model_mask_classes(bad)
+    with pytest.raises(ValueError, match="mask_classes"):
+        model_mask_classes(FakeMultiClassModel(n_mask=2))
+    with pytest.raises(ValueError, match="distinct"):
+        model_mask_classes(FakeMultiClassModel(classes=["a/b", "c", "d"]))
+    # a model whose apply gives one map fewer than it announces is refused
+    wrong = FakeMultiClassModel(classes=["tumour", "immune"])
+    wrong.apply = lambda u0: (u0, np.zeros((u0.shape[0], 3) + u0.shape[2:], np.float32))
+    with pytest.raises(RuntimeError, match="shapes"):
+        predict_array(wrong, np.zeros((8, 8, 3), np.float32))
+
+
+def _class_image():
+    _, paint = _multiclass()
+    # tumour, immune, other nuclei, one of each, 6x6 px squares
+    return paint((20, 40), [(2, 2, "tumour"), (2, 14, "immune"), (11, 26, "other")])
+
+
+def test_write_prediction_of_a_multiclass_model(tmp_path):
+    from vnumba.analysis.inference import write_prediction
+    FakeMultiClassModel, _ = _multiclass()
+    img, inst = _class_image()
+    model = FakeMultiClassModel()
+    pred = predict_image(model, img, mpp=0.25, tile=1000)
+    # make the immune nucleus less certain: immune 0.6, tumour 0.3, other 0 on its pixels
+    sel = inst == 2
+    pred.class_probs[1][sel], pred.class_probs[0][sel], pred.class_probs[2][sel] = 0.6, 0.3, 0.0
+    pred.mask = pred.class_probs.max(axis=0)
+    res = write_prediction(tmp_path, "x", pred, min_area=4, scenario="scenario3")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["x_classes.png", "x_mask.png", "x_mask_immune.png", "x_mask_other.png",
+                     "x_mask_tumour.png", "x_objects.csv", "x_objects.geojson", "x_overlay.png",
+                     "x_reconstruction.png"]
+    rows = list(csv.DictReader(open(tmp_path / "x_objects.csv")))
+    assert list(rows[0]) == ["id", "x", "y", "area", "mean_mask", "max_mask", "area_um2",
+                             "class", "p_tumour", "p_immune", "p_other"]
+    assert [r["class"] for r in rows] == ["tumour", "immune", "other"]
+    assert [float(r["p_tumour"]) for r in rows] == pytest.approx([1.0, 1 / 3, 0.0], abs=1e-5)
+    assert [float(r["p_immune"]) for r in rows] == pytest.approx([0.0, 2 / 3, 0.0], abs=1e-5)
+    assert [float(r["p_other"]) for r in rows] == pytest.approx([0.0, 0.0, 1.0])
+    assert float(rows[1]["mean_mask"]) == pytest.approx(0.6, abs=1e-5)       # the nucleus probability
+    fc = json.loads((tmp_path / "x_objects.geojson").read_text())
+    cls = [f["properties"]["classification"] for f in fc["features"]]
+    assert [(c["name"], c["color"]) for c in cls] == [
+        ("Tumor", [200, 0, 0]), ("Immune cells", [160, 90, 160]), ("Other", [255, 200, 0])]
+    assert fc["features"][1]["properties"]["name"] == "Immune cells 2"
+    meas = fc["features"][1]["properties"]["measurements"]
+    assert (meas["p_tumour"], meas["p_immune"], meas["p_other"]) == pytest.approx((1 / 3, 2 / 3, 0), abs=1e-5)
+    # Pixel outputs: class map, per-class probability maps, class-coloured outlines.
+    cmap = iio.imread(tmp_path / "x_classes.png")
+    assert cmap.dtype == np.uint8
+    np.testing.assert_array_equal(cmap, np.array([0, 1, 2, 3], np.uint8)[inst])
+    np.testing.assert_allclose(decode_mask16(iio.imread(tmp_path / "x_mask_immune.png")),
+                               pred.class_probs[1], atol=1e-5)
+    np.testing.assert_allclose(decode_mask16(iio.imread(tmp_path / "x_mask.png")), pred.mask,
+                               atol=1e-5)
+    ov = iio.imread(tmp_path / "x_overlay.png")
+    assert tuple(ov[2, 2]) == (200, 0, 0) and tuple(ov[2, 14]) == (160, 90, 160)
+    assert tuple(ov[11, 26]) == (255, 200, 0) and tuple(ov[4, 4]) == tuple(img[4, 4])
+    assert res["table"].classes.labels == ["tumour", "immune", "other"]
+
+
+def test_cli_writes_the_class_outputs_of_a_multiclass_model(tmp_path, capsys, monkeypatch):
+    FakeMultiClassModel, _ = _multiclass()
+    img, _ = _class_image()
+    iio.imwrite(tmp_path / "t.png", img)
+    monkeypatch.setattr(predict, "load_model_arg", lambda m, s: FakeMultiClassModel())
+    rc, err = _run([str(tmp_path / "t.png"), "--model", "fake", "--out", str(tmp_path / "o"),
+                    "--mpp", "0.25", "--min-area", "4"], capsys)
+    assert rc == 0, err
+    assert "mask classes tumour, immune, other" in err and "3 objects (1 tumour, 1 immune, 1 other)" in err
+    assert (tmp_path / "o" / "t_classes.png").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "o" / "t_objects.csv")))
+    assert [r["class"] for r in rows] == ["tumour", "immune", "other"]
+    # the extra outputs are checked against the inputs like the others
+    iio.imwrite(tmp_path / "t_classes.png", img)
+    rc, err = _run([str(tmp_path / "t.png"), str(tmp_path / "t_classes.png"), "--model", "fake",
+                    "--out", str(tmp_path), "-q"], capsys)
+    assert rc == 2 and "t_classes.png" in err and "same file" in err
+
+
+def test_one_channel_outputs_have_no_class_columns(tmp_path):
+    from vnumba.analysis.inference import write_prediction
+    img = np.full((20, 40, 3), 255, np.uint8)
+    img[2:8, 2:8] = img[11:17, 26:32] = 0          # two dark nuclei
+    pred = predict_image(FakeLocalModel(r=0, passes=1), img, tile=1000)
+    assert pred.class_probs is None and pred.mask_classes is None
+    write_prediction(tmp_path, "x", pred, min_area=4, scenario="scenario3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "x_mask.png", "x_objects.csv", "x_objects.geojson", "x_overlay.png",
+        "x_reconstruction.png"]
+    header = (tmp_path / "x_objects.csv").read_text().splitlines()[0]
+    assert header == "id,x,y,area,mean_mask,max_mask"
+    fc = json.loads((tmp_path / "x_objects.geojson").read_text())
+    assert [f["properties"]["classification"]["name"] for f in fc["features"]] == ["Tumor"] * 2
+    assert not any("p_tumour" in f["properties"]["measurements"] for f in fc["features"])
+
+
+def test_cli_with_a_saved_multiclass_model(tmp_path, capsys):
+    import dataclasses
+
+    from vnumba.vn.config import ModelConfig
+    if "n_mask" not in {f.name for f in dataclasses.fields(ModelConfig)}:
+        pytest.skip("TODO(issue 20): ModelConfig has no n_mask yet (the model side has not "
+                    "landed); write_prediction is tested directly above")
+    from vnumba.io.models import save_model
+    m = tiny_model(mask_classes=["tumour", "immune", "other"])
+    m.config = dataclasses.replace(m.config, n_mask=3)
+    from vnumba.vn.model import init_params
+    m.params = init_params(m.config, np.random.default_rng(0))
+    save_model(tmp_path / "mc.h5", m)
+    iio.imwrite(tmp_path / "a.png", np.random.default_rng(1).integers(0, 256, (30, 34, 3),
+                                                                     dtype=np.uint8))
+    rc, err = _run([str(tmp_path / "a.png"), "--model", str(tmp_path / "mc.h5"), "--out",
+                    str(tmp_path / "o"), "--threshold", "0.01"], capsys)
+    assert rc == 0, err
+    for k in ("mask_tumour.png", "mask_immune.png", "mask_other.png", "classes.png"):
+        assert (tmp_path / "o" / f"a_{k}").is_file()
+    header = (tmp_path / "o" / "a_objects.csv").read_text().splitlines()[0]
+    assert header.endswith(",class,p_tumour,p_immune,p_other")

@@ -59,8 +59,11 @@ def _panels_cli(args) -> int:
             for i in args.index:
                 u0, gu, gm = ds.read(i)
                 u, m = model.apply(u0[None])
+                m = np.asarray(m)[0]
+                if m.ndim == 3:   # a multi-class model's maps: the nucleus probability
+                    m = m.max(axis=0)
                 samples.append(dict(input=u0, target_image=gu, target_mask=gm,
-                                    reconstruction=np.asarray(u)[0], mask=np.asarray(m)[0]))
+                                    reconstruction=np.asarray(u)[0], mask=m))
                 names.append(f"synthetic #{i}")
     for path in args.images:
         img = read_image(path)

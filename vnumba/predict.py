@@ -13,8 +13,10 @@ from vnumba.analysis.inference import (
     DEFAULT_TILE,
     OUTPUT_KINDS,
     load_model_arg,
+    model_mask_classes,
     model_mpp,
     normalise_colours,
+    output_kinds,
     predict_image,
     write_prediction,
 )
@@ -88,12 +90,19 @@ def main(argv=None) -> int:
         return 2
     try:
         model = load_model_arg(args.model, args.scenario)
-    except (OSError, ValueError, KeyError) as e:
+        mask_classes = model_mask_classes(model)
+        # A multi-class model writes more files (NAME_mask_<class>.png, NAME_classes.png).
+        extra = output_kinds(mask_classes)[len(OUTPUT_KINDS):]
+        check_outputs({f"input {im}": im for im in args.images},
+                      {f"output {k} of {im}": args.out / f"{Path(im).stem}_{k}"
+                       for im in args.images for k in extra})
+    except (OSError, ValueError, KeyError) as e:   # OutputConflict is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     scenario = (model.meta or {}).get("scenario") or args.scenario
     say(f"model: {args.model or args.scenario} (arch {model.arch}, scenario {scenario}, "
-        f"mpp {model_mpp(model)}, receptive radius {model.receptive_radius} px)")
+        f"mpp {model_mpp(model)}, receptive radius {model.receptive_radius} px"
+        + (f", mask classes {', '.join(mask_classes)}" if mask_classes else "") + ")")
     filt = None
     if not args.no_object_filter and "object_filter" in (model.meta or {}):
         from vnumba.analysis.objfilter import ObjectFilter
@@ -141,7 +150,10 @@ def main(argv=None) -> int:
                                    bit_depth=16 if img.array.dtype == np.uint16 else 8,
                                    object_filter=filt,
                                    filter_image=None if filt is None else normalise_colours(pred.image, model))
-            say(f"    {res['n_objects']} objects, {time.perf_counter() - t0:.1f} s -> "
+            cl = res["table"].classes
+            counts = "" if cl is None else " (" + ", ".join(
+                f"{n} {k}" for k, n in zip(cl.names, np.bincount(cl.index, minlength=len(cl.names)))) + ")"
+            say(f"    {res['n_objects']} objects{counts}, {time.perf_counter() - t0:.1f} s -> "
                 f"{args.out / img.name}_*")
         except (OSError, ValueError, TypeError) as e:
             failed += 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Scenario", "SCENARIOS", "NAMES", "get", "CLASS_NAMES", "class_name", "class_order", "DensityRule"]
+__all__ = ["Scenario", "SCENARIOS", "NAMES", "get", "CLASS_NAMES", "class_name", "class_order", "DensityRule",
+           "MaskClass", "MASK_CLASSES", "DEFAULT_MASK_CLASSES", "mask_class", "scenario_mask_class"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class Scenario:
         How annotations become the target when the mask is a concentration rule.
     model : str
         File name of the shipped default model (:func:`vnumba.io.models.shipped_model_path`).
+    mask_class : str
+        The :data:`MASK_CLASSES` name of the nuclei a one-channel model of this scenario
+        marks (``tumour`` for scenario 3, ``immune`` for 1 and 2; ``""``: none), so that its
+        detections can be counted as classed nuclei in the per-class evaluation.
     """
 
     name: str
@@ -61,20 +66,22 @@ class Scenario:
     zero_mean_u: bool = True
     density_rule: DensityRule | None = None
     model: str = ""
+    mask_class: str = ""
 
 
 SCENARIOS = {
     "scenario1": Scenario(
         "scenario1", "immune nuclei near tumour cells (scenario 1 density rule)",
         "Immune cells", (160, 90, 160), zero_mean_u=False,
-        density_rule=DensityRule(2, 1, 40.0, 0.3, "article default"), model="scenario1.h5"),
+        density_rule=DensityRule(2, 1, 40.0, 0.3, "article default"), model="scenario1.h5",
+        mask_class="immune"),
     "scenario2": Scenario(
         "scenario2", "immune nuclei in immune-rich neighbourhoods (scenario 2 density rule)",
         "Immune cells", (160, 90, 160), density_rule=DensityRule(2, 2, 40.0, 0.2, "article default"),
-        model="scenario2.h5"),
+        model="scenario2.h5", mask_class="immune"),
     "scenario3": Scenario(
         "scenario3", "tumour nuclei (classes == 1 only; epithelial class 4 never counts as "
-        "tumour)", "Tumor", (200, 0, 0), model="scenario3.h5"),
+        "tumour)", "Tumor", (200, 0, 0), model="scenario3.h5", mask_class="tumour"),
 }
 #: Scenario names, for command-line ``choices``.
 NAMES = tuple(SCENARIOS)
@@ -104,3 +111,45 @@ def class_order(name: str):
     order = {v: k for k, v in CLASS_NAMES.items()}
     m = re.fullmatch(r"class (\d+)", name)
     return order.get(name, int(m.group(1)) if m else 1 << 30), name
+
+
+@dataclass(frozen=True)
+class MaskClass:
+    """A class of nuclei that a multi-class model's mask channels mark (issue 20).
+
+    Attributes
+    ----------
+    name : str
+        Name in the model's ``meta["mask_classes"]``, the CSV's ``class`` column and the
+        reports (``tumour``, ``immune``, ``other``: the names of :data:`CLASS_NAMES`).
+    qupath_class : str
+        QuPath's built-in class of such detections (GeoJSON ``classification.name``).
+    color : (int, int, int)
+        QuPath's colour of that class (RGB 0..255), also the outline colour of the overlays.
+    """
+
+    name: str
+    qupath_class: str
+    color: tuple
+
+
+#: The mask classes of a multi-class model, by name: QuPath's built-in classes and colours
+#: (``Tumor`` (200, 0, 0), ``Immune cells`` (160, 90, 160), ``Other`` (255, 200, 0)).
+MASK_CLASSES = {
+    "tumour": MaskClass("tumour", "Tumor", (200, 0, 0)),
+    "immune": MaskClass("immune", "Immune cells", (160, 90, 160)),
+    "other": MaskClass("other", "Other", (255, 200, 0)),
+}
+#: Channel order of the mask of a multi-class model when it states no ``mask_classes``.
+DEFAULT_MASK_CLASSES = ("tumour", "immune", "other")
+
+
+def mask_class(name: str) -> MaskClass:
+    """The :class:`MaskClass` ``name``; an unknown name keeps its own name as QuPath class,
+    with the generic detection colour of :data:`UNKNOWN`."""
+    return MASK_CLASSES.get(str(name), MaskClass(str(name), str(name), UNKNOWN.color))
+
+
+def scenario_mask_class(scenario) -> str | None:
+    """Mask-class name of a one-channel model of ``scenario`` (None when it has none)."""
+    return get(scenario).mask_class or None

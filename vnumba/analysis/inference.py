@@ -16,6 +16,14 @@ Pipeline for one image ``NAME.ext``:
    ``NAME_reconstruction.png``, ``NAME_mask.png`` (16-bit probabilities), ``NAME_overlay.png``,
    ``NAME_objects.csv`` and ``NAME_objects.geojson`` (QuPath detections).
 
+A multi-class model (``config.n_mask == C_m > 1``, class names in ``meta["mask_classes"]``)
+gives one map per class; they are tiled and resampled like the one-channel mask
+(:attr:`Prediction.class_probs`), the nucleus probability :attr:`Prediction.mask` is their
+maximum (:func:`vnumba.analysis.classes.nucleus_probability`), and every nucleus gets class
+probabilities and a class (:mod:`vnumba.analysis.classes`), written as extra CSV columns,
+per-feature QuPath classes, class-coloured outlines, ``NAME_mask_<class>.png`` per class
+and ``NAME_classes.png`` (see :func:`write_prediction`).
+
 Command line: ``python -m vnumba.predict IMAGE... [--model MODEL] --out DIR``.
 """
 from __future__ import annotations
@@ -40,8 +48,8 @@ from vnumba.io.images import (
 
 __all__ = [
     "Prediction", "tile_windows", "predict_array", "model_channels", "model_mpp",
-    "normalise_colours", "resample", "predict_image", "load_model_arg", "write_prediction",
-    "scenario_class", "DEFAULT_TILE",
+    "model_mask_classes", "normalise_colours", "resample", "predict_image", "load_model_arg",
+    "write_prediction", "scenario_class", "output_kinds", "DEFAULT_TILE",
 ]
 
 #: Default output block edge of a tile, in pixels (the window adds the receptive radius).
@@ -64,6 +72,34 @@ def model_channels(model) -> int:
     if c is None:
         raise ValueError("model records no channel count (meta 'channels')")
     return int(c)
+
+
+def model_mask_classes(model) -> tuple | None:
+    """Class names of a multi-class model's mask channels, or None for a one-channel model.
+
+    The channel count is ``model.config.n_mask`` (absent: one channel, unless
+    ``meta["mask_classes"]`` names several); with more than one channel
+    ``meta["mask_classes"]`` must name each, in channel order (e.g. ``tumour, immune,
+    other``), with letters, digits, ``_`` or ``-`` (they become file names).
+    """
+    import re
+
+    names = (getattr(model, "meta", None) or {}).get("mask_classes")
+    n = getattr(getattr(model, "config", None), "n_mask", None)
+    if n is None:
+        n = len(names) if isinstance(names, (list, tuple)) else 1
+    n = int(n)
+    if n <= 1:
+        return None
+    if not isinstance(names, (list, tuple)) or len(names) != n:
+        raise ValueError(f"model has {n} mask channels but meta 'mask_classes' is {names!r} "
+                         f"(expected {n} class names)")
+    names = tuple(str(x) for x in names)
+    bad = [x for x in names if not re.fullmatch(r"[A-Za-z0-9_-]+", x)]
+    if bad or len(set(names)) != n:
+        raise ValueError(f"meta 'mask_classes' must be {n} distinct names of letters, digits, "
+                         f"'_' or '-', got {list(names)!r}")
+    return names
 
 
 def model_mpp(model) -> float | None:
@@ -131,7 +167,8 @@ def predict_array(model, img: np.ndarray, tile: int = DEFAULT_TILE, margin: int 
     ----------
     model
         Object with ``apply(u0) -> (u, m)`` on (N, C, H, W) float32 input and
-        ``receptive_radius`` (int).  If ``model.config.size_multiple`` exists (U-Net),
+        ``receptive_radius`` (int); for a multi-class model (:func:`model_mask_classes`)
+        ``m`` is (N, C_m, H, W).  If ``model.config.size_multiple`` exists (U-Net),
         windows are aligned to it and those ending at the image's bottom/right border are
         mirrored up to a multiple (as :func:`vnumba.unet.network.pad_to_multiple` does), the same
         for every tiling.
@@ -148,8 +185,8 @@ def predict_array(model, img: np.ndarray, tile: int = DEFAULT_TILE, margin: int 
     -------
     u : ndarray, shape (H, W, C), float32
         Reconstruction.
-    m : ndarray, shape (H, W), float32
-        Mask probabilities.
+    m : ndarray, shape (H, W) or (C_m, H, W), float32
+        Mask probabilities; one map per class for a multi-class model, tiled alike.
     """
     if not isinstance(img, np.ndarray) or img.ndim != 3:
         raise ValueError(f"img must be an (H, W, C) array, got {getattr(img, 'shape', type(img))}")
@@ -165,8 +202,10 @@ def predict_array(model, img: np.ndarray, tile: int = DEFAULT_TILE, margin: int 
         margin = int(model.receptive_radius)
     H, W, C = img.shape
     chw = np.ascontiguousarray(np.moveaxis(img, 2, 0))
+    names = model_mask_classes(model)
+    lead = () if names is None else (len(names),)
     u = np.empty((C, H, W), np.float32)
-    m = np.empty((H, W), np.float32)
+    m = np.empty(lead + (H, W), np.float32)
     mult = _size_multiple(model)
     wins = tile_windows(H, W, int(tile), int(margin), mult)
     for k, ((r0, r1, c0, c1), (wr0, wr1, wc0, wc1)) in enumerate(wins):
@@ -180,11 +219,11 @@ def predict_array(model, img: np.ndarray, tile: int = DEFAULT_TILE, margin: int 
                                              mode="symmetric"))
         uo, mo = model.apply(u0)
         uo, mo = np.asarray(uo), np.asarray(mo)
-        if uo.shape != u0.shape or mo.shape != (1,) + u0.shape[2:]:
+        if uo.shape != u0.shape or mo.shape != (1,) + lead + u0.shape[2:]:
             raise RuntimeError(f"model.apply returned shapes {uo.shape}, {mo.shape} for input "
                                f"{u0.shape}")
         u[:, r0:r1, c0:c1] = uo[0, :, r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
-        m[r0:r1, c0:c1] = mo[0, r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
+        m[..., r0:r1, c0:c1] = mo[0, ..., r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0]
         if progress is not None:
             progress(k + 1, len(wins))
     return np.ascontiguousarray(np.moveaxis(u, 0, 2)), m
@@ -244,12 +283,19 @@ class Prediction:
     reconstruction : ndarray, shape (H, W, C), float32
         ``u_T`` (in the model's colour space, i.e. after Reinhard normalisation for H&E).
     mask : ndarray, shape (H, W), float32
-        ``m_T`` probabilities.
+        ``m_T`` probabilities; for a multi-class model the nucleus probability, the maximum
+        of :attr:`class_probs` over the classes (``mask > t`` is the union of the per-class
+        masks ``class_probs[k] > t``).
     input_mpp, model_mpp : float or None
     scale : float
         Resampling factor applied before the network (1 = none).
     n_tiles : int
     seconds : float
+    class_probs : ndarray, shape (C_m, H, W), float32, or None
+        A multi-class model's per-class maps (tiled and resampled like the mask); None for a
+        one-channel model.
+    mask_classes : tuple of str or None
+        Their class names, in channel order (``meta["mask_classes"]``).
     """
 
     image: np.ndarray
@@ -260,6 +306,8 @@ class Prediction:
     scale: float
     n_tiles: int
     seconds: float
+    class_probs: np.ndarray | None = None
+    mask_classes: tuple | None = None
 
 
 def predict_image(model, image: ImageData | np.ndarray, mpp: float | None = None,
@@ -317,25 +365,52 @@ def predict_image(model, image: ImageData | np.ndarray, mpp: float | None = None
         xs = resample(xn, shape)
     else:
         scale, xs = 1.0, xn
+    names = model_mask_classes(model)
     u, m = predict_array(model, xs, tile=tile, progress=progress)
     if xs.shape[:2] != (H, W):
         u = resample(u, (H, W))
-        m = resample(m, (H, W))
+        if m.ndim == 3:   # (C_m, H, W): every class map resampled alike
+            m = np.ascontiguousarray(np.moveaxis(resample(np.moveaxis(m, 0, 2), (H, W)), 2, 0))
+        else:
+            m = resample(m, (H, W))
+    class_probs = None
+    if names is not None:
+        from vnumba.analysis.classes import nucleus_probability
+        class_probs, m = m, nucleus_probability(m)
     n_tiles = len(tile_windows(xs.shape[0], xs.shape[1], int(tile), int(model.receptive_radius),
                                _size_multiple(model)))
     return Prediction(image=x, reconstruction=u, mask=m,
                       input_mpp=None if in_mpp is None else float(in_mpp), model_mpp=m_mpp,
-                      scale=scale, n_tiles=n_tiles, seconds=time.perf_counter() - t0)
+                      scale=scale, n_tiles=n_tiles, seconds=time.perf_counter() - t0,
+                      class_probs=class_probs, mask_classes=names)
 
 
 #: The files written per input NAME: NAME_<kind> (see :func:`write_prediction`).
 OUTPUT_KINDS = ("reconstruction.png", "mask.png", "overlay.png", "objects.csv", "objects.geojson")
 
 
+def output_kinds(mask_classes=None) -> tuple:
+    """:data:`OUTPUT_KINDS`, plus ``mask_<class>.png`` per class and ``classes.png`` for a
+    multi-class model (``mask_classes``: its class names, :func:`model_mask_classes`)."""
+    if not mask_classes:
+        return OUTPUT_KINDS
+    return OUTPUT_KINDS + tuple(f"mask_{n}.png" for n in mask_classes) + ("classes.png",)
+
+
 def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.5,
                      split_h: float = 2.0, min_area: int = 20, scenario=None,
                      bit_depth: int = 8, object_filter=None, filter_image=None) -> dict:
-    """Write the five output files of one image.
+    """Write the five output files of one image (more for a multi-class prediction).
+
+    A prediction with per-class maps (``pred.class_probs``, ``pred.mask_classes``) is
+    classified per nucleus (:mod:`vnumba.analysis.classes`; nuclei = objects of
+    ``pred.mask``, the union): the CSV gets ``class, p_<class>...``, each GeoJSON feature
+    its class's QuPath class and colour and the probabilities among its measurements, the
+    overlay draws every outline in its class colour (:data:`vnumba.scenarios.MASK_CLASSES`),
+    ``NAME_mask.png`` holds the nucleus probability (maximum over the classes), and two kinds
+    of files are added: ``NAME_mask_<class>.png`` (each class map, 16-bit like the mask) and
+    ``NAME_classes.png`` (8-bit class map: 0 background, ``k + 1`` for the nuclei of channel
+    ``k``, i.e. 1 tumour, 2 immune, 3 other in the usual order).
 
     Parameters
     ----------
@@ -356,7 +431,9 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
     Returns
     -------
     dict
-        ``paths`` (name -> Path), ``n_objects``, ``labels`` (ndarray int32 (H, W)).
+        ``paths`` (name -> Path), ``n_objects``, ``labels`` (ndarray int32 (H, W)),
+        ``table`` (:class:`vnumba.analysis.objects.ObjectTable`, with ``classes`` for a
+        multi-class prediction).
     """
     from vnumba.analysis.objects import label_objects, object_table, write_objects_csv, write_objects_geojson
     from vnumba.analysis.plots import overlay_contours
@@ -367,7 +444,10 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
     f_mpp = pred.input_mpp or pred.model_mpp
     if object_filter is not None and f_mpp:
         labels = object_filter.apply(filter_image, pred.mask, labels, f_mpp)
-    table = object_table(labels, pred.mask, mpp=pred.input_mpp)
+    multi = pred.class_probs is not None
+    table = object_table(labels, pred.mask, mpp=pred.input_mpp,
+                         class_probs=pred.class_probs if multi else None,
+                         class_names=pred.mask_classes if multi else None)
     cls_name, color = scenario_class(scenario)
     paths = {k: out_dir / f"{name}_{k}{ext}" for k, ext in
              (("reconstruction", ".png"), ("mask", ".png"), ("overlay", ".png"),
@@ -376,10 +456,22 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
     write_png(paths["reconstruction"],
               float_to_uint(pred.reconstruction, np.uint16 if bit_depth == 16 else np.uint8))
     write_png(paths["mask"], encode_mask16(pred.mask))
-    write_png(paths["overlay"], overlay_contours(pred.image, labels))
+    lut = None
+    if multi:
+        from vnumba.analysis.classes import class_map
+        from vnumba.scenarios import mask_class
+        cols = np.array([mask_class(n).color for n in pred.mask_classes], np.uint8)
+        lut = np.zeros((int(labels.max()) + 1, 3), np.uint8)
+        lut[table.classes.ids] = cols[table.classes.index]
+        for k, n in enumerate(pred.mask_classes):
+            paths[f"mask_{n}"] = out_dir / f"{name}_mask_{n}.png"
+            write_png(paths[f"mask_{n}"], encode_mask16(pred.class_probs[k]))
+        paths["classes"] = out_dir / f"{name}_classes.png"
+        write_png(paths["classes"], class_map(labels, table.classes))
+    write_png(paths["overlay"], overlay_contours(pred.image, labels, label_colors=lut))
     write_objects_csv(paths["objects"], table)
     write_objects_geojson(paths["geojson"], labels, table, class_name=cls_name, color=color)
-    return {"paths": paths, "n_objects": len(table), "labels": labels}
+    return {"paths": paths, "n_objects": len(table), "labels": labels, "table": table}
 
 
 def load_model_arg(model_arg, scenario: str):

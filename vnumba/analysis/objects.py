@@ -11,6 +11,12 @@ integer coordinates (``x = column index``, as NumPy indexes).  In GeoJSON, as in
 image origin is the top-left *corner* of the first pixel, so pixel ``(row, col)`` covers
 ``[col, col + 1] x [row, row + 1]``; polygon vertices are therefore shifted by +0.5 relative to
 the table's coordinates.
+
+With the per-class maps of a multi-class model (``object_table(..., class_probs=, class_names=)``,
+:mod:`vnumba.analysis.classes`) every object also carries its class probabilities and class:
+the CSV gets the columns ``class, p_<name>...`` (``p_tumour, p_immune, p_other``) and each
+GeoJSON feature its own QuPath class (:data:`vnumba.scenarios.MASK_CLASSES`) and the
+probabilities among its measurements.
 """
 from __future__ import annotations
 
@@ -180,6 +186,9 @@ class ObjectTable:
         Mean and maximum probability over the object (NaN without a probability mask).
     mpp : float or None
         Pixel size; if given, the CSV also has ``area_um2``.
+    classes : vnumba.analysis.classes.NucleusClasses or None
+        Per-object class probabilities and class (same objects, same order), for the
+        per-class maps of a multi-class model.
     """
 
     id: np.ndarray
@@ -189,6 +198,7 @@ class ObjectTable:
     mean_mask: np.ndarray
     max_mask: np.ndarray
     mpp: float | None = None
+    classes: object = None
 
     def __len__(self) -> int:
         return int(self.id.size)
@@ -199,7 +209,8 @@ class ObjectTable:
 
 
 def object_table(labels: np.ndarray, prob: np.ndarray | None = None,
-                 mpp: float | None = None) -> ObjectTable:
+                 mpp: float | None = None, class_probs: np.ndarray | None = None,
+                 class_names=None) -> ObjectTable:
     """Measure every object of a label image.
 
     Parameters
@@ -210,6 +221,10 @@ def object_table(labels: np.ndarray, prob: np.ndarray | None = None,
         Probability mask for ``mean_mask`` / ``max_mask``.
     mpp : float, optional
         Pixel size in µm/px (adds ``area_um2`` to the CSV).
+    class_probs : ndarray, shape (C_m, H, W), optional
+        Per-class maps of a multi-class model; with ``class_names`` (C_m names) every object
+        gets its class probabilities and class (:func:`vnumba.analysis.classes.classify_nuclei`).
+    class_names : sequence of str, optional
 
     Returns
     -------
@@ -240,24 +255,37 @@ def object_table(labels: np.ndarray, prob: np.ndarray | None = None,
     else:
         mean_mask = np.full(ids.size, np.nan)
         max_mask = np.full(ids.size, np.nan)
+    classes = None
+    if class_probs is not None:
+        if class_names is None:
+            raise ValueError("class_probs given without class_names")
+        from vnumba.analysis.classes import classify_nuclei
+        classes = classify_nuclei(labels, class_probs, class_names, ids)
     return ObjectTable(id=ids.astype(np.int64), x=sx[ids] / a, y=sy[ids] / a,
                        area=area[ids].astype(np.int64), mean_mask=mean_mask,
-                       max_mask=max_mask, mpp=mpp)
+                       max_mask=max_mask, mpp=mpp, classes=classes)
 
 
 def table_to_csv(table: ObjectTable) -> str:
-    """CSV text with columns ``id, x, y, area, mean_mask, max_mask`` (+ ``area_um2``)."""
+    """CSV text with columns ``id, x, y, area, mean_mask, max_mask`` (+ ``area_um2``), and
+    for a classified table ``class, p_<name>...`` (e.g. ``p_tumour, p_immune, p_other``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     cols = ["id", "x", "y", "area", "mean_mask", "max_mask"]
     if table.mpp is not None:
         cols.append("area_um2")
+    cl = table.classes
+    if cl is not None:
+        cols += ["class"] + [f"p_{n}" for n in cl.names]
+        names = cl.labels
     w.writerow(cols)
     for i in range(len(table)):
         row = [int(table.id[i]), f"{table.x[i]:.3f}", f"{table.y[i]:.3f}", int(table.area[i]),
                f"{table.mean_mask[i]:.5f}", f"{table.max_mask[i]:.5f}"]
         if table.mpp is not None:
             row.append(f"{table.area[i] * table.mpp ** 2:.3f}")
+        if cl is not None:
+            row += [names[i]] + [f"{v:.5f}" for v in cl.probs[i]]
         w.writerow(row)
     return buf.getvalue()
 
@@ -351,7 +379,11 @@ def objects_to_geojson(labels: np.ndarray, table: ObjectTable, class_name: str =
     """GeoJSON FeatureCollection of detections that QuPath imports (File > Import objects).
 
     Each object is a ``Polygon`` feature with properties ``objectType: "detection"``,
-    ``classification: {"name", "color"}`` and ``measurements`` (the table's columns).
+    ``classification: {"name", "color"}`` and ``measurements`` (the table's columns).  A
+    classified table (``table.classes``) gives every object the QuPath class and colour of
+    its own class (:func:`vnumba.scenarios.mask_class`: tumour -> ``Tumor``, immune ->
+    ``Immune cells``, other -> ``Other``) and adds ``p_<name>`` to its measurements;
+    ``class_name`` and ``color`` are then unused.
 
     Parameters
     ----------
@@ -374,6 +406,10 @@ def objects_to_geojson(labels: np.ndarray, table: ObjectTable, class_name: str =
     if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
         raise ValueError(f"color must be 3 ints in 0..255, got {color!r}")
     polys = object_polygons(labels, table.id, simplify=simplify)
+    cl = table.classes
+    if cl is not None:
+        from vnumba.scenarios import mask_class
+        qp = [mask_class(n) for n in cl.names]
     feats = []
     for k in range(len(table)):
         i = int(table.id[k])
@@ -387,16 +423,22 @@ def objects_to_geojson(labels: np.ndarray, table: ObjectTable, class_name: str =
                 meas[name] = round(v, 5)
         if table.mpp is not None:
             meas["area_um2"] = round(float(table.area[k]) * table.mpp ** 2, 3)
+        name, col = class_name, rgb
+        if cl is not None:
+            c = qp[int(cl.index[k])]
+            name, col = c.qupath_class, [int(v) for v in c.color]
+            for n, v in zip(cl.names, cl.probs[k]):
+                meas[f"p_{n}"] = round(float(v), 5)
         feats.append({
             "type": "Feature",
             "geometry": {"type": "Polygon",
                          "coordinates": [np.round(polys[i], 3).tolist()]},
             "properties": {
                 "objectType": "detection",
-                "name": f"{class_name} {i}",
-                "classification": {"name": class_name, "color": rgb,
+                "name": f"{name} {i}",
+                "classification": {"name": name, "color": col,
                                    # QuPath < 0.4 reads a packed colour instead of a list.
-                                   "colorRGB": _packed_rgb(rgb)},
+                                   "colorRGB": _packed_rgb(col)},
                 "measurements": meas,
             },
         })

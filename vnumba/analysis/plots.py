@@ -21,7 +21,7 @@ __all__ = ["overlay_contours", "read_training_log", "plot_training_curves", "plo
 
 # ----------------------------------------------------------------------------- overlays
 def overlay_contours(image: np.ndarray, labels: np.ndarray, color=(0, 255, 0),
-                     second=None, second_color=(255, 0, 255)) -> np.ndarray:
+                     second=None, second_color=(255, 0, 255), label_colors=None) -> np.ndarray:
     """Object outlines drawn onto an image, at full resolution.
 
     Parameters
@@ -34,6 +34,9 @@ def overlay_contours(image: np.ndarray, labels: np.ndarray, color=(0, 255, 0),
     color : tuple of 3 int
     second : ndarray, shape (H, W), optional
         A second label image (e.g. the annotation) painted ``second_color`` (under the first).
+    label_colors : ndarray, shape (L, 3), optional
+        Colour of each object of ``labels`` (row ``i`` for label ``i``, ``L > labels.max()``),
+        e.g. its class colour; replaces ``color``.
 
     Returns
     -------
@@ -59,14 +62,22 @@ def overlay_contours(image: np.ndarray, labels: np.ndarray, color=(0, 255, 0),
     elif rgb.shape[2] == 2:
         rgb = np.concatenate([rgb, np.zeros_like(rgb[:, :, :1])], axis=2)
     rgb = np.ascontiguousarray(rgb[:, :, :3])
-    for lab, col in ((second, second_color), (labels, color)):
+    for lab, col, lut in ((second, second_color, None), (labels, color, label_colors)):
         if lab is None:
             continue
         lab = np.asarray(lab)
         if lab.shape != rgb.shape[:2]:
             raise ValueError(f"labels shape {lab.shape} does not match image {rgb.shape[:2]}")
         lab = lab.astype(np.int32) if lab.dtype == bool else lab
-        rgb[find_boundaries(lab, mode="inner")] = np.asarray(col, np.uint8)
+        edge = find_boundaries(lab, mode="inner")
+        if lut is None:
+            rgb[edge] = np.asarray(col, np.uint8)
+        else:
+            lut = np.asarray(lut)
+            if lut.ndim != 2 or lut.shape[1] != 3 or (lab.size and lut.shape[0] <= lab.max()):
+                raise ValueError(f"label_colors must be (L, 3) with L > labels.max(), got "
+                                 f"{lut.shape}")
+            rgb[edge] = lut[lab[edge]].astype(np.uint8)
     return rgb
 
 
