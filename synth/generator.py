@@ -58,8 +58,8 @@ class Sample:
         Input image ``u_0``.
     clean : ndarray (3, H, W) float32 in [0, 1]
         Target image ``g_u``.
-    mask : ndarray (H, W) float32 in {0, 1}
-        Target mask ``g_m``.
+    mask : ndarray (H, W) or (C_m, H, W) float32 in {0, 1}
+        Target mask ``g_m`` (one channel per class of a per-class target).
     info : dict
         Free diagnostics (counts, concentrations).
     """
@@ -72,9 +72,10 @@ class Sample:
 
     def validate(self, shape=None) -> "Sample":
         """Check shapes, dtypes and ranges; raise ValueError naming the offending array."""
-        h, w = self.mask.shape if shape is None else shape
+        h, w = self.mask.shape[-2:] if shape is None else shape
+        mshape = (h, w) if np.ndim(self.mask) == 2 else (np.shape(self.mask)[0], h, w)
         for name, arr, shp in (("noisy", self.noisy, (3, h, w)), ("clean", self.clean, (3, h, w)),
-                               ("mask", self.mask, (h, w))):
+                               ("mask", self.mask, mshape)):
             if not isinstance(arr, np.ndarray) or arr.shape != shp or arr.dtype != np.float32:
                 raise ValueError(f"sample.{name} must be float32 {shp}, got "
                                  f"{getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")

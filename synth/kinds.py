@@ -25,6 +25,9 @@ class ScenarioKind:
     validate: Callable | None = None
     doc: str = ""
     load_reference: Callable | None = None
+    #: ``mask_classes(script) -> tuple of str``: class names of a per-class target's
+    #: channels, ``()`` for the one-channel mask (the default for kinds without it).
+    mask_classes: Callable | None = None
 
 
 _REGISTRY: dict[str, ScenarioKind] = {}
@@ -33,6 +36,7 @@ _REGISTRY: dict[str, ScenarioKind] = {}
 def register_scenario(kind: str, *, sections: Mapping[str, Any], generate: Callable,
                       required=(), validate: Callable | None = None, doc: str = "",
                       load_reference: Callable | None = None,
+                      mask_classes: Callable | None = None,
                       replace: bool = False) -> ScenarioKind:
     """Register a scenario kind; see the module docstring.
 
@@ -53,6 +57,6 @@ def register_scenario(kind: str, *, sections: Mapping[str, Any], generate: Calla
     if missing:
         raise ValueError(f"required sections {sorted(missing)} are not declared")
     sk = ScenarioKind(kind, dict(sections), generate, tuple(required), validate, doc,
-                      load_reference)
+                      load_reference, mask_classes)
     _REGISTRY[kind] = sk
     return sk

@@ -299,12 +299,31 @@ class Scenario3Colors:
     debris: ColorSpec = _default_colour((0.25, 0.08, 0.38), sd=0.05)
 
 
+#: Which layers' nuclei make up each nucleus class of a per-class target (``[mask].classes``):
+#: the scenario's facts.  Tumour nuclei; lymphocytes and plasma cells, scattered or in
+#: aggregates; every other nucleus the generator draws (fibroblasts, endothelial cells).
+CLASS_LAYERS = {
+    "tumour": ("tumour_nuclei",),
+    "immune": ("immune_cells", "aggregates"),
+    "other": ("stroma", "vessel_cells"),
+}
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     """``[mask]``: the target mask is the visible part of ``target``'s objects, i.e. its
-    footprint minus the footprints of all layers above it."""
+    footprint minus the footprints of all layers above it.
+
+    With ``classes`` (e.g. ``["tumour", "immune", "other"]``) the target has one channel per
+    class instead: the visible nucleus pixels of the layers :data:`CLASS_LAYERS` lists for
+    it (``target`` is then unused)."""
 
     target: Literal["tumour_nuclei"] = "tumour_nuclei"
+    classes: tuple[Literal["tumour", "immune", "other"], ...] = ()
+
+    def check(self):
+        if len(set(self.classes)) != len(self.classes):
+            yield ("classes", f"must be distinct, got {list(self.classes)}")
 
 
 def _parse_filters(value, ctx: ParseContext, key: str):
@@ -684,6 +703,52 @@ def place_immune_cells(rng: np.random.Generator, shape, spec: ImmuneSpec, count:
     return labels, np.asarray(params, np.float64).reshape(-1, 5)
 
 
+def nucleus_pixels(layer) -> np.ndarray:
+    """Pixels of ``layer``'s nuclei: its labelled objects from id ``info["nucleus_min_id"]``
+    on (default 1; lower ids are objects that are no nuclei, e.g. red cells), or nothing for
+    a layer without labels."""
+    if layer.labels is None:
+        return np.zeros(layer.rgba.shape[:2], bool)
+    return layer.labels >= int(layer.info.get("nucleus_min_id", 1))
+
+
+def class_masks(layers, classes) -> np.ndarray:
+    """Per-class target: the visible nucleus pixels of each class's layers.
+
+    Parameters
+    ----------
+    layers : sequence of Layer, bottom to top
+    classes : sequence of str
+        Keys of :data:`CLASS_LAYERS`.
+
+    Returns
+    -------
+    ndarray of float32 (len(classes), H, W) in {0, 1}
+        Channel ``c``: pixels of a nucleus (:func:`nucleus_pixels`) of one of ``classes[c]``'s
+        layers that no layer above covers.  The channels are disjoint.
+    """
+    names = [l.name for l in layers]
+    H, W = layers[0].rgba.shape[:2]
+    out = np.zeros((len(classes), H, W), np.float32)
+    # covered[i]: footprint of every layer above layer i
+    covered = np.zeros((H, W), bool)
+    above = [None] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        above[i] = covered.copy()
+        covered |= layers[i].footprint
+    for c, cls in enumerate(classes):
+        for lname in CLASS_LAYERS[cls]:
+            if lname in names:
+                i = names.index(lname)
+                out[c][nucleus_pixels(layers[i]) & ~above[i]] = 1.0
+    return out
+
+
+def mask_classes(script: Script) -> tuple:
+    """Class names of the script's mask channels (``()`` for the one-channel target)."""
+    return tuple((script["mask"] or MaskSpec()).classes)
+
+
 def visible_mask(layers, target: str) -> np.ndarray:
     """Footprint of layer ``target`` minus the footprints of all layers above it.
 
@@ -953,7 +1018,8 @@ def generate(script: Script, rng: np.random.Generator, reference=None) -> Sample
     if deg.active:
         if s_jit != 1.0:
             noisy, clean = rescale(noisy, s_jit, (H, W)), rescale(clean, s_jit, (H, W))
-            mask = (rescale(mask, s_jit, (H, W)) >= 0.5).astype(np.float32)
+            mask = (rescale(mask, s_jit, (H, W)) >= 0.5).astype(np.float32) if mask.ndim == 2 \
+                else np.stack([rescale(c, s_jit, (H, W)) >= 0.5 for c in mask]).astype(np.float32)
             layers = [_rescale_layer(l, s_jit, (H, W)) for l in layers]
         stain = stain_variation(rng, deg)
         clean, noisy = stain(clean), stain(noisy)
@@ -1046,7 +1112,8 @@ def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReferen
     nsp = script["tumour_nuclei"] or NucleiSpec()
     csp = script["tumour_cells"] or TumourCellSpec()
     isp = script["immune_cells"] or ImmuneSpec()
-    target = (script["mask"] or MaskSpec()).target
+    mspec = script["mask"] or MaskSpec()
+    target = mspec.target
     colors = script["colors"]
     stroma_spec, agg_spec = script["stroma"], script["aggregates"]
     vc_spec = script["vessel_cells"]
@@ -1096,6 +1163,8 @@ def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReferen
         noise = color_noise(rng, (H, W), colors.red_cells) * (rbc > 0)[..., None]
         layers.append(_layer("vessel_cells", "vessel_cell", rgb, lab > 0, filters, rng,
                              labels=lab, noise=noise.astype(np.float32)))
+        # red cells carry the ids below the endothelial nuclei'
+        layers[-1].info["nucleus_min_id"] = int(rbc.max(initial=0)) + 1
         info["red_cells"], info["endothelial_nuclei"] = int(rbc.max(initial=0)), int(endo.max(initial=0))
 
     if n_str:
@@ -1205,7 +1274,7 @@ def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReferen
         layers.append(_layer(name, name, rgb, gm, filters, rng, noise=noise))
         info[name] = k
 
-    mask = visible_mask(layers, target)
+    mask = class_masks(layers, mspec.classes) if mspec.classes else visible_mask(layers, target)
     info.update({"tumour_nuclei": n, "wanted_tumour_nuclei": n_nuc, "immune_cells": int(imm_lab.max(initial=0)),
                  "vessel_fraction": float(vessel.mean()), "reference": ref.fingerprint})
     return layers, mask, info
@@ -1218,6 +1287,6 @@ def _load_for_kind(path) -> ReferenceBundle:
 
 register_scenario(
     "scenario3", sections=_SECTIONS, generate=generate, required=("colors",), replace=True,
-    load_reference=_load_for_kind,
+    load_reference=_load_for_kind, mask_classes=mask_classes,
     doc="H&E melanoma: real tumour-nucleus patches, fast-marching tumour cells, patch-textured "
         "immune cells; mask = visible tumour nuclei (needs a reference bundle)")

@@ -153,6 +153,12 @@ class Script:
     def kind(self) -> ScenarioKind:
         return get_scenario(self.scenario)
 
+    @property
+    def mask_classes(self) -> tuple:
+        """Class names of the target's mask channels; ``()`` for the one-channel mask."""
+        f = self.kind.mask_classes
+        return tuple(f(self)) if f is not None else ()
+
     def with_size(self, height: int, width: int) -> "Script":
         """The same script with ``[scenario].size`` replaced (the text is rewritten too)."""
         new_line = f"size = [{int(height)}, {int(width)}]"

@@ -22,6 +22,7 @@ place when complete), so an interrupted run never leaves a file under the reques
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -164,7 +165,7 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
     C = CHANNELS
     # Before any sample is drawn: a dataset that cannot fit on the disk is refused (lzf
     # rarely compresses these images by more than 3x; a 4x allowance only stops absurd -n).
-    raw = n * (2 * C + 1) * H * W * 4
+    raw = n * (2 * C + max(1, len(script.mask_classes))) * H * W * 4
     free = shutil.disk_usage(path.parent).free
     if raw / 4 > free:
         raise ValueError(f"n = {n} samples of {H}x{W} px need about {raw / 2**30:.3g} GiB "
@@ -179,7 +180,12 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
                               compression="lzf", shuffle=True)
         gu = f.create_dataset("gu", (n, C, H, W), DTYPE, chunks=(1, C, H, W),
                               compression="lzf")
-        gm = f.create_dataset("gm", (n, H, W), DTYPE, chunks=(1, H, W), compression="lzf")
+        classes = script.mask_classes
+        mshape = (len(classes), H, W) if classes else (H, W)
+        gm = f.create_dataset("gm", (n,) + mshape, DTYPE, chunks=(1,) + mshape,
+                              compression="lzf")
+        if classes:
+            f.attrs["mask_classes"] = json.dumps(list(classes))
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["scenario"] = script.scenario
         f.attrs["name"] = script.name

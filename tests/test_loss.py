@@ -133,8 +133,11 @@ def test_bad_inputs_are_rejected_with_clear_errors():
         f(u, gu, m, gm.astype(np.float32))
     with pytest.raises(ValueError, match="4 dimensions"):
         f(u[0], gu, m, gm)
-    with pytest.raises(ValueError, match="3 dimensions"):
+    # m and gm must agree: (N, H, W) or (N, C_m, H, W) both
+    with pytest.raises(ValueError, match="gm must have 4 dimensions"):
         f(u, gu, m[:, None], gm)
+    with pytest.raises(ValueError, match="m must have 3 dimensions"):
+        f(u, gu, m[:, None, None], gm)
     with pytest.raises(ValueError, match="C-contiguous"):
         f(u, gu[:, :, :, ::-1], m, gm)
     with pytest.raises(ValueError, match="C-contiguous"):

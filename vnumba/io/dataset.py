@@ -9,7 +9,8 @@ dataset     shape               dtype    content
 ==========  ==================  =======  =============================================
 ``u0``      (N, C, H, W)        float32  noisy input image, values in [0, 1]
 ``gu``      (N, C, H, W)        float32  clean target image, values in [0, 1]
-``gm``      (N, H, W)           float32  target mask, values in [0, 1]
+``gm``      (N, H, W) or        float32  target mask, values in [0, 1]: one channel, or
+            (N, C_m, H, W)               one per nucleus class (``mask_classes``)
 ==========  ==================  =======  =============================================
 
 * N, H, W >= 1; each dataset is stored in the file (a hard link, not an external or soft
@@ -28,9 +29,13 @@ dataset     shape               dtype    content
 * values (:data:`VALUE_RANGE`): finite and within [0, 1] in all three datasets; checked per
   sample (:func:`check_sample`) by the writer before storing a sample and by the reader when
   it reads one.
+* **Mask channels**: ``gm`` of shape (N, H, W) is the article's single mask; (N, C_m, H, W)
+  holds one map per nucleus class, named in order by the root attribute ``mask_classes``
+  (a JSON list of ``C_m`` distinct non-empty strings, e.g. ``["tumour", "immune", "other"]``),
+  which such a file must carry (:data:`MASK_CLASSES_ATTR`, :func:`mask_classes`).
 * root attributes: :data:`REQUIRED_ATTRS` (``schema_version``, an integer equal to
-  :data:`SCHEMA_VERSION`); :data:`STRING_ATTRS` (``scenario``, ``name``, ``script``) are
-  strings where present.  :mod:`synth` also records ``seed``, ``generator_version``,
+  :data:`SCHEMA_VERSION`); :data:`STRING_ATTRS` (``scenario``, ``name``, ``script``,
+  ``mask_classes``) are strings where present.  :mod:`synth` also records ``seed``, ``generator_version``,
   ``mpp``, ``n`` and ``size`` (H, W).
 
 Every violation raises :class:`DatasetError` with a message that names the file.
@@ -39,11 +44,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import h5py
 import numpy as np
 
 __all__ = ["SCHEMA_VERSION", "DATASETS", "IMAGE_DATASETS", "REQUIRED_ATTRS", "STRING_ATTRS",
-           "DTYPE", "VALUE_RANGE", "MIN_CHANNELS", "DatasetError", "open_dataset_file",
+           "DTYPE", "VALUE_RANGE", "MIN_CHANNELS", "MASK_CLASSES_ATTR", "DatasetError", "mask_classes", "open_dataset_file",
            "validate_file", "check_sample", "SyntheticDataset", "batch_plan",
            "write_dataset_arrays"]
 
@@ -51,12 +58,14 @@ __all__ = ["SCHEMA_VERSION", "DATASETS", "IMAGE_DATASETS", "REQUIRED_ATTRS", "ST
 SCHEMA_VERSION = 1
 #: The datasets every file holds: noisy input, clean target, target mask.
 DATASETS = ("u0", "gu", "gm")
-#: The image datasets, shape (N, C, H, W); ``gm`` is (N, H, W).
+#: The image datasets, shape (N, C, H, W); ``gm`` is (N, H, W) or (N, C_m, H, W).
 IMAGE_DATASETS = ("u0", "gu")
+#: Root attribute naming the classes of a multi-channel ``gm`` (JSON list of strings).
+MASK_CLASSES_ATTR = "mask_classes"
 #: Root attributes every file carries.
 REQUIRED_ATTRS = ("schema_version",)
 #: Root attributes that must be strings where present.
-STRING_ATTRS = ("scenario", "name", "script")
+STRING_ATTRS = ("scenario", "name", "script", MASK_CLASSES_ATTR)
 #: The dtype writers store (readers accept any floating-point dtype and convert).
 DTYPE = np.dtype(np.float32)
 #: Closed interval every stored value lies in.
@@ -136,9 +145,12 @@ def validate_file(f, where) -> tuple:
             or int(ver) != SCHEMA_VERSION):
         raise DatasetError(f"{p}: schema_version {ver!r}, expected {SCHEMA_VERSION}")
     u0, gu, gm = (f[k] for k in DATASETS)
-    if u0.ndim != 4 or gu.shape != u0.shape or gm.shape != (u0.shape[0],) + u0.shape[2:]:
+    if (u0.ndim != 4 or gu.shape != u0.shape or gm.ndim not in (3, 4)
+            or gm.shape[0] != u0.shape[0] or gm.shape[-2:] != u0.shape[2:]):
         raise DatasetError(f"{p}: inconsistent shapes u0 {u0.shape}, gu {gu.shape}, "
-                           f"gm {gm.shape}; expected (N, C, H, W), (N, C, H, W), (N, H, W)")
+                           f"gm {gm.shape}; expected (N, C, H, W), (N, C, H, W), (N, H, W) "
+                           f"or (N, C_m, H, W)")
+    mask_classes(f, p)
     for k in DATASETS:
         if f[k].dtype.kind != "f":
             raise DatasetError(f"{p}: dataset {k} has dtype {f[k].dtype}, expected floating "
@@ -153,9 +165,48 @@ def validate_file(f, where) -> tuple:
     return n, c, h, w
 
 
+def mask_classes(f, where) -> tuple:
+    """The class names of the mask channels of an open dataset file.
+
+    Returns
+    -------
+    tuple of str
+        ``()`` for the one-channel (N, H, W) mask; the ``C_m`` names of ``mask_classes``
+        for an (N, C_m, H, W) one.
+
+    Raises
+    ------
+    DatasetError
+        A multi-channel mask without a valid ``mask_classes`` (a JSON list of ``C_m``
+        distinct non-empty strings), or that attribute beside a one-channel mask.
+    """
+    gm = f["gm"]
+    raw = f.attrs.get(MASK_CLASSES_ATTR)
+    if gm.ndim == 3:
+        if raw is not None:
+            raise DatasetError(f"{where}: attribute '{MASK_CLASSES_ATTR}' given but gm has "
+                               f"one channel (N, H, W)")
+        return ()
+    cm = int(gm.shape[1])
+    if raw is None:
+        raise DatasetError(f"{where}: gm has {cm} class channels but no '{MASK_CLASSES_ATTR}' "
+                           f"attribute naming them")
+    try:
+        names = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except (ValueError, RecursionError):
+        names = None
+    if (not isinstance(names, list) or len(names) != cm
+            or not all(isinstance(n, str) and n.strip() for n in names)
+            or len(set(names)) != cm):
+        raise DatasetError(f"{where}: attribute '{MASK_CLASSES_ATTR}' must be a JSON list of "
+                           f"{cm} distinct class names (gm has {cm} channels), got {str(raw)[:80]!r}")
+    return tuple(names)
+
+
 def check_sample(where, i, u0, gu, gm, shape=None) -> None:
     """Check one sample's arrays: shapes (``shape`` = (C, H, W) if given, else consistent
-    with each other and C >= 1), finite values within :data:`VALUE_RANGE`.
+    with each other and C >= 1; ``gm`` (H, W) or (C_m, H, W)), finite values within
+    :data:`VALUE_RANGE`.
 
     Raises
     ------
@@ -167,10 +218,10 @@ def check_sample(where, i, u0, gu, gm, shape=None) -> None:
         shape = u0.shape
     shape = tuple(int(s) for s in shape)
     if (len(shape) != 3 or shape[0] < MIN_CHANNELS or u0.shape != shape or gu.shape != shape
-            or gm.shape != shape[1:]):
+            or gm.ndim not in (2, 3) or gm.shape[-2:] != shape[1:] or 0 in gm.shape):
         raise DatasetError(f"{where}: sample {i} has shapes u0 {u0.shape}, gu {gu.shape}, "
                            f"gm {gm.shape}; expected (C, H, W) = {shape} with C >= "
-                           f"{MIN_CHANNELS} and gm (H, W)")
+                           f"{MIN_CHANNELS} and gm (H, W) or (C_m, H, W)")
     lo, hi = VALUE_RANGE
     for name, a in zip(DATASETS, (u0, gu, gm)):
         if a.dtype.kind != "f":
@@ -199,6 +250,10 @@ class SyntheticDataset:
         self._f = open_dataset_file(self.path)
         try:
             self.n, self.channels, self.height, self.width = validate_file(self._f, self.path)
+            #: Class names of the mask channels; () for the one-channel mask.
+            self.mask_classes = mask_classes(self._f, self.path)
+            #: Mask channels C_m (1 for the one-channel (N, H, W) mask).
+            self.mask_channels = max(1, len(self.mask_classes))
             self.attrs = {k: (v.decode() if isinstance(v, bytes) else v)
                           for k, v in self._f.attrs.items()}
             # Samples whose whole arrays passed check_sample (a crop alone could miss a
@@ -226,7 +281,7 @@ class SyntheticDataset:
         Returns
         -------
         u0, gu : ndarray, shape (C, h, w), float32
-        gm : ndarray, shape (h, w), float32
+        gm : ndarray, shape (h, w), or (C_m, h, w) for a multi-class mask, float32
         """
         if not 0 <= i < self.n:
             raise IndexError(f"{self.path}: sample {i} out of range [0, {self.n})")
@@ -252,7 +307,7 @@ class SyntheticDataset:
         try:
             u0 = np.asarray(self._f["u0"][i, :, ys, xs], dtype=np.float32)
             gu = np.asarray(self._f["gu"][i, :, ys, xs], dtype=np.float32)
-            gm = np.asarray(self._f["gm"][i, ys, xs], dtype=np.float32)
+            gm = np.asarray(self._f["gm"][(i, Ellipsis, ys, xs)], dtype=np.float32)
         except OSError as e:
             raise DatasetError(f"{self.path}: sample {i} cannot be read (truncated file?): {e}") from None
         return u0, gu, gm
@@ -263,7 +318,7 @@ class SyntheticDataset:
         Returns
         -------
         u0, gu : ndarray, shape (B, C, s, s)
-        gm : ndarray, shape (B, s, s)
+        gm : ndarray, shape (B, s, s), or (B, C_m, s, s) for a multi-class mask
         """
         idx, ys, xs, size = plan
         out = [self.read(int(i), int(y), int(x), size) for i, y, x in zip(idx, ys, xs)]
@@ -310,12 +365,14 @@ def write_dataset_arrays(path, u0, gu, gm, *, check_values: bool = True, **attrs
     ----------
     path : path-like
     u0, gu : array_like, shape (N, C, H, W), values in [0, 1]
-    gm : array_like, shape (N, H, W), values in [0, 1]
+    gm : array_like, shape (N, H, W), or (N, C_m, H, W) with ``mask_classes`` given,
+        values in [0, 1]
     check_values : bool
         Check every sample with :func:`check_sample` (finite, in range) before writing;
         ``False`` only for tests that need a file with a bad sample (the reader refuses it).
     **attrs
-        Root attributes (``scenario``, ``seed``, ``mpp``, ...).
+        Root attributes (``scenario``, ``seed``, ``mpp``, ...); ``mask_classes`` may be a
+        list of names (stored as JSON).
 
     Raises
     ------
@@ -327,6 +384,8 @@ def write_dataset_arrays(path, u0, gu, gm, *, check_values: bool = True, **attrs
     u0 = np.asarray(u0, DTYPE)
     gu = np.asarray(gu, DTYPE)
     gm = np.asarray(gm, DTYPE)
+    if isinstance(attrs.get(MASK_CLASSES_ATTR), (list, tuple)):
+        attrs[MASK_CLASSES_ATTR] = json.dumps(list(attrs[MASK_CLASSES_ATTR]))
 
     def write(f):
         for k, a in zip(DATASETS, (u0, gu, gm)):

@@ -94,7 +94,8 @@ class Model:
         Returns
         -------
         u : ndarray, shape (N, C, H, W)
-        m : ndarray, shape (N, H, W)
+        m : ndarray, shape (N, H, W), or (N, C_m, H, W) for a model with ``C_m > 1`` mask
+            channels (one per class of ``meta["mask_classes"]``)
         """
         a = np.asarray(u0)
         if a.ndim != 4 or 0 in a.shape:
@@ -170,6 +171,11 @@ def _check_meta(meta, where) -> None:
     ch = meta.get("channels")
     if ch is not None and (isinstance(ch, bool) or not isinstance(ch, int) or ch < 1):
         raise ValueError(f"{where}: meta 'channels' must be a positive int, got {ch!r}")
+    mc = meta.get("mask_classes")
+    if mc is not None and (not isinstance(mc, list) or not mc or len(set(map(str, mc))) != len(mc)
+                           or not all(isinstance(c, str) and c for c in mc)):
+        raise ValueError(f"{where}: meta 'mask_classes' must be a list of distinct class names, "
+                         f"got {mc!r}")
 
 
 def read_model_group(f, where) -> Model:
@@ -197,6 +203,11 @@ def read_model_group(f, where) -> Model:
     if "lam" in params and np.any(params["lam"] < 0):
         raise ValueError(f"{where}: parameter 'lam' has negative values (λ ≥ 0 is required)")
     _check_meta(meta, where)
+    n_mask = int(getattr(cfg, "n_mask", 1))
+    mc = meta.get("mask_classes")
+    if (mc is not None or n_mask > 1) and len(mc or ()) != n_mask:
+        raise ValueError(f"{where}: the model has {n_mask} mask channel(s) but meta "
+                         f"'mask_classes' names {len(mc or ())}")
     model = Model(arch=arch, config=cfg, params=params, meta=meta)
     if arch == "vn":
         from vnumba.vn.model import check_params

@@ -77,7 +77,7 @@ def loss_from_sums(sum_u, sum_m, scale) -> float:
     sum_u : float
         ``Σ (u_T − g_u)²`` over the images, channels and pixels (float64 accumulation).
     sum_m : float
-        ``Σ (m_T − g_m)²`` over the images and pixels.
+        ``Σ (m_T − g_m)²`` over the images, mask channels and pixels.
     scale : float
         :func:`loss_scale` of the batch.
 
@@ -98,9 +98,9 @@ def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
         Output image ``u_T``.
     gu : ndarray, shape (N, C, H, W), dtype of ``u``, C-contiguous
         Target image ``g_u``.
-    m : ndarray, shape (N, H, W), dtype of ``u``, C-contiguous
-        Output mask ``m_T``.
-    gm : ndarray, shape (N, H, W), dtype of ``u``, C-contiguous
+    m : ndarray, shape (N, H, W) or (N, C_m, H, W), dtype of ``u``, C-contiguous
+        Output mask ``m_T`` (one channel, or one per class).
+    gm : ndarray, the shape of ``m``, dtype of ``u``, C-contiguous
         Target mask ``g_m``.
     batch_size : int, optional
         Number of images the normalisation counts, ``>= N``: the whole batch's when these
@@ -114,7 +114,7 @@ def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
         summed in float64.
     du : ndarray, shape (N, C, H, W), dtype of ``u``
         ``∂loss/∂u = (u − gu) / (3 batch_size H W)``.
-    dm : ndarray, shape (N, H, W), dtype of ``u``
+    dm : ndarray, the shape of ``m``, dtype of ``u``
         ``∂loss/∂m = (m − gm) / (batch_size H W)``.
 
     Raises
@@ -130,21 +130,25 @@ def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
     ``Σ_s 1/6 ‖u_T^s − g_u^s‖₂² + 1/2 ‖m_T^s − g_m^s‖₂²`` over the training images ``s``
     (the 1/6 accounts for the three colour channels).  Here it is divided by the batch size
     and the pixel count ``H W``, so the figure does not depend on either (Adam does not care
-    about a constant factor); ``docs/gradients.md`` §5.  The differences and the gradients
+    about a constant factor); ``docs/gradients.md`` §5.  With ``C_m`` mask channels (one per
+    nucleus class) the mask term is ``1/2 Σ_c ‖m_T,c − g_m,c‖²``, the sum over the channels
+    (``docs/gradients.md`` §6): every class weighs like the article's single mask.  The differences and the gradients
     are formed in the inputs' dtype; NaN or inf in the inputs give a non-finite loss (not
     an error), which training checks for.
     """
     check_array("u", u, 4)
     dt = u.dtype
     check_array("gu", gu, 4, dt)
-    check_array("m", m, 3, dt)
-    check_array("gm", gm, 3, dt)
+    mdim = m.ndim if isinstance(m, np.ndarray) and m.ndim in (3, 4) else 3
+    check_array("m", m, mdim, dt)
+    check_array("gm", gm, mdim, dt)
     N, C, H, W = u.shape
     if gu.shape != u.shape:
         raise ValueError(f"gu has shape {gu.shape}, expected {u.shape} (the shape of u)")
+    mshape = (N, H, W) if mdim == 3 else (N, m.shape[1], H, W)
     for name, a in (("m", m), ("gm", gm)):
-        if a.shape != (N, H, W):
-            raise ValueError(f"{name} has shape {a.shape}, expected {(N, H, W)} (N, H, W of u)")
+        if a.shape != mshape or 0 in a.shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected {mshape} (N, [C_m,] H, W of u)")
     if batch_size is None:
         batch_size = N
     elif int(batch_size) != batch_size or int(batch_size) < N:

@@ -116,18 +116,25 @@ def _check_weights(params, done_it: int) -> None:
 def _model_config(args, ds):
     if args.arch == "unet":
         from vnumba.unet.network import UNetConfig
+        if ds.mask_channels != 1:
+            raise ValueError(f"{ds.path}: the U-Net takes a one-channel mask; this dataset has "
+                             f"{ds.mask_channels} class channels ({', '.join(ds.mask_classes)})")
         return UNetConfig(n_channels=ds.channels, width=args.unet_width)
     from vnumba.scenarios import get as scenario_facts
 
     # auto: the scenario's constraint flag (the article drops zero mean for fluorescence).
     zm = {"on": True, "off": False}.get(args.zero_mean_u,
                                         scenario_facts(ds.attrs.get("scenario")).zero_mean_u)
-    return ModelConfig(n_steps=args.steps, n_channels=ds.channels, nf_u=args.nf_u, nf_m=args.nf_m,
+    # One mask channel per class of the dataset's target (the article's single mask: 1).
+    return ModelConfig(n_steps=args.steps, n_channels=ds.channels, n_mask=ds.mask_channels,
+                       nf_u=args.nf_u, nf_m=args.nf_m,
                        ks_u=args.ks_u, ks_m=args.ks_m, ks=args.ks, zero_mean_u=zm)
 
 
 def _meta(ds, args, lr):
     meta = {"channels": ds.channels, "dataset": str(ds.path)}
+    if ds.mask_classes:
+        meta["mask_classes"] = list(ds.mask_classes)
     for k in ("scenario", "mpp", "seed", "reinhard_mean", "reinhard_std"):
         if k in ds.attrs:
             v = ds.attrs[k]
@@ -328,7 +335,7 @@ def estimate_memory(args, cfg, channels: int, height: int, width: int, dtype) ->
         steps = 2 * int(cfg.scales)
     else:
         from vnumba.vn.config import param_shapes
-        per_px = 2 * (channels + 1) + 2 * (int(cfg.nf_u) + int(cfg.nf_m))
+        per_px = 2 * (channels + int(cfg.n_mask)) + 2 * (int(cfg.nf_u) + int(cfg.nf_m))
         steps = int(cfg.n_steps)
     n_params = sum(int(np.prod(s, dtype=np.float64)) for s in param_shapes(cfg).values())
     return int(n_params * (itemsize + 3 * 8)

@@ -24,6 +24,10 @@ class ModelConfig:
         Number of unrolled gradient steps ``N_t`` (article: 10).
     n_channels : int
         Image channels (3 for RGB / three-colour immunofluorescence).
+    n_mask : int
+        Mask channels ``C_m``: 1 (the article's single mask, the default) or one per nucleus
+        class (``m ∈ [0, 1]^{C_m}``, e.g. tumour / immune / other); ``K^m`` then reads
+        ``C_m`` channels and loss (3) sums its mask term over them (``docs/gradients.md`` §6).
     nf_u, nf_m : int
         Feature channels extracted from the image (20) and from the mask (4).
     ks_u, ks_m, ks : int
@@ -47,6 +51,7 @@ class ModelConfig:
 
     n_steps: int = 10
     n_channels: int = 3
+    n_mask: int = 1
     nf_u: int = 20
     nf_m: int = 4
     ks_u: int = 11
@@ -62,7 +67,7 @@ class ModelConfig:
     l1_radius: float = 1.0
 
     def __post_init__(self):
-        for name in ("n_steps", "n_channels", "nf_u", "nf_m", "n_w", "rbf_radius"):
+        for name in ("n_steps", "n_channels", "n_mask", "nf_u", "nf_m", "n_w", "rbf_radius"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
@@ -108,7 +113,7 @@ def param_shapes(cfg: ModelConfig) -> dict:
     -------
     dict
         ``name -> shape`` for the names in :data:`PARAM_NAMES`:
-        ``Ku (T, nf_u, C, ks_u, ks_u)``, ``wu (T, nf_u, n_w)``, ``Km (T, nf_m, 1, ks_m, ks_m)``,
+        ``Ku (T, nf_u, C, ks_u, ks_u)``, ``wu (T, nf_u, n_w)``, ``Km (T, nf_m, n_mask, ks_m, ks_m)``,
         ``wm (T, nf_m, n_w)``, ``K (T, nf, nf, ks, ks)`` (output channel first),
         ``w (T, nf, n_w)``, ``lam (T,)``.
     """
@@ -116,7 +121,7 @@ def param_shapes(cfg: ModelConfig) -> dict:
     return {
         "Ku": (T, cfg.nf_u, cfg.n_channels, cfg.ks_u, cfg.ks_u),
         "wu": (T, cfg.nf_u, cfg.n_w),
-        "Km": (T, cfg.nf_m, 1, cfg.ks_m, cfg.ks_m),
+        "Km": (T, cfg.nf_m, cfg.n_mask, cfg.ks_m, cfg.ks_m),
         "wm": (T, cfg.nf_m, cfg.n_w),
         "K": (T, cfg.nf, cfg.nf, cfg.ks, cfg.ks),
         "w": (T, cfg.nf, cfg.n_w),

@@ -104,6 +104,14 @@ def step_params(params: dict, t: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- one step
+def _mask4(m):
+    """The mask as a contiguous (N, C_m, H, W) array (a view where possible) and whether
+    it came as the one-channel (N, H, W) form, which the step returns in the same form."""
+    if m.ndim == 3:
+        return np.ascontiguousarray(m[:, None]), True
+    return np.ascontiguousarray(m), False
+
+
 def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     """One projected gradient step (article eq. 1).
 
@@ -113,7 +121,7 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
         One step's parameters (:func:`step_params`).
     cfg : ModelConfig
     u, u0 : ndarray, shape (N, C, H, W)
-    m : ndarray, shape (N, H, W)
+    m : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
     keep : bool or "record"
         ``True``: also return every intermediate quantity needed by :func:`step_backward`.
         ``"record"``: also return only the convolution outputs ``a, b, z, g`` and the clip's
@@ -123,14 +131,15 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     Returns
     -------
     u_next : ndarray, shape (N, C, H, W)
-    m_next : ndarray, shape (N, H, W)
+    m_next : ndarray, the shape of ``m``
     cache : dict, only if ``keep``
     """
     grid = RBFGrid(cfg)
     Fu = cfg.nf_u
     full = keep is True
+    m4, squeeze = _mask4(m)
     a = conv_forward(u, p["Ku"])
-    b = conv_forward(m[:, None], p["Km"])
+    b = conv_forward(m4, p["Km"])
     # f = (φ^u(a), φ^m(b)) is written in place; second derivatives only for the backward pass
     order = 2 if full else 1
     N, _, H, W = u.shape
@@ -146,7 +155,9 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     g = conv_adjoint(r, p["K"])
     grad_u = conv_adjoint(fa1 * g[:, :Fu], p["Ku"])
     grad_u += p["lam"] * (u - u0)
-    grad_m = conv_adjoint(fb1 * g[:, Fu:], p["Km"])[:, 0]
+    grad_m = conv_adjoint(fb1 * g[:, Fu:], p["Km"])
+    if squeeze:
+        grad_m = grad_m[:, 0]
     un = u - grad_u
     mn = m - grad_m
     u_next = np.clip(un, 0.0, 1.0)
@@ -191,10 +202,10 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     cfg : ModelConfig
     u, u0 : ndarray, shape (N, C, H, W)
         The step's input state and the network input.
-    m : ndarray, shape (N, H, W)
+    m : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
     ubar : ndarray, shape (N, C, H, W)
         Gradient of the loss with respect to the step's output image.
-    mbar : ndarray, shape (N, H, W)
+    mbar : ndarray, the shape of ``m``
         Gradient of the loss with respect to the step's output mask.
     record : dict, optional
         The step's record from :func:`step_forward` (``keep="record"``); without it the
@@ -203,7 +214,7 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     Returns
     -------
     ubar_in : ndarray, shape (N, C, H, W)
-    mbar_in : ndarray, shape (N, H, W)
+    mbar_in : ndarray, the shape of ``m``
         Gradients with respect to the step's inputs ``u``, ``m``.
     grads : dict
         Gradients with respect to this step's parameters (``lam`` as a 0-d array).
@@ -225,7 +236,8 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     v_u = np.multiply(ubar, c.pop("active_u"), dtype=u.dtype)
     v_m = np.multiply(mbar, c.pop("active_m"), dtype=u.dtype)
     da = conv_forward(v_u, p["Ku"])
-    db = conv_forward(np.ascontiguousarray(v_m[:, None]), p["Km"])
+    vm, _ = _mask4(v_m)
+    db = conv_forward(vm, p["Km"])
     df = scaled_concat(c["fa1"], da, c["fb1"], db)
     dz = conv_forward(df, p["K"])
     dr = c["r1"] * dz
@@ -244,12 +256,13 @@ def step_backward(p: dict, cfg: ModelConfig, u, m, u0, ubar, mbar, record=None):
     del cm0, cm1
     hv_u = conv_adjoint(abar, p["Ku"])
     hv_u += p["lam"] * v_u
-    hv_m = conv_adjoint(bbar, p["Km"])[:, 0]
+    hv_m = conv_adjoint(bbar, p["Km"])
+    if v_m.ndim == 3:
+        hv_m = hv_m[:, 0]
     ubar_in = v_u - hv_u
     mbar_in = v_m - hv_m
 
-    mm = np.ascontiguousarray(m[:, None])
-    vm = np.ascontiguousarray(v_m[:, None])
+    mm, _ = _mask4(m)
     grads = {
         "K": -(conv_kernel_grad(dr, c["f"], cfg.ks) + conv_kernel_grad(c["r"], df, cfg.ks)),
         "w": -rbf_weight_grad(c["z"], dz, None, grid),
@@ -274,8 +287,8 @@ def forward(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
         Stacked parameters (:func:`vnumba.vn.config.param_shapes`).
     cfg : ModelConfig
     u0 : ndarray, shape (N, C, H, W), the parameters' dtype, values in [0, 1]
-    m0 : ndarray, shape (N, H, W), optional
-        Initial mask (article: zeros).
+    m0 : ndarray, shape (N, C_m, H, W), optional
+        Initial mask (article: zeros); (N, H, W) is accepted when ``cfg.n_mask == 1``.
     return_states : bool
         Also return the list of states ``[(u_0, m_0), ..., (u_T, m_T)]``.
     chunk : int
@@ -286,7 +299,8 @@ def forward(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
     Returns
     -------
     u_T : ndarray, shape (N, C, H, W)
-    m_T : ndarray, shape (N, H, W)
+    m_T : ndarray, shape (N, H, W) when ``cfg.n_mask == 1`` (and ``m0`` is None or
+        (N, H, W)), else (N, C_m, H, W)
     states : list, only if ``return_states``
     """
     u0, m = _check_input(params, cfg, u0, m0)
@@ -304,7 +318,10 @@ def forward(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
 
 def _check_input(params, cfg, u0, m0):
     """Validate the parameters and a network input; return contiguous ``u0`` and ``m0``
-    (zeros when ``m0`` is None)."""
+    (zeros when ``m0`` is None).
+
+    The mask is (N, C_m, H, W); a one-channel model keeps the article's (N, H, W) form when
+    ``m0`` is None or given in that form."""
     dt = check_params(params, cfg)
     check_batch("u0", u0, 4, dt)
     N, C, H, W = u0.shape
@@ -313,9 +330,18 @@ def _check_input(params, cfg, u0, m0):
     r = max(cfg.ks_u, cfg.ks_m, cfg.ks) // 2
     if H < r or W < r:
         raise ValueError(f"image {H}x{W} smaller than the largest kernel radius {r}")
-    m = np.zeros((N, H, W), dt) if m0 is None else np.ascontiguousarray(m0)
-    check_batch("m0", m, 3, dt, (N, H, W))
+    mshape = _mask_shape(cfg, N, H, W, None if m0 is None else np.ndim(m0))
+    m = np.zeros(mshape, dt) if m0 is None else np.ascontiguousarray(m0)
+    check_batch("m0", m, len(mshape), dt, mshape)
     return np.ascontiguousarray(u0), m
+
+
+def _mask_shape(cfg, N, H, W, ndim=None):
+    """Shape of the mask of ``N`` images: (N, H, W) for a one-channel model unless a
+    4-d array was given (``ndim``), else (N, C_m, H, W)."""
+    if cfg.n_mask == 1 and ndim in (None, 3):
+        return (N, H, W)
+    return (N, cfg.n_mask, H, W)
 
 
 def _check_chunk(chunk):
@@ -361,9 +387,9 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     cfg : ModelConfig
     u0, gu : ndarray, shape (N, C, H, W)
         Input and clean target image.
-    gm : ndarray, shape (N, H, W)
-        Target mask.
-    m0 : ndarray, shape (N, H, W), optional
+    gm : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
+        Target mask, one channel per class.
+    m0 : ndarray, the shape of ``gm``, optional
     chunk : int
         Images processed together (forward, then backward) before the next ones; the
         parameter gradients are summed over the chunks.  The result does not depend on it
@@ -387,7 +413,7 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     grads : dict
         Same keys and shapes as ``params``.
     u_T : ndarray, shape (N, C, H, W)
-    m_T : ndarray, shape (N, H, W)
+    m_T : ndarray, the shape of ``gm``
 
     Notes
     -----
@@ -398,11 +424,13 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     processing one image at a time keeps a batch-8 iteration at 300×300 far below 1 GB
     (``bench/README.md``).
     """
+    if m0 is None and np.ndim(gm) == 4:
+        m0 = np.zeros(np.shape(gm), params["K"].dtype)
     u0, m0 = _check_input(params, cfg, u0, m0)
     dt = u0.dtype
     N, C, H, W = u0.shape
     check_batch("gu", gu, 4, dt, u0.shape)
-    check_batch("gm", gm, 3, dt, (N, H, W))
+    check_batch("gm", gm, m0.ndim, dt, m0.shape)
     if store not in ("convs", "states"):
         raise ValueError(f"store must be 'convs' or 'states', got {store!r}")
     chunk = _check_chunk(chunk)
@@ -410,7 +438,7 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     gm = np.ascontiguousarray(gm)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     u_T = np.empty_like(u0)
-    m_T = np.empty((N, H, W), dt)
+    m_T = np.empty(m0.shape, dt)
     loss = 0.0
     for s0 in range(0, N, chunk):
         sl = slice(s0, min(N, s0 + chunk))
