@@ -1018,8 +1018,14 @@ def generate(script: Script, rng: np.random.Generator, reference=None) -> Sample
     if deg.active:
         if s_jit != 1.0:
             noisy, clean = rescale(noisy, s_jit, (H, W)), rescale(clean, s_jit, (H, W))
-            mask = (rescale(mask, s_jit, (H, W)) >= 0.5).astype(np.float32) if mask.ndim == 2 \
-                else np.stack([rescale(c, s_jit, (H, W)) >= 0.5 for c in mask]).astype(np.float32)
+            if mask.ndim == 2:
+                mask = (rescale(mask, s_jit, (H, W)) >= 0.5).astype(np.float32)
+            else:
+                # each pixel to the class whose resampled map is largest there, so that the
+                # class channels stay disjoint
+                r = np.stack([rescale(c, s_jit, (H, W)) for c in mask])
+                top = r.argmax(axis=0)
+                mask = ((np.arange(len(r))[:, None, None] == top) & (r.max(axis=0) >= 0.5)).astype(np.float32)
             layers = [_rescale_layer(l, s_jit, (H, W)) for l in layers]
         stain = stain_variation(rng, deg)
         clean, noisy = stain(clean), stain(noisy)
