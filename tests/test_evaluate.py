@@ -419,7 +419,8 @@ def test_cli_marked_fractions_per_folder_all_background_and_figure(tmp_path, cap
     assert "at least half of its pixels" in md
     assert "| consep_like/b.png | fake |" in md and "| – | – | – |" in md
     # The figure: a PNG written into the report folder, without leftover temporary files.
-    assert rep["figures"] == ["marked_fractions.png"]
+    # (confusion.png: the classed nuclei of the model, counted tumour, and of the baseline)
+    assert rep["figures"] == ["marked_fractions.png", "confusion.png"]
     png = (out / "marked_fractions.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert iio.imread(out / "marked_fractions.png").shape[0] > 100

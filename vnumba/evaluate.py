@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from vnumba.analysis.evaluation import ALL_BACKGROUND, MATCH_RADIUS, _n_images, _summary_line, run_evaluation
+from vnumba.analysis.classeval import BORDER_UM, CLASS_MATCH_UM
+from vnumba.analysis.evaluation import (
+    ALL_BACKGROUND,
+    MATCH_RADIUS,
+    _classes_line,
+    _n_images,
+    _summary_line,
+    run_evaluation,
+)
 from vnumba.analysis.inference import load_model_arg
 from vnumba.cli import (
     ArgumentParser,
@@ -44,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vnumba.evaluate",
         description="Score a model (and a classical haematoxylin/Otsu/watershed baseline, and "
                     "optionally a second model) against real annotations: pixel accuracy, "
-                    "Dice, IoU and object detection precision/recall/F1 (15-px centroid rule).")
+                    "Dice, IoU and object detection precision/recall/F1 (15-px centroid rule); "
+                    "with class annotations also per-class detection F1, the confusion matrix "
+                    "of annotated against predicted class (confusion.png) and immune nuclei at "
+                    "the tumour border classed tumour.")
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR",
                    help="folder with NAME.png + NAME_labels.npz (searched recursively)")
     p.add_argument("--model", help="model file or shipped name (default: shipped --scenario)")
@@ -63,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_extraction_options(p)
     p.add_argument("--radius", type=_positive_float, default=MATCH_RADIUS,
                    help=f"centroid matching distance in pixels ({MATCH_RADIUS:g})")
+    p.add_argument("--class-radius-um", type=_positive_float, default=CLASS_MATCH_UM,
+                   help="per-class scores: centroid matching distance in µm "
+                        f"({CLASS_MATCH_UM:g}; 16 px at 40x)")
+    p.add_argument("--border-um", type=_positive_float, default=BORDER_UM,
+                   help="per-class scores: an immune nucleus within this distance (µm, centroid "
+                        f"to centroid) of a tumour nucleus is at the tumour border ({BORDER_UM:g})")
     p.add_argument("--tile", type=_positive_int, default=512, help="prediction tile (512)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -93,7 +110,8 @@ def main(argv=None) -> int:
                                 min_area_um2=args.min_area_um2, split_h=args.split_h,
                                 min_area=args.min_area, radius=args.radius, tile=args.tile,
                                 overlays=not args.no_overlays, say=say,
-                                script_rules={target: script_rule(target)})
+                                script_rules={target: script_rule(target)},
+                                class_match_um=args.class_radius_um, border_um=args.border_um)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -105,8 +123,12 @@ def main(argv=None) -> int:
     for f, by_method in report["per_folder"].items():
         for name, r in list(by_method.items()) + [(ALL_BACKGROUND, bg["per_folder"][f])]:
             say(f"folder {f} {name}: {_summary_line(r)} ({_n_images(r)})")
+            if "classified" in r:
+                say(f"folder {f} {name} classes: {_classes_line(r)}")
     for name, r in list(report["overall"].items()) + [(ALL_BACKGROUND, bg["overall"])]:
         say(f"overall {name}: {_summary_line(r)} ({_n_images(r)})")
+        if "classified" in r:
+            say(f"overall {name} classes: {_classes_line(r)}")
     written = ", ".join(["report.json"] + report["figures"])
     say(f"wrote {args.out / 'report.md'} and {written}")
     return 0

@@ -36,9 +36,16 @@ distinguished, and no class 1): the target is the class-1 nuclei only, i.e. none
 epithelial nuclei are reported as their own class and never scored as tumour, detection
 scores are not applicable, pixel accuracy counts every pixel outside class 1 as background.
 
+Where the annotation has ``classes``, every method that yields *classed* nuclei (a
+multi-class model, a one-channel model counted with its scenario's class, the classical
+baseline's shape rule) is also scored per class (:mod:`vnumba.analysis.classeval`: detection
+F1 per class, confusion matrix of annotated against predicted class, immune nuclei at the
+tumour border classed tumour), result key ``classified``; ``confusion.png``
+(:func:`vnumba.analysis.plots.plot_confusion`) shows the pooled matrices side by side.
+
 Command line: ``python -m vnumba.evaluate --model MODEL DATA_DIR [--baseline-model OTHER]
 [--out REPORT_DIR]``; writes ``report.md``, ``report.json``, ``marked_fractions.png``
-(:func:`vnumba.figures.plot_marked_fractions`) and overlay PNGs.
+(:func:`vnumba.figures.plot_marked_fractions`), ``confusion.png`` and overlay PNGs.
 """
 from __future__ import annotations
 
@@ -54,6 +61,18 @@ from pathlib import Path
 import numpy as np
 
 from vnumba.analysis.objects import MIN_AREA_UM2, SPLIT_UM
+from vnumba.analysis.scores import (  # noqa: F401  (re-exported: the evaluation's public API)
+    MATCH_RADIUS,
+    confusion_counts,
+    detection_metrics,
+    detection_scores,
+    instance_centroids,
+    instance_majority_class,
+    match_points,
+    pixel_metrics,
+    scores_from_counts,
+)
+from vnumba.analysis.scores import check_labels as _check_labels
 from vnumba.io.images import MPP_RANGE
 from vnumba.scenarios import CLASS_NAMES, SCENARIOS, DensityRule, class_name, class_order
 
@@ -65,9 +84,6 @@ __all__ = [
     "run_evaluation", "format_report", "MATCH_RADIUS", "MARK_FRACTION", "CLASS_NAMES",
 ]
 
-#: Centroid distance (pixels) within which a detection counts as the annotated nucleus (PUMA).
-MATCH_RADIUS = 15.0
-
 TUMOUR, IMMUNE, EPITHELIAL_UNKNOWN = 1, 2, 4
 
 
@@ -78,181 +94,7 @@ MARK_FRACTION = 0.5
 ALL_BACKGROUND = "all background"
 
 
-# ----------------------------------------------------------------------------- pixel scores
-def confusion_counts(pred: np.ndarray, target: np.ndarray) -> dict:
-    """Pixel counts of a binary prediction against a binary target.
-
-    Parameters
-    ----------
-    pred, target : ndarray of bool, same shape
-
-    Returns
-    -------
-    dict
-        ``tp, fp, fn, tn`` as Python ints.
-    """
-    pred = np.asarray(pred)
-    target = np.asarray(target)
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}")
-    if pred.dtype != bool or target.dtype != bool:
-        raise TypeError(f"pred and target must be bool arrays, got {pred.dtype}, {target.dtype}")
-    tp = int(np.count_nonzero(pred & target))
-    fp = int(np.count_nonzero(pred & ~target))
-    fn = int(np.count_nonzero(~pred & target))
-    return dict(tp=tp, fp=fp, fn=fn, tn=int(pred.size) - tp - fp - fn)
-
-
-def scores_from_counts(c: dict) -> dict:
-    """Accuracy, Dice and IoU from pixel counts.
-
-    Dice = 2 TP / (2 TP + FP + FN), IoU = TP / (TP + FP + FN); both are 1 when prediction
-    and target are empty.  Accuracy = (TP + TN) / all.
-    """
-    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
-    n = tp + fp + fn + tn
-    den = tp + fp + fn
-    return dict(accuracy=(tp + tn) / n if n else float("nan"),
-                dice=2 * tp / (2 * tp + fp + fn) if den else 1.0,
-                iou=tp / den if den else 1.0)
-
-
-def pixel_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
-    """:func:`confusion_counts` and :func:`scores_from_counts` in one dict."""
-    c = confusion_counts(pred, target)
-    return {**c, **scores_from_counts(c)}
-
-
-# ----------------------------------------------------------------------------- object scores
-def match_points(pred: np.ndarray, gt: np.ndarray, radius: float = MATCH_RADIUS):
-    """One-to-one matching of predicted and annotated centroids.
-
-    Among all one-to-one assignments using only pairs at distance ``<= radius``, the one with
-    the most pairs and, among those, the smallest total distance (Hungarian algorithm on each
-    connected group of nearby points).
-
-    Parameters
-    ----------
-    pred : ndarray, shape (P, 2)
-    gt : ndarray, shape (G, 2)
-        Point coordinates (any consistent order, e.g. (y, x)).
-    radius : float
-
-    Returns
-    -------
-    pi, gi : ndarray of int64, shape (K,)
-        Indices of matched pairs.
-    dist : ndarray of float64, shape (K,)
-    """
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
-    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 2)
-    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(gt))):
-        raise ValueError("points contain NaN or inf")
-    if not radius >= 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    P, G = len(pred), len(gt)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    if P == 0 or G == 0:
-        return empty
-    pairs = cKDTree(pred).query_ball_tree(cKDTree(gt), radius)
-    rows = np.array([i for i, js in enumerate(pairs) for _ in js], dtype=np.int64)
-    cols = np.array([j for js in pairs for j in js], dtype=np.int64)
-    if rows.size == 0:
-        return empty
-    d = np.hypot(*(pred[rows] - gt[cols]).T)
-    keep = d <= radius
-    rows, cols, d = rows[keep], cols[keep], d[keep]
-    # Independent groups of mutually reachable points are solved separately: small dense
-    # problems instead of one P x G matrix.
-    graph = coo_matrix((np.ones(rows.size), (rows, P + cols)), shape=(P + G, P + G))
-    _, comp = connected_components(graph, directed=False)
-    out_p, out_g, out_d = [], [], []
-    for c in np.unique(comp[rows]):
-        sel = comp[rows] == c
-        r, q, dd = rows[sel], cols[sel], d[sel]
-        ur, ir = np.unique(r, return_inverse=True)
-        uq, iq = np.unique(q, return_inverse=True)
-        # Infeasible pairs cost more than any set of feasible ones, so the optimum first
-        # maximises the number of feasible pairs, then minimises their total distance.
-        big = radius * (min(len(ur), len(uq)) + 1) + 1.0
-        cost = np.full((len(ur), len(uq)), big)
-        cost[ir, iq] = dd
-        a, b = linear_sum_assignment(cost)
-        ok = cost[a, b] <= radius
-        out_p.append(ur[a[ok]])
-        out_g.append(uq[b[ok]])
-        out_d.append(cost[a[ok], b[ok]])
-    pi = np.concatenate(out_p).astype(np.int64)
-    order = np.argsort(pi, kind="stable")
-    return pi[order], np.concatenate(out_g).astype(np.int64)[order], np.concatenate(out_d)[order]
-
-
-def detection_metrics(pred: np.ndarray, gt: np.ndarray, radius: float = MATCH_RADIUS) -> dict:
-    """Detection counts and scores with the centroid rule of :func:`match_points`.
-
-    Returns
-    -------
-    dict
-        ``tp, fp, fn`` (ints), ``precision, recall, f1``.  With nothing to find and nothing
-        found all three scores are 1; with no detections precision is 0 if something was
-        to be found (and recall 0), likewise recall.
-    """
-    pi, _, _ = match_points(pred, gt, radius)
-    tp = int(pi.size)
-    c = dict(tp=tp, fp=int(len(np.asarray(pred).reshape(-1, 2))) - tp,
-             fn=int(len(np.asarray(gt).reshape(-1, 2))) - tp)
-    return {**c, **detection_scores(c)}
-
-
-def detection_scores(c: dict) -> dict:
-    """Precision, recall and F1 from ``tp, fp, fn`` (conventions of :func:`detection_metrics`)."""
-    tp, fp, fn = c["tp"], c["fp"], c["fn"]
-    precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
-    recall = tp / (tp + fn) if tp + fn else (1.0 if fp == 0 else 0.0)
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return dict(precision=precision, recall=recall, f1=f1)
-
-
 # ----------------------------------------------------------------------------- targets
-def instance_majority_class(instances: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Class of each instance: the most frequent non-zero class over its pixels.
-
-    Returns
-    -------
-    ndarray of int64, shape (instances.max() + 1,)
-        Entry ``i`` is the class of instance ``i`` (0 for absent instances and for index 0).
-    """
-    _check_labels(instances, classes)
-    n = int(instances.max()) + 1 if instances.size else 1
-    k = int(classes.max()) + 1 if classes.size else 1
-    fg = (instances > 0) & (classes > 0)
-    counts = np.zeros((n, k), np.int64)
-    np.add.at(counts, (instances[fg].astype(np.int64), classes[fg].astype(np.int64)), 1)
-    out = counts.argmax(axis=1)
-    out[counts.sum(axis=1) == 0] = 0
-    out[0] = 0
-    return out
-
-
-def instance_centroids(instances: np.ndarray):
-    """Ids present in an instance image and their centroids.
-
-    Returns
-    -------
-    ids : ndarray of int64, shape (K,)
-    centroids : ndarray of float64, shape (K, 2)
-        ``(y, x)`` = (row, column) means.
-    """
-    from vnumba.analysis.objects import object_table
-    t = object_table(np.asarray(instances))
-    return t.id, t.centroids()
-
-
 def density_selection(instances: np.ndarray, classes: np.ndarray, rule: DensityRule) -> np.ndarray:
     """Ids of the instances a density rule selects.
 
@@ -373,18 +215,6 @@ def target_from_annotations(instances: np.ndarray, classes: np.ndarray | None, t
         raise ValueError(f"unknown target {target!r}")
     lab = np.where(np.isin(instances, keep), instances, 0).astype(np.int32)
     return mask, lab
-
-
-def _check_labels(instances, classes):
-    for name, a in (("instances", instances), ("classes", classes)):
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu":
-            raise TypeError(f"{name} must be an integer array, got {getattr(a, 'dtype', type(a))}")
-        if a.ndim != 2:
-            raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
-        if a.size and a.min() < 0:
-            raise ValueError(f"{name} must be >= 0")
-    if instances.shape != classes.shape:
-        raise ValueError(f"instances {instances.shape} and classes {classes.shape} differ in shape")
 
 
 # ----------------------------------------------------------------------------- data
@@ -568,6 +398,10 @@ def pool_results(results: list) -> dict:
            "n_pred": sum(r["n_pred"] for r in results),
            "n_target": sum(r["n_target"] for r in results),
            "n_images": len(results), "n_images_detection": len(det)}
+    with_classified = [r["classified"] for r in results if "classified" in r]
+    if with_classified:
+        from vnumba.analysis.classeval import pool_class_results
+        out["classified"] = pool_class_results(with_classified)
     with_cls = [r["classes"] for r in results if "classes" in r]
     if with_cls:
         names = sorted({n for c in with_cls for n in c}, key=class_order)
@@ -586,7 +420,8 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                    split_h: float | None = None, min_area: int | None = None,
                    radius: float = MATCH_RADIUS, tile: int = 512,
                    baseline_cfg=None, overlays: bool = True, say=print,
-                   script_rules: dict | None = None) -> dict:
+                   script_rules: dict | None = None, class_match_um: float | None = None,
+                   border_um: float | None = None) -> dict:
     """Evaluate several methods on every annotated image of ``data_dir``.
 
     Parameters
@@ -621,12 +456,17 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
     script_rules : dict, optional
         scenario -> ``(radius, threshold, mpp)`` of its generator script's density rule
         (:func:`scenario_rule`; the command line passes the shipped scripts').
+    class_match_um, border_um : float, optional
+        Per-class evaluation (:func:`vnumba.analysis.classeval.evaluate_classes`): centroid
+        matching distance (default 4 µm) and tumour-border distance (10 µm), converted at each
+        image's pixel size (unknown: the model's, else 0.25 µm/px).
 
     Returns
     -------
     dict
         The report (also written as ``report.json`` and ``report.md`` in ``out_dir``, with
-        the figure ``marked_fractions.png`` when any image has classes).  Keys:
+        the figures ``marked_fractions.png`` and ``confusion.png`` when any image has
+        classes).  Keys:
         ``images`` (per image: ``folder``, ``results`` per method, ``all_background``,
         ``skipped`` reasons, ``note``), ``overall`` and ``per_folder`` (folder -> method ->
         :func:`pool_results`), ``all_background`` (``{"overall", "per_folder"}``: the same
@@ -638,15 +478,18 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
     get ``data_dir``'s own name, so that a tile is pooled under the same folder name
     whether ``data_dir`` is its folder or a parent.
     """
-    from vnumba.analysis.baseline import BaselineConfig, segment_nuclei
+    from vnumba.analysis.baseline import BaselineConfig, classify_by_shape, segment_nuclei
+    from vnumba.analysis.classeval import BORDER_UM, CLASS_MATCH_UM, evaluate_classes
     from vnumba.analysis.inference import predict_image
-    from vnumba.analysis.objects import extraction_pixels, label_objects
+    from vnumba.analysis.objects import ASSUMED_MPP, extraction_pixels, label_objects, object_table
     from vnumba.analysis.plots import overlay_contours
     from vnumba.io.images import image_to_float, read_image, write_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline_cfg = baseline_cfg or BaselineConfig()
+    class_match_um = CLASS_MATCH_UM if class_match_um is None else float(class_match_um)
+    border_um = BORDER_UM if border_um is None else float(border_um)
     pairs = find_annotated_images(data_dir)
     if not pairs:
         raise FileNotFoundError(f"{data_dir}: no annotated images (NAME_labels.npz) found")
@@ -708,6 +551,8 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
         say(f"[{k}/{len(pairs)}] {rel}: {img.array.shape[1]}x{img.array.shape[0]}, mpp {img_mpp}, "
             f"{n_t} target nuclei" + (f" ({entry['note']})" if "note" in entry else ""))
         cls_kw = dict(instances=instances, classes=classes) if classes is not None else {}
+        # Micrometre distances of the per-class scores: the same pixels for every method.
+        c_mpp = img_mpp or entry.get("mpp_assumed") or ASSUMED_MPP
         for name, method in methods.items():
             t0 = time.perf_counter()
             if isinstance(method, str) and method == "baseline":
@@ -718,6 +563,9 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                 rgb = image_to_float(img.array[:, :, :3], "dtype", img_path)
                 p_mask, p_labels, _ = segment_nuclei(rgb, baseline_cfg)
                 base = rgb
+
+                def classify(labels, _cfg=baseline_cfg, _mpp=c_mpp):
+                    return classify_by_shape(labels, _mpp, _cfg)[1]
             else:
                 try:
                     pred = predict_image(method, img, mpp=img_mpp, tile=tile)
@@ -730,6 +578,7 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                                                min_area_um2, split_h, min_area)
                 p_labels = label_objects(pred.mask, threshold, h=h_px, min_area=a_px)
                 base = pred.image
+                classify = _model_classifier(method, pred)
             variants = [(name, p_mask, p_labels)]
             filt = _object_filter(method)
             if filt is not None:
@@ -743,11 +592,17 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                     variants.append((f"{name} + object filter", kept > 0, kept))
             for vname, v_mask, v_labels in variants:
                 res = evaluate_masks(v_mask, v_labels, t_mask, t_labels, radius, **cls_kw)
+                if classes is not None and classify is not None:
+                    res["classified"] = evaluate_classes(
+                        object_table(v_labels).centroids(), classify(v_labels), instances,
+                        classes, c_mpp, class_match_um, border_um)
                 res["seconds"] = time.perf_counter() - t0
                 entry["results"][vname] = res
                 per_method.setdefault(vname, []).append((entry["folder"], res))
                 say(f"    {vname}: {_summary_line(res)} ({res['n_pred']} objects, "
                     f"{res['seconds']:.1f} s)")
+                if "classified" in res:
+                    say(f"    {vname} classes: {_classes_line(res)}")
                 if overlays:
                     # The image's path below DATA_DIR keeps equal names in different folders apart.
                     fn = out_dir / f"{_slug(str(Path(rel).with_suffix('')))}__{_slug(vname)}_overlay.png"
@@ -768,6 +623,7 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
         "settings": dict(threshold=threshold, split_um=split_um, min_area_um2=min_area_um2,
                          split_h=split_h, min_area=min_area,
                          match_radius=radius, tile=tile, mpp=mpp,
+                         class_match_um=class_match_um, border_um=border_um,
                          baseline=dataclasses.asdict(baseline_cfg)),
         "methods": [_describe(n, m) for n, m in methods.items()],
         "mark_fraction": MARK_FRACTION,
@@ -789,6 +645,10 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
         from vnumba.analysis.plots import plot_marked_fractions
         plot_marked_fractions(report, out_dir / "marked_fractions.png")
         report["figures"].append("marked_fractions.png")
+    if any("classified" in r for r in report["overall"].values()):
+        from vnumba.analysis.plots import plot_confusion
+        plot_confusion(report, out_dir / "confusion.png")
+        report["figures"].append("confusion.png")
     from vnumba.io.outputs import atomic_write_text
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=_jsonable))
     atomic_write_text(out_dir / "report.md", format_report(report))
@@ -828,6 +688,37 @@ def _summary_line(r: dict) -> str:
     if "classes" in r:
         s += "; " + _marked_text(r["classes"])
     return s
+
+
+def _classes_line(r: dict) -> str:
+    """One line of the per-class figures of a result (empty without them)."""
+    if "classified" not in r:
+        return ""
+    from vnumba.analysis.classeval import class_summary
+    return class_summary(r["classified"])
+
+
+def _model_classifier(method, pred):
+    """``labels -> class name per object (ascending labels)`` for a model's nuclei, or None.
+
+    A multi-class model's nuclei get the class of :func:`vnumba.analysis.classes.classify_nuclei`;
+    a one-channel model's are all of its scenario's class (scenario 3: tumour); a model of
+    no known scenario yields no classes.
+    """
+    if pred.class_probs is not None:
+        from vnumba.analysis.classes import classify_nuclei
+
+        def classify(labels):
+            return classify_nuclei(labels, pred.class_probs, pred.mask_classes).labels
+        return classify
+    from vnumba.scenarios import scenario_mask_class
+    c = scenario_mask_class((getattr(method, "meta", None) or {}).get("scenario"))
+    if c is None:
+        return None
+
+    def single(labels):
+        return [c] * int(np.count_nonzero(np.bincount(np.asarray(labels).ravel())[1:]))
+    return single
 
 
 def _object_filter(method):
@@ -892,7 +783,11 @@ def format_report(report: dict) -> str:
                          f"Gaussian σ = {b['sigma']} px, {thr}, "
                          f"{'holes filled, ' if b['fill_holes'] else ''}distance-"
                          f"transform watershed (depth {b['split_h']} px), objects ≥ "
-                         f"{b['min_area']} px")
+                         f"{b['min_area']} px"
+                         + (f"; classes by shape: minor/major axis < "
+                            f"{b['spindle_axis_ratio']} other, else equivalent diameter < "
+                            f"{b['immune_max_diameter_um']} µm immune, else tumour"
+                            if "immune_max_diameter_um" in b else ""))
     lines += [
         "",
         "Pixel accuracy, Dice and IoU of the thresholded mask against the target mask; "
@@ -926,6 +821,7 @@ def format_report(report: dict) -> str:
                 b = bg["per_folder"][f]
                 lines.append(_row(f"{f} ({b['n_images']})", ALL_BACKGROUND, b))
     lines += _marked_section(report)
+    lines += _classified_section(report)
     lines += ["", "## Per image", "", head, sep]
     skipped, notes = [], []
     for im in report["images"]:
@@ -960,8 +856,9 @@ def _row(image, name, r):
             f"{r['n_pred']} | {r['n_target']} |")
 
 
-def _marked_section(report: dict) -> list:
-    """Markdown lines of the per-class marked-nucleus table (empty without classes)."""
+def _scoped_results(report: dict) -> list:
+    """``(scope, method, result)`` of a report: overall, per folder, per image, each with its
+    all-background line."""
     bg = report.get("all_background") or {}
     rows = []   # (scope, method, pooled-or-single result)
     for name, r in report["overall"].items():
@@ -979,7 +876,12 @@ def _marked_section(report: dict) -> list:
             rows.append((im["image"], name, r))
         if "all_background" in im:
             rows.append((im["image"], ALL_BACKGROUND, im["all_background"]))
-    rows = [x for x in rows if "classes" in x[2]]
+    return rows
+
+
+def _marked_section(report: dict) -> list:
+    """Markdown lines of the per-class marked-nucleus table (empty without classes)."""
+    rows = [x for x in _scoped_results(report) if "classes" in x[2]]
     if not rows:
         return []
     names = sorted({n for _, _, r in rows for n in r["classes"]}, key=class_order)
@@ -1001,4 +903,56 @@ def _marked_section(report: dict) -> list:
                          f"{_fmt(c['marked_fraction'])} ({c['marked']}/{c['nuclei']}), "
                          f"px {_fmt(c['pixel_fraction'])}")
         out.append(f"| {scope} | {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _classified_section(report: dict) -> list:
+    """Markdown lines of the per-class scores of classed nuclei (empty without them)."""
+    from vnumba.analysis.classeval import MISSED, NO_NUCLEUS, SCORED_CLASSES, confusion_rows
+
+    rows = [x for x in _scoped_results(report) if "classified" in x[2]]
+    if not rows:
+        return []
+    s = report["settings"]
+    mu, bu = s.get("class_match_um", 4.0), s.get("border_um", 10.0)
+    out = ["", "## Nucleus classes", "",
+           "Methods whose nuclei have classes: a multi-class model (class = argmax of the "
+           "per-nucleus mean of its class maps), a one-channel model (every nucleus of its "
+           "scenario's class, e.g. tumour for scenario 3), the classical baseline (shape rule). "
+           f"Predicted and annotated centroids are matched one-to-one within {mu:g} µm. "
+           f"*F1 c*: predictions of class c against annotated nuclei of class c (\"–\": no "
+           "annotated nucleus of c). *immune → tumour*: annotated immune nuclei whose match is "
+           "classed tumour / all annotated immune nuclei; *tumour → immune* likewise. *border "
+           f"immune → tumour*: the same among the immune nuclei within {bu:g} µm of an "
+           "annotated tumour nucleus (centroid to centroid).", "",
+           "| image | method | " + " | ".join(f"F1 {c} (TP/FP/FN)" for c in SCORED_CLASSES)
+           + " | immune → tumour | tumour → immune | border immune → tumour |",
+           "|" + "---|" * (5 + len(SCORED_CLASSES))]
+
+    def share(d, k="share", n="count"):
+        return f"{_fmt(d[k])} ({d[n]}/{d['nuclei']})"
+    for scope, name, r in rows:
+        c = r["classified"]
+        det = " | ".join(f"{_fmt(c['detection'][k]['f1'])} ({c['detection'][k]['tp']}/"
+                         f"{c['detection'][k]['fp']}/{c['detection'][k]['fn']})"
+                         for k in SCORED_CLASSES)
+        b = c["border_immune"]
+        out.append(f"| {scope} | {name} | {det} | {share(c['immune_classed_tumour'])} | "
+                   f"{share(c['tumour_classed_immune'])} | {_fmt(b['share_tumour'])} "
+                   f"({b['classed']['tumour']}/{b['nuclei']}) |")
+    out += ["", "### Confusion matrices (all images)", "",
+            f"Rows: annotated class; columns: class of the matched prediction, *{MISSED}* = no "
+            f"prediction within {mu:g} µm; row *{NO_NUCLEUS}*: predictions matched to no "
+            "annotated nucleus. Counts of nuclei."]
+    for name, r in report["overall"].items():
+        if "classified" not in r:
+            continue
+        c = r["classified"]
+        cols = list(next(iter(c["confusion"].values())))
+        out += ["", f"`{name}` ({_n_images(r)}):", "",
+                "| annotated ↓ · predicted → | " + " | ".join(cols) + " |",
+                "|" + "---|" * (1 + len(cols))]
+        for row in confusion_rows(c):
+            out.append(f"| {row} | " + " | ".join(str(c["confusion"][row][k]) for k in cols)
+                       + " |")
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["overlay_contours", "read_training_log", "plot_training_curves", "plot_panels",
-           "plot_marked_fractions"]
+           "plot_marked_fractions", "plot_confusion"]
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -379,6 +379,87 @@ def plot_marked_fractions(report: dict, out_png, per_folder: bool = True, dpi: i
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    out_png = Path(out_png)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png
+
+
+def plot_confusion(report: dict, out_png, dpi: int = 150) -> Path:
+    """Confusion matrices of the methods' classed nuclei, side by side (pooled over all images).
+
+    One panel per method with a ``classified`` result (:mod:`vnumba.analysis.classeval`): rows
+    = annotated class (those that occur) and ``no nucleus`` (predictions matched to no
+    annotated nucleus), columns = class of the matched prediction and ``missed``; colours are
+    row-normalised (each row's share), every cell is annotated with its count and share.  The
+    title gives the per-class detection F1.  Written atomically.
+
+    Parameters
+    ----------
+    report : dict
+        A :func:`vnumba.analysis.evaluation.run_evaluation` report (or its ``report.json``).
+    out_png : path-like
+    dpi : int
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        No method has classed nuclei.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from vnumba.analysis.classeval import SCORED_CLASSES, confusion_rows
+    from vnumba.io.outputs import atomic_write_bytes
+
+    methods = [m["name"] for m in report.get("methods", [])] or list(report["overall"])
+    methods += [m for m in report.get("overall", {}) if m not in methods]
+    have = [m for m in methods if "classified" in (report["overall"].get(m) or {})]
+    if not have:
+        raise ValueError("no classed nuclei in the report (no method with classes, or no "
+                         "image with class annotations)")
+    panels = []
+    for m in have:
+        c = report["overall"][m]["classified"]
+        rows = confusion_rows(c) or list(c["confusion"])[:1]
+        cols = list(next(iter(c["confusion"].values())))
+        counts = np.array([[c["confusion"][r][k] for k in cols] for r in rows], np.float64)
+        tot = counts.sum(axis=1, keepdims=True)
+        frac = np.divide(counts, tot, out=np.zeros_like(counts), where=tot > 0)
+        panels.append((m, c, rows, cols, counts, frac))
+    w = max(len(p[3]) for p in panels)
+    fig = Figure(figsize=(len(panels) * (1.4 + 0.8 * w) + 1.0,
+                          1.6 + 0.5 * max(len(p[2]) for p in panels)),
+                 constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    im = None
+    for ax, (m, c, rows, cols, counts, frac) in zip(axes, panels):
+        im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                ax.text(j, i, f"{int(counts[i, j])}\n{100 * frac[i, j]:.0f} %", ha="center",
+                        va="center", fontsize=7,
+                        color="white" if frac[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(cols)))
+        ax.set_xticklabels(cols, fontsize=8, rotation=30, ha="right")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{r} ({int(t)})" for r, t in zip(rows, counts.sum(axis=1))],
+                           fontsize=8)
+        ax.set_xlabel("predicted class", fontsize=8)
+        det = c["detection"]
+        f1 = ", ".join(f"{k} " + ("–" if det[k]["f1"] is None else f"{det[k]['f1']:.2f}")
+                       for k in SCORED_CLASSES if k in det)
+        ax.set_title(f"{m}\nF1 {f1}", fontsize=9)
+    axes[0].set_ylabel("annotated class (nuclei)", fontsize=8)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of the row")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     out_png = Path(out_png)
