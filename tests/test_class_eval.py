@@ -167,7 +167,13 @@ def test_cli_per_class_scores_and_confusion_figure(tmp_path, capsys, monkeypatch
     assert c["detection"]["tumour"]["f1"] == pytest.approx(2 / 3)   # TP 1, FP 1, FN 0
     assert c["detection"]["immune"]["f1"] == pytest.approx(2 / 3)   # TP 1, FP 0, FN 1
     assert c["border_immune"]["nuclei"] == 2 and c["border_immune"]["classed"]["tumour"] == 1
-    assert c["match_radius_px"] == 16.0
+    assert c["match_radius_px"] == 16.0 and c["n_pred"] == 4
+    # Against the scenario-3 target (tumour nuclei) the multi-class model's mask is its
+    # nuclei classed tumour: nuclei 1 (annotated tumour) and 3 (annotated immune).
+    assert res["mc"]["n_pred"] == 2 and res["mc"]["n_target"] == 1
+    assert res["mc"]["objects"]["f1"] == pytest.approx(2 / 3)
+    assert {k: (v["marked"], v["nuclei"]) for k, v in res["mc"]["classes"].items()} == \
+        {"tumour": (1, 1), "immune": (1, 2), "other": (0, 1)}
     # The one-channel scenario-3 model (mask 1 - grey = 2/3 on every painted nucleus): its
     # four nuclei all count as tumour.
     one = res["one"]["classified"]
@@ -186,6 +192,32 @@ def test_cli_per_class_scores_and_confusion_figure(tmp_path, capsys, monkeypatch
     assert "confusion.png" in rep["figures"]
     png = iio.imread(out / "confusion.png")
     assert png.shape[0] > 100 and png.shape[1] > 300 and png.std() > 10
+    # --target nuclei: the multi-class model's mask is the union of its classes.
+    rc = evaluate.main(["--model", "mc.h5", str(data), "--out", str(tmp_path / "r2"),
+                        "--no-overlays", "--min-area", "4", "--target", "nuclei", "-q"])
+    assert rc == 0
+    r2 = json.loads((tmp_path / "r2" / "report.json").read_text())["images"][0]["results"]["mc"]
+    assert r2["n_pred"] == 4 and r2["objects"]["f1"] == 1.0
+    assert r2["classified"]["confusion"] == c["confusion"]
+
+
+def test_a_multiclass_model_of_no_registered_scenario_is_scored_on_all_nuclei(
+        tmp_path, capsys, monkeypatch):
+    import vnumba.evaluate
+    from vnumba import evaluate
+    _write(tmp_path / "d", "a", [(2, 2, "tumour"), (2, 10, "immune")], [1, 2])
+    model = FakeMultiClassModel(meta={"scenario": "all_nuclei_classes"})
+    monkeypatch.setattr(vnumba.evaluate, "load_model_arg", lambda arg, scen: model)
+    rc = evaluate.main(["--model", "m.h5", str(tmp_path / "d"), "--out", str(tmp_path / "r"),
+                        "--no-overlays", "--min-area", "4", "--mpp", "0.25"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "not a registered scenario" in err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["target"] == "nuclei"
+    m = rep["images"][0]["results"]["m"]
+    assert m["n_target"] == 2 and m["objects"]["f1"] == 1.0
+    assert m["classified"]["detection"]["immune"]["f1"] == 1.0
 
 
 def test_plot_confusion_needs_classed_nuclei(tmp_path):

@@ -15,7 +15,7 @@ from vnumba.analysis.evaluation import (
     _summary_line,
     run_evaluation,
 )
-from vnumba.analysis.inference import load_model_arg
+from vnumba.analysis.inference import load_model_arg, model_mask_classes
 from vnumba.cli import (
     ArgumentParser,
     _pixel_size,
@@ -105,6 +105,11 @@ def main(argv=None) -> int:
             methods[oname] = other
         methods["classical baseline"] = "baseline"
         target = scenario if args.target == "scenario" else "nuclei"
+        if target not in SCENARIO_NAMES and target != "nuclei" and model_mask_classes(model):
+            # A multi-class model of no registered scenario: its nuclei are all nuclei.
+            say(f"model scenario {scenario!r} is not a registered scenario; a multi-class "
+                "model is scored against all annotated nuclei (--target nuclei)")
+            target = "nuclei"
         report = run_evaluation(methods, args.data_dir, args.out, target=target, rule_model=model,
                                 mpp=args.mpp, threshold=args.threshold, split_um=args.split_um,
                                 min_area_um2=args.min_area_um2, split_h=args.split_h,

@@ -579,7 +579,12 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                 p_labels = label_objects(pred.mask, threshold, h=h_px, min_area=a_px)
                 base = pred.image
                 classify = _model_classifier(method, pred)
-            variants = [(name, p_mask, p_labels)]
+            # Nuclei whose classes are scored: all the method's objects (for a multi-class
+            # model, the nuclei of the union mask even where the target is one class).
+            c_labels = p_labels
+            if not isinstance(method, str) and pred.class_probs is not None:
+                p_mask, p_labels = _target_class_nuclei(pred, p_labels, target)
+            variants = [(name, p_mask, p_labels, c_labels)]
             filt = _object_filter(method)
             if filt is not None:
                 # The optional object classifier (vnumba.objclass): the article's mask, minus
@@ -589,12 +594,12 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                 if f_mpp:
                     kept = filt.apply(normalise_colours(pred.image, method), pred.mask,
                                       p_labels, f_mpp)
-                    variants.append((f"{name} + object filter", kept > 0, kept))
-            for vname, v_mask, v_labels in variants:
+                    variants.append((f"{name} + object filter", kept > 0, kept, kept))
+            for vname, v_mask, v_labels, v_cls_labels in variants:
                 res = evaluate_masks(v_mask, v_labels, t_mask, t_labels, radius, **cls_kw)
                 if classes is not None and classify is not None:
                     res["classified"] = evaluate_classes(
-                        object_table(v_labels).centroids(), classify(v_labels), instances,
+                        object_table(v_cls_labels).centroids(), classify(v_cls_labels), instances,
                         classes, c_mpp, class_match_um, border_um)
                 res["seconds"] = time.perf_counter() - t0
                 entry["results"][vname] = res
@@ -719,6 +724,29 @@ def _model_classifier(method, pred):
     def single(labels):
         return [c] * int(np.count_nonzero(np.bincount(np.asarray(labels).ravel())[1:]))
     return single
+
+
+def _target_class_nuclei(pred, labels: np.ndarray, target: str):
+    """A multi-class model's mask and objects for a scenario target: its nuclei of the
+    target's class (scenario 3: those classed tumour; :func:`vnumba.scenarios.scenario_mask_class`)
+    when the model has that class, else all its nuclei (the union mask, e.g. for the
+    ``nuclei`` target).
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (H, W)
+    labels : ndarray of int32, shape (H, W)
+        The kept objects with their labels.
+    """
+    from vnumba.scenarios import scenario_mask_class
+    c = scenario_mask_class(target) if target in SCENARIOS else None
+    if c is None or c not in pred.mask_classes:
+        return labels > 0, labels
+    from vnumba.analysis.classes import classify_nuclei
+    nc = classify_nuclei(labels, pred.class_probs, pred.mask_classes)
+    keep = nc.ids[nc.index == pred.mask_classes.index(c)]
+    out = np.where(np.isin(labels, keep), labels, 0).astype(np.int32)
+    return out > 0, out
 
 
 def _object_filter(method):
