@@ -82,6 +82,19 @@ def test_overlay_paints_exactly_the_inner_boundary():
         overlay_contours(img, lab[:5])
 
 
+def test_overlay_paints_each_object_in_its_own_colour():
+    img = np.full((10, 20, 3), 0.5, np.float32)
+    lab = np.zeros((10, 20), np.int32)
+    lab[2:7, 2:7] = 1
+    lab[2:7, 11:16] = 2
+    lut = np.array([[0, 0, 0], [200, 0, 0], [160, 90, 160]], np.uint8)
+    ov = overlay_contours(img, lab, label_colors=lut)
+    assert tuple(ov[2, 2]) == (200, 0, 0) and tuple(ov[6, 15]) == (160, 90, 160)
+    assert tuple(ov[4, 4]) == (128, 128, 128) and tuple(ov[4, 13]) == (128, 128, 128)
+    with pytest.raises(ValueError, match="label_colors"):
+        overlay_contours(img, lab, label_colors=lut[:2])
+
+
 def test_panels_cli_with_synthetic_data_and_a_real_image(tmp_path):
     from vnumba.io.dataset import write_dataset_arrays
     rng = np.random.default_rng(1)
