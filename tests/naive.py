@@ -228,15 +228,18 @@ def unet_sigmoid(t):
 
 
 def unet_output_head(z, u0):
+    """Mask (N, H, W) for one logit channel, (N, C_m, H, W) for C_m of them."""
     C = u0.shape[1]
-    return np.clip(u0 + z[:, :C], 0.0, 1.0), unet_sigmoid(z[:, C])
+    m = unet_sigmoid(z[:, C:])
+    return np.clip(u0 + z[:, :C], 0.0, 1.0), (m[:, 0] if m.shape[1] == 1 else m)
 
 
 def unet_output_head_backward(ubar, mbar, z, u0):
     C = u0.shape[1]
     v = u0 + z[:, :C]
-    m = unet_sigmoid(z[:, C])
-    return np.concatenate([np.where((v > 0) & (v < 1), ubar, 0.0), (mbar * m * (1 - m))[:, None]], axis=1)
+    m = unet_sigmoid(z[:, C:])
+    mb = mbar[:, None] if mbar.ndim == 3 else mbar
+    return np.concatenate([np.where((v > 0) & (v < 1), ubar, 0.0), mb * m * (1 - m)], axis=1)
 
 
 def unet_forward(params, scales, convs_per_scale, u0):

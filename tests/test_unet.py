@@ -98,6 +98,22 @@ def test_forward_matches_numpy_reference(scales, convs, H, W):
     np.testing.assert_allclose(m, rm, rtol=1e-12, atol=1e-13)
 
 
+def test_forward_with_class_channels_matches_numpy_reference():
+    # one mask logit per class in the head (issue 20): (N, C_m, H, W) masks
+    cfg = unet.UNetConfig(width=4, n_mask=3)
+    assert unet.param_shapes(cfg)["head_w"] == (6, 4, 1, 1)
+    p = _params(cfg, 5)
+    u0 = np.random.default_rng(6).uniform(0, 1, (2, 3, 8, 8))
+    u, m = unet.forward(p, cfg, u0)
+    ru, rm, *_ = naive.unet_forward(p, cfg.scales, cfg.convs_per_scale, u0)
+    assert m.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(u, ru, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(m, rm, rtol=1e-12, atol=1e-13)
+    u0_, gu, gm = _task(cfg, 7)
+    with pytest.raises(ValueError, match="gm has shape"):
+        unet.loss_and_grad(p, cfg, u0_, gu, np.ascontiguousarray(gm[:, :2]))
+
+
 def test_forward_in_float32_agrees_with_float64():
     cfg = unet.UNetConfig(width=8)
     p = _params(cfg, 4)
@@ -174,7 +190,8 @@ def _task(cfg, seed, N=2, H=8, W=8):
     rng = np.random.default_rng(seed)
     u0 = rng.uniform(0.2, 0.8, (N, cfg.n_channels, H, W))
     gu = rng.uniform(0, 1, u0.shape)
-    gm = (rng.uniform(0, 1, (N, H, W)) > 0.5).astype(np.float64)
+    mshape = (N, H, W) if cfg.n_mask == 1 else (N, cfg.n_mask, H, W)
+    gm = (rng.uniform(0, 1, mshape) > 0.5).astype(np.float64)
     return u0, gu, gm
 
 
@@ -214,7 +231,8 @@ def _kinks_are_safe(p, cfg, u0, direction, eps):
 
 
 @pytest.mark.parametrize("cfg", [unet.UNetConfig(width=4),
-                                 unet.UNetConfig(n_channels=2, width=3, scales=2, convs_per_scale=1, kernel=5)])
+                                 unet.UNetConfig(n_channels=2, width=3, scales=2, convs_per_scale=1, kernel=5),
+                                 unet.UNetConfig(width=3, scales=2, n_mask=3)])
 def test_whole_network_gradient_matches_finite_differences(cfg):
     """Central differences in float64 along random directions: all parameters at once and
     each parameter array alone (one layer at a time through the whole network).  Draws whose

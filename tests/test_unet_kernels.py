@@ -198,6 +198,32 @@ def test_output_head_matches_reference_and_handles_large_logits():
     assert m[0, 0, 0] == 1.0 and m[0, 0, 1] == 0.0
 
 
+def test_output_head_with_class_channels_matches_reference_and_finite_differences():
+    rng = np.random.default_rng(15)
+    u0 = rng.uniform(0.0, 1.0, (2, 3, 5, 6))
+    z = rng.normal(0.0, 0.6, (2, 6, 5, 6))
+    v = u0 + z[:, :3]
+    z[:, :3][np.abs(v) < 1e-3] += 0.01
+    z[:, :3][np.abs(v - 1) < 1e-3] += 0.01
+    u, m = uk.output_head(z, u0)
+    ru, rm = naive.unet_output_head(z, u0)
+    assert m.shape == (2, 3, 5, 6)
+    np.testing.assert_array_equal(u, ru)
+    np.testing.assert_allclose(m, rm, rtol=1e-13, atol=1e-15)
+    ubar = rng.standard_normal(u0.shape)
+    mbar = rng.standard_normal(m.shape)
+    dz = uk.output_head_backward(ubar, mbar, z, u0)
+    np.testing.assert_allclose(dz, naive.unet_output_head_backward(ubar, mbar, z, u0), rtol=1e-12, atol=1e-15)
+
+    def J(t):
+        a, b = uk.output_head(t, u0)
+        return np.vdot(ubar, a) + np.vdot(mbar, b)
+
+    d = rng.standard_normal(z.shape)
+    fd = _fd(J, z, d)
+    assert abs(np.vdot(dz, d) - fd) <= 1e-6 * abs(fd)
+
+
 def test_output_head_backward_matches_reference_and_finite_differences():
     rng = np.random.default_rng(14)
     z, u0 = _head_data(rng)

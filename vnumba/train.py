@@ -52,6 +52,9 @@ def build_parser():
     p.add_argument("--zero-mean-u", choices=("auto", "on", "off"), default="auto",
                    help="zero-mean constraint on K^u (auto: off for scenario 1, as the article)")
     p.add_argument("--unet-width", type=int, default=32, help="U-Net feature channels (default 32)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from a trained variational network (a file or a shipped name, e.g. "
+                        "scenario3): same architecture; mask channels matched by class name")
     p.add_argument("--quiet", action="store_true", help="print a progress line every 10 iterations only")
     return p
 

@@ -77,6 +77,7 @@ class TrainOptions:
     zero_mean_u: str = "auto"
     unet_width: int = 32
     quiet: bool = False
+    init: str | None = None
 
 
 def lr_at(lr: float, it: int, iters: int, schedule: str) -> float:
@@ -116,10 +117,7 @@ def _check_weights(params, done_it: int) -> None:
 def _model_config(args, ds):
     if args.arch == "unet":
         from vnumba.unet.network import UNetConfig
-        if ds.mask_channels != 1:
-            raise ValueError(f"{ds.path}: the U-Net takes a one-channel mask; this dataset has "
-                             f"{ds.mask_channels} class channels ({', '.join(ds.mask_classes)})")
-        return UNetConfig(n_channels=ds.channels, width=args.unet_width)
+        return UNetConfig(n_channels=ds.channels, n_mask=ds.mask_channels, width=args.unet_width)
     from vnumba.scenarios import get as scenario_facts
 
     # auto: the scenario's constraint flag (the article drops zero mean for fluorescence).
@@ -312,7 +310,10 @@ def train(args: TrainOptions) -> Model:
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.h5")
     dtype = np.dtype(args.dtype)
     # Before anything is read or written: no output may replace the dataset or another output.
-    check_outputs({"dataset": args.data}, {"--out": out, "--log": log_path,
+    inputs = {"dataset": args.data}
+    if args.init and Path(args.init).exists():
+        inputs["--init"] = args.init
+    check_outputs(inputs, {"--out": out, "--log": log_path,
                                            "--checkpoint": ckpt_path})
     for p in (out, log_path, ckpt_path):
         remove_stale_temporaries(p)
@@ -331,7 +332,7 @@ def estimate_memory(args, cfg, channels: int, height: int, width: int, dtype) ->
     itemsize = np.dtype(dtype).itemsize
     if args.arch == "unet":
         from vnumba.unet.network import param_shapes
-        per_px = 2 * (channels + 1) + 6 * int(cfg.width)
+        per_px = 2 * (channels + int(cfg.n_mask)) + 6 * int(cfg.width)
         steps = 2 * int(cfg.scales)
     else:
         from vnumba.vn.config import param_shapes
@@ -362,6 +363,67 @@ def _check_memory(args, cfg, ds, crop, dtype) -> None:
                          f"{have / 2**30:.3g} GiB")
 
 
+#: Scale of the fresh mask filters of the class channels that a warm start adds (see
+#: :func:`warm_start`): small beside the copied channels' filters, not zero (a zero filter
+#: never moves its channel away from the clip at 0, so it would get no gradient).
+NEW_CLASS_FILTER_SCALE = 0.1
+
+
+def warm_start(params: dict, cfg, model, mask_classes) -> dict:
+    """Start a variational network from a trained one's parameters (``--init``).
+
+    Every parameter of ``model`` is copied; the mask filters ``K^m`` are matched by class
+    name, so a one-channel model (whose class is its scenario's, e.g. scenario 3: tumour)
+    seeds the tumour channel of a multi-class network, and the filters of the other classes
+    keep their fresh initial values times :data:`NEW_CLASS_FILTER_SCALE`.
+
+    Parameters
+    ----------
+    params : dict of ndarray
+        Freshly initialised parameters of ``cfg`` (:func:`vnumba.vn.model.init_params`).
+    cfg : ModelConfig
+        The new network's; it must equal ``model.config`` except for ``n_mask``.
+    model : vnumba.io.models.Model
+        A trained variational network.
+    mask_classes : sequence of str
+        Class names of the new network's mask channels (``()`` for one channel).
+
+    Returns
+    -------
+    dict of ndarray
+        New parameters, projected onto the constraint sets.
+
+    Raises
+    ------
+    ValueError
+        Another architecture, another configuration, or no class in common.
+    """
+    from vnumba.ops.projections import project_params
+    from vnumba.scenarios import scenario_mask_class
+
+    if model.arch != "vn":
+        raise ValueError(f"--init: a {model.arch!r} model cannot start a variational network")
+    old, new = model.config.to_dict(), cfg.to_dict()
+    diff = [f"{k} {old.get(k)!r} vs {new[k]!r}" for k in new if k != "n_mask" and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"--init: the model's configuration differs from this run's ({'; '.join(diff)})")
+    old_classes = list(model.meta.get("mask_classes") or [scenario_mask_class(model.meta.get("scenario"))])
+    new_classes = list(mask_classes) or list(old_classes)
+    common = [c for c in new_classes if c in old_classes]
+    if not common:
+        raise ValueError(f"--init: the model's mask classes {old_classes} share none with the "
+                         f"dataset's {new_classes}")
+    dt = params["K"].dtype
+    out = {k: np.array(v, dtype=dt) for k, v in model.params.items() if k != "Km"}
+    km = params["Km"] * dt.type(NEW_CLASS_FILTER_SCALE)
+    for c, name in enumerate(new_classes):
+        if name in old_classes:
+            km[:, :, c] = model.params["Km"][:, :, old_classes.index(name)]
+    out["Km"] = np.ascontiguousarray(km)
+    project_params(out, cfg)
+    return out
+
+
 def _train_locked(args, out, log_path, ckpt_path, dtype):
     from vnumba.vn.backend import get_backend
     from vnumba.vn.model import batch_metrics
@@ -390,7 +452,9 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
            "arch": args.arch, "cfg": cfg.to_dict(), "seed": args.seed, "batch": args.batch,
            "crop": crop, "lr": lr, "dtype": args.dtype, "eps": args.adam_eps,
            "schedule": args.lr_schedule,
-           **({"iters": args.iters} if args.lr_schedule != "constant" else {})}
+           **({"iters": args.iters} if args.lr_schedule != "constant" else {}),
+           **({"init": str(Path(args.init).resolve()) if Path(args.init).exists() else args.init}
+              if args.init else {})}
     run_key = json.dumps(run, sort_keys=True)
     backend = get_backend(args.device)
 
@@ -417,6 +481,12 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
     if params is None:
         rng = np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(0,)))
         params = init(cfg, rng, dtype)
+        if args.init:
+            if args.arch != "vn":
+                raise SystemExit("error: --init starts a variational network (--arch vn) only")
+            from vnumba.io.models import load_model
+            params = warm_start(params, cfg, load_model(args.init), ds.mask_classes)
+            print(f"initialised from {args.init}", flush=True)
     trainer = backend.trainer(args.arch, cfg, params, lr, eps=args.adam_eps)
     if opt_state is not None:
         trainer.load_optimizer_state(opt_state)

@@ -658,26 +658,29 @@ def split_channels(d, ca):
 @njit(cache=True, parallel=True)
 def _head_kernel(z, u0, u, m):
     N, C, H, W = u0.shape
+    Cm = m.shape[1]
     for n in prange(N):
         for c in range(C):
             for p in range(H):
                 for q in range(W):
                     v = u0[n, c, p, q] + z[n, c, p, q]
                     u[n, c, p, q] = min(max(v, 0.0), 1.0)
-        for p in range(H):
-            for q in range(W):
-                t = z[n, C, p, q]
-                # The two branches keep exp's argument <= 0 (no overflow for any logit).
-                if t >= 0.0:
-                    m[n, p, q] = 1.0 / (1.0 + np.exp(-t))
-                else:
-                    e = np.exp(t)
-                    m[n, p, q] = e / (1.0 + e)
+        for k in range(Cm):
+            for p in range(H):
+                for q in range(W):
+                    t = z[n, C + k, p, q]
+                    # The two branches keep exp's argument <= 0 (no overflow for any logit).
+                    if t >= 0.0:
+                        m[n, k, p, q] = 1.0 / (1.0 + np.exp(-t))
+                    else:
+                        e = np.exp(t)
+                        m[n, k, p, q] = e / (1.0 + e)
 
 
 @njit(cache=True, parallel=True)
 def _head_backward_kernel(ubar, mbar, z, u0, m, dz):
     N, C, H, W = u0.shape
+    Cm = m.shape[1]
     for n in prange(N):
         for c in range(C):
             for p in range(H):
@@ -685,21 +688,24 @@ def _head_backward_kernel(ubar, mbar, z, u0, m, dz):
                     v = u0[n, c, p, q] + z[n, c, p, q]
                     # clip is the identity on the open interval only (as vnumba.vn.model).
                     dz[n, c, p, q] = ubar[n, c, p, q] if (v > 0.0 and v < 1.0) else 0.0
-        for p in range(H):
-            for q in range(W):
-                mv = m[n, p, q]
-                dz[n, C, p, q] = mbar[n, p, q] * mv * (1.0 - mv)
+        for k in range(Cm):
+            for p in range(H):
+                for q in range(W):
+                    mv = m[n, k, p, q]
+                    dz[n, C + k, p, q] = mbar[n, k, p, q] * mv * (1.0 - mv)
 
 
 def _output_head_impl(z, u0):
+    """``u`` and the mask (N, C_m, H, W), C_m = z's channels beyond u0's."""
     N, C, H, W = u0.shape
     u = np.empty_like(u0)
-    m = np.empty((N, H, W), dtype=u0.dtype)
+    m = np.empty((N, z.shape[1] - C, H, W), dtype=u0.dtype)
     _head_kernel(z, u0, u, m)
     return u, m
 
 
 def _output_head_backward_impl(ubar, mbar, z, u0, m):
+    """``mbar`` and ``m`` (N, C_m, H, W)."""
     dz = np.empty_like(z)
     _head_backward_kernel(ubar, mbar, z, u0, m, dz)
     return dz
@@ -709,17 +715,20 @@ def _check_head(z, u0):
     _check("z", z, 4, finite=True)
     _check("u0", u0, 4, z.dtype, finite=True)
     N, C, H, W = u0.shape
-    if z.shape != (N, C + 1, H, W):
-        raise ValueError(f"z has shape {z.shape}, expected {(N, C + 1, H, W)} for u0 {u0.shape}")
+    if z.shape[0] != N or z.shape[1] < C + 1 or z.shape[2:] != (H, W):
+        raise ValueError(f"z has shape {z.shape}, expected {(N, C + 1, H, W)} (or C + C_m "
+                         f"channels) for u0 {u0.shape}")
+    return z.shape[1] - C
 
 
 def output_head(z, u0):
-    """Map the last layer's ``C + 1`` channels to the reconstruction and the mask.
+    """Map the last layer's ``C + C_m`` channels to the reconstruction and the mask.
 
     Parameters
     ----------
-    z : ndarray, shape (N, C + 1, H, W), float32/float64, C-contiguous
-        Channels ``0..C-1``: residual image; channel ``C``: mask logit.
+    z : ndarray, shape (N, C + C_m, H, W), float32/float64, C-contiguous
+        Channels ``0..C-1``: residual image; channels ``C..C+C_m-1``: mask logits (one per
+        class; the article's single mask: ``C_m = 1``).
     u0 : ndarray, shape (N, C, H, W), same dtype
         Network input.
 
@@ -727,11 +736,12 @@ def output_head(z, u0):
     -------
     u : ndarray, shape (N, C, H, W)
         ``clip(u0 + z[:, :C], 0, 1)``.
-    m : ndarray, shape (N, H, W)
-        ``sigmoid(z[:, C])``.
+    m : ndarray, shape (N, H, W) for ``C_m = 1``, else (N, C_m, H, W)
+        ``sigmoid(z[:, C:])``.
     """
-    _check_head(z, u0)
-    return _output_head_impl(z, u0)
+    cm = _check_head(z, u0)
+    u, m = _output_head_impl(z, u0)
+    return (u, m[:, 0]) if cm == 1 else (u, m)
 
 
 def output_head_backward(ubar, mbar, z, u0):
@@ -741,21 +751,22 @@ def output_head_backward(ubar, mbar, z, u0):
     ----------
     ubar : ndarray, shape (N, C, H, W)
         Gradient with respect to ``u``.
-    mbar : ndarray, shape (N, H, W)
+    mbar : ndarray, the shape of :func:`output_head`'s ``m``
         Gradient with respect to ``m``.
     z, u0 : as :func:`output_head`, same dtype
 
     Returns
     -------
-    ndarray, shape (N, C + 1, H, W)
+    ndarray, shape (N, C + C_m, H, W)
         ``ubar * [0 < u0 + z_c < 1]`` for the image channels, ``mbar * m (1 - m)`` for the
         logit.
     """
-    _check_head(z, u0)
+    cm = _check_head(z, u0)
     _check("ubar", ubar, 4, z.dtype, finite=True)
-    _check("mbar", mbar, 3, z.dtype, finite=True)
+    _check("mbar", mbar, 3 if cm == 1 else 4, z.dtype, finite=True)
     N, C, H, W = u0.shape
-    if ubar.shape != u0.shape or mbar.shape != (N, H, W):
+    if ubar.shape != u0.shape or mbar.shape != ((N, H, W) if cm == 1 else (N, cm, H, W)):
         raise ValueError(f"ubar {ubar.shape} / mbar {mbar.shape} do not match u0 {u0.shape}")
     _, m = _output_head_impl(z, u0)
-    return _output_head_backward_impl(ubar, mbar, z, u0, m)
+    mb = np.ascontiguousarray(mbar[:, None]) if cm == 1 else mbar
+    return _output_head_backward_impl(ubar, mb, z, u0, m)

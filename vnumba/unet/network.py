@@ -74,6 +74,9 @@ class UNetConfig:
     ----------
     n_channels : int
         Image channels ``C`` (3).
+    n_mask : int
+        Mask channels ``C_m``: 1 (the article's mask) or one per nucleus class, as the
+        variational network's ``n_mask``; the head has ``C + C_m`` output channels.
     width : int
         Feature channels of every convolution (32).
     scales : int
@@ -85,13 +88,14 @@ class UNetConfig:
     """
 
     n_channels: int = 3
+    n_mask: int = 1
     width: int = 32
     scales: int = 3
     convs_per_scale: int = 2
     kernel: int = 3
 
     def __post_init__(self):
-        for name in ("n_channels", "width", "scales", "convs_per_scale", "kernel"):
+        for name in ("n_channels", "n_mask", "width", "scales", "convs_per_scale", "kernel"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"UNetConfig.{name} must be a positive int, got {v!r}")
@@ -139,7 +143,7 @@ def _conv_layers(cfg: UNetConfig):
     for s in range(cfg.scales - 2, -1, -1):
         for k in range(cfg.convs_per_scale):
             layers.append((f"dec{s}_conv{k}", 2 * w if k == 0 else w, w, cfg.kernel))
-    layers.append(("head", w, cfg.n_channels + 1, 1))
+    layers.append(("head", w, cfg.n_channels + cfg.n_mask, 1))
     return layers
 
 
@@ -353,6 +357,8 @@ def _forward(params, cfg, u0, keep):
         h = x
     z = _conv2d_impl(h, params["head_w"], params["head_b"], False)
     u, m = _output_head_impl(z, u0)
+    if cfg.n_mask == 1:
+        m = m[:, 0]  # the article's (N, H, W) mask
     if keep:
         cache["head"] = (h, z)
         cache["skips"] = skips
@@ -375,8 +381,8 @@ def forward(params: dict, cfg: UNetConfig, u0):
     -------
     u : ndarray, shape (N, C, H, W)
         Reconstruction ``clip(u0 + residual, 0, 1)``.
-    m : ndarray, shape (N, H, W)
-        Mask ``sigmoid(logit)`` in (0, 1).
+    m : ndarray, shape (N, H, W), or (N, C_m, H, W) with ``cfg.n_mask = C_m > 1``
+        Mask ``sigmoid(logit)`` in (0, 1), one channel per class.
     """
     _, u0 = _check_input(params, cfg, u0)
     with _threads_for(cfg, u0.shape):
@@ -402,7 +408,7 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
     cfg : UNetConfig
     u0, gu : ndarray, shape (N, C, H, W), the parameters' dtype
         Input and clean target image.
-    gm : ndarray, shape (N, H, W)
+    gm : ndarray, shape (N, H, W), or (N, C_m, H, W) with ``cfg.n_mask = C_m > 1``
         Target mask.
 
     Returns
@@ -419,7 +425,8 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
     dt, u0 = _check_input(params, cfg, u0)
     check_batch("gu", gu, 4, dt, u0.shape)
     N, C, H, W = u0.shape
-    check_batch("gm", gm, 3, dt, (N, H, W))
+    mshape = (N, H, W) if cfg.n_mask == 1 else (N, cfg.n_mask, H, W)
+    check_batch("gm", gm, len(mshape), dt, mshape)
     with _threads_for(cfg, u0.shape):
         return _loss_and_grad(params, cfg, u0, gu, gm)
 
@@ -434,7 +441,10 @@ def _loss_and_grad(params, cfg, u0, gu, gm):
     S, K, ks = cfg.scales, cfg.convs_per_scale, cfg.kernel
     grads = {}
     h, z = cache["head"]
-    dz = _output_head_backward_impl(ubar, mbar, z, u0, m)
+    m4 = m[:, None] if m.ndim == 3 else m
+    mbar4 = mbar[:, None] if mbar.ndim == 3 else mbar
+    dz = _output_head_backward_impl(np.ascontiguousarray(ubar), np.ascontiguousarray(mbar4), z,
+                                    u0, np.ascontiguousarray(m4))
     grads["head_w"], grads["head_b"] = _conv2d_param_grad_impl(dz, h, 1)
     dh = _conv2d_input_adjoint_impl(dz, params["head_w"])
 
