@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: print the card, run the GPU tests (pytest -m gpu), then the
-# GPU benchmark (batch 8, 300x300, 10 steps). Needs the [cuda] extra with the NVVM compiler
+# On a machine with an NVIDIA GPU: print the card, run the GPU tests (pytest -m gpu: the
+# one-channel model and a three-class one, n_mask = 3), then the GPU benchmark (batch 8,
+# 300x300, 10 steps). Needs the [cuda] extra with the NVVM compiler
 # (numba-cuda[cu12] or a CUDA toolkit). Exit status: non-zero if the tests or the benchmark fail.
 # Environment: PYTHON (interpreter, default .venv/bin/python or python3), OUT (directory for
 # bench_gpu.json, default the current directory), BENCH_ITERS (timed iterations, default 5).
@@ -20,7 +21,7 @@ ok, reason = is_available()
 print(('GPU: ' if ok else 'NO USABLE GPU: ') + reason)
 raise SystemExit(0 if ok else 1)" || exit 1
 
-echo "== GPU tests (pytest -m gpu)"
+echo "== GPU tests (pytest -m gpu; one-channel and three-class models)"
 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/
 tests_rc=$?
 

@@ -80,10 +80,11 @@ def _params(cfg, seed):
     return p, rng
 
 
-def _batch(rng, N, H, W):
+def _batch(rng, N, H, W, n_mask=None):
     u0 = (0.3 + 0.4 * rng.random((N, 3, H, W))).astype(np.float32)
     gu = (0.3 + 0.4 * rng.random((N, 3, H, W))).astype(np.float32)
-    gm = rng.random((N, H, W)).astype(np.float32)
+    mshape = (N, H, W) if n_mask is None else (N, n_mask, H, W)
+    gm = rng.random(mshape).astype(np.float32)
     return u0, gu, gm
 
 
@@ -123,6 +124,35 @@ def test_paper_sized_training_iterations_match_cpu():
         opt.step(cpu, gc)
         loss, _, _ = tr.step(*b)
         assert abs(loss - lc) <= 1e-5 * lc
+    got = tr.params()
+    for k in PARAM_NAMES:
+        np.testing.assert_allclose(got[k], cpu[k], atol=2e-6, err_msg=k)
+
+
+def test_paper_sized_multiclass_loss_gradient_and_training_match_cpu():
+    """Three mask channels (issue 20): K^m over the class channels, loss (3) summed over
+    them, every gradient, and two training iterations (Adam, projection of K^m's 3·5·5-entry
+    filters) against the CPU."""
+    from vnumba.vn.gpu import engine
+    cfg = dataclasses.replace(PAPER, n_steps=2, n_mask=3)
+    p, rng = _params(cfg, 5)
+    u0, gu, gm = _batch(rng, 2, 48, 56, n_mask=3)
+    loss, g, u, m = engine.loss_and_grad(p, cfg, u0, gu, gm)
+    lc, gc, uc, mc = model.loss_and_grad(p, cfg, u0, gu, gm)
+    assert m.shape == mc.shape == (2, 3, 48, 56)
+    assert abs(loss - lc) <= 1e-5 * lc
+    np.testing.assert_allclose(m, mc, atol=1e-5)
+    for k in PARAM_NAMES:
+        _close(g[k], gc[k], 1e-3)
+    batches = [_batch(rng, 2, 40, 40, n_mask=3) for _ in range(2)]
+    cpu = {k: v.copy() for k, v in p.items()}
+    opt = Adam(1e-4, project=lambda q: project_params(q, cfg))
+    tr = engine.CudaTrainer(cfg, p, 1e-4)
+    for b in batches:
+        lc, gc, _, _ = model.loss_and_grad(cpu, cfg, *b)
+        opt.step(cpu, gc)
+        loss, _, m = tr.step(*b)
+        assert abs(loss - lc) <= 1e-5 * lc and m.shape == (2, 3, 40, 40)
     got = tr.params()
     for k in PARAM_NAMES:
         np.testing.assert_allclose(got[k], cpu[k], atol=2e-6, err_msg=k)

@@ -7,7 +7,9 @@ Public API
 ``is_available()``
     ``(ok, reason)``; never raises.
 ``forward(params, cfg, u0, m0=None)``
-    Prediction: ``(u_T, m_T)``.
+    Prediction: ``(u_T, m_T)``.  The mask has ``cfg.n_mask = C_m`` channels, shape
+    ``(N, C_m, H, W)``; a one-channel model keeps the article's ``(N, H, W)`` form, exactly as
+    :mod:`vnumba.vn.model` (:func:`mask_shape`).
 ``loss_and_grad(params, cfg, u0, gu, gm, m0=None)``
     ``(loss, grads, u_T, m_T)`` as :func:`vnumba.vn.model.loss_and_grad`.
 ``step_forward(p, cfg, u, m, u0)``, ``step_backward(p, cfg, u, m, u0, ubar, mbar)``
@@ -30,7 +32,7 @@ from vnumba.ops.loss import loss_from_sums, loss_scale, output_grad_factors
 from vnumba.vn.config import PARAM_NAMES, ModelConfig, param_shapes
 
 __all__ = ["is_available", "device_name", "forward", "loss_and_grad", "step_forward",
-           "step_backward", "CudaTrainer", "CudaUnavailable"]
+           "step_backward", "mask_shape", "CudaTrainer", "CudaUnavailable"]
 
 _AVAILABLE = None  # cached (ok, reason) of is_available()
 
@@ -145,7 +147,28 @@ def _check_params(params, cfg):
     return {k: _as_f32(f"parameter {k}", np.asarray(params[k]), shapes[k]) for k in PARAM_NAMES}
 
 
-def _check_batch(cfg, u0, m0=None):
+def mask_shape(cfg, N, H, W, ndim=None) -> tuple:
+    """Shape of the mask of ``N`` images of ``H × W`` pixels, as :mod:`vnumba.vn.model`:
+    ``(N, H, W)`` for a one-channel model (``cfg.n_mask == 1``) unless a 4-d array was given
+    (``ndim == 4``), else ``(N, C_m, H, W)`` with ``C_m = cfg.n_mask``."""
+    if cfg.n_mask == 1 and ndim in (None, 3):
+        return (N, H, W)
+    return (N, cfg.n_mask, H, W)
+
+
+def _as_mask(name, x, cfg, N, H, W):
+    """A checked float32 mask of ``N`` images: ``(N, C_m, H, W)``, or ``(N, H, W)`` for a
+    one-channel model (:func:`mask_shape` of its own dimension count)."""
+    x = _as_f32(name, x)
+    shape = mask_shape(cfg, N, H, W, x.ndim)
+    if x.shape != shape:
+        raise ValueError(f"{name} has shape {x.shape}, expected {shape} "
+                         f"((N, C_m, H, W) with C_m = n_mask = {cfg.n_mask}"
+                         + (", or (N, H, W)" if cfg.n_mask == 1 else "") + ")")
+    return x
+
+
+def _check_batch(cfg, u0, m0=None, m0_name="m0"):
     u0 = _as_f32("u0", u0, ndim=4)
     N, C, H, W = u0.shape
     if C != cfg.n_channels:
@@ -154,8 +177,14 @@ def _check_batch(cfg, u0, m0=None):
     if H < max(r, 1) or W < max(r, 1):
         raise ValueError(f"image {H}x{W} smaller than the largest kernel radius {r}")
     if m0 is not None:
-        m0 = _as_f32("m0", m0, (N, H, W))
+        m0 = _as_mask(m0_name, m0, cfg, N, H, W)
     return u0, m0
+
+
+def _mask4(cfg, m):
+    """A host mask (``(N, H, W)`` or ``(N, C_m, H, W)``) as ``(N, C_m, H, W)`` (a view)."""
+    N, H, W = m.shape[0], m.shape[-2], m.shape[-1]
+    return m.reshape(N, cfg.n_mask, H, W)
 
 
 # ----------------------------------------------------------------------------- device network
@@ -164,7 +193,7 @@ class _Workspace:
 
     def __init__(self, cuda, cfg, N, H, W, train, stream, launcher):
         f32 = np.float32
-        C, F = cfg.n_channels, cfg.nf
+        C, F, Cm = cfg.n_channels, cfg.nf, cfg.n_mask
         self.shape = (N, H, W)
         self.train = train
         self.nbytes = 0
@@ -178,25 +207,25 @@ class _Workspace:
         feat = (N, F, H, W)
         nst = T + 1 if train else 2
         self.su = arr((nst, N, C, H, W))          # states u_t (forward-only: ping-pong)
-        self.sm = arr((nst, N, 1, H, W))
+        self.sm = arr((nst, N, Cm, H, W))         # mask states, C_m channels
         self.u0 = arr((N, C, H, W)) if not train else self.su[0]
         self.f, self.f1, self.r, self.h = (arr(feat) for _ in range(4))
         self.fullF = arr((N, F, H + cfg.ks - 1, W + cfg.ks - 1))
         self.fullU = arr((N, C, H + cfg.ks_u - 1, W + cfg.ks_u - 1))
-        self.fullM = arr((N, 1, H + cfg.ks_m - 1, W + cfg.ks_m - 1))
+        self.fullM = arr((N, Cm, H + cfg.ks_m - 1, W + cfg.ks_m - 1))
         if not train:
             return
         self.gu = arr((N, C, H, W))
-        self.gm = arr((N, 1, H, W))
+        self.gm = arr((N, Cm, H, W))
         (self.pre, self.f2, self.z, self.r1, self.g, self.dpre, self.df, self.dz, self.dr,
          self.dg, self.abar) = (arr(feat) for _ in range(11))
         self.vu = arr((N, C, H, W))
-        self.vm = arr((N, 1, H, W))
+        self.vm = arr((N, Cm, H, W))
         self.ub = arr((2, N, C, H, W))
-        self.mb = arr((2, N, 1, H, W))
+        self.mb = arr((2, N, Cm, H, W))
         L = launcher
         rows, cols = [L.tl.red_blocks], [2]
-        for O, Ci, ks in ((F, F, cfg.ks), (cfg.nf_u, C, cfg.ks_u), (cfg.nf_m, 1, cfg.ks_m)):
+        for O, Ci, ks in ((F, F, cfg.ks), (cfg.nf_u, C, cfg.ks_u), (cfg.nf_m, Cm, cfg.ks_m)):
             _, _, _, G, _, n = L.kgrad_geometry(O, Ci, ks, N, H, W)
             rows.append(G)
             cols.append(n)
@@ -263,53 +292,54 @@ class _Net:
 
     # -------------------------------------------------------------- one step
     def step_forward(self, t, u, m, u0, u_out, m_out):
-        """``(u_out, m_out) = step t (u, m)`` (article eq. 1), six convolutions, three folds."""
+        """``(u_out, m_out) = step t (u, m)`` (article eq. 1), six convolutions, three folds;
+        ``m`` has ``C_m = cfg.n_mask`` channels."""
         cfg, L, P, ws, rbf = self.cfg, self.L, self.P, self.ws, self.rbf
-        C, Fu, Fm, F = cfg.n_channels, cfg.nf_u, cfg.nf_m, cfg.nf
+        C, Cm, Fu, Fm, F = cfg.n_channels, cfg.n_mask, cfg.nf_u, cfg.nf_m, cfg.nf
         L.conv(u, 0, C, P["Ku"], t, Fu, False, "rbf1", ws.f, ws.f1, wt=P["wu"], ooff=0, rbf=rbf)
-        L.conv(m, 0, 1, P["Km"], t, Fm, False, "rbf1", ws.f, ws.f1, wt=P["wm"], ooff=Fu, rbf=rbf)
+        L.conv(m, 0, Cm, P["Km"], t, Fm, False, "rbf1", ws.f, ws.f1, wt=P["wm"], ooff=Fu, rbf=rbf)
         L.conv(ws.f, 0, F, P["K"], t, F, False, "psi0", ws.r, wt=P["w"], rbf=rbf)
         L.conv(ws.r, 0, F, P["K"], t, F, True, "store", ws.fullF)
         L.fold(ws.fullF, cfg.ks // 2, F, 0, "h", ws.h, a0=ws.f1)
         L.conv(ws.h, 0, Fu, P["Ku"], t, C, True, "store", ws.fullU)
         L.fold(ws.fullU, cfg.ks_u // 2, C, 0, "u", u_out, a0=u, a1=u0, lam=P["lam"], t=t)
-        L.conv(ws.h, Fu, Fm, P["Km"], t, 1, True, "store", ws.fullM)
-        L.fold(ws.fullM, cfg.ks_m // 2, 1, 0, "m", m_out, a0=m)
+        L.conv(ws.h, Fu, Fm, P["Km"], t, Cm, True, "store", ws.fullM)
+        L.fold(ws.fullM, cfg.ks_m // 2, Cm, 0, "m", m_out, a0=m)
 
     def step_backward(self, t, u, m, u0, ubar, mbar, ubar_out, mbar_out):
         """Recompute step ``t`` from ``(u, m)``, then ``x̄_in = v − Hv`` into
         ``(ubar_out, mbar_out)`` and this step's parameter gradients into ``self.G``
         (``docs/gradients.md`` §4)."""
         cfg, L, P, G, ws, rbf = self.cfg, self.L, self.P, self.grad, self.ws, self.rbf
-        C, Fu, Fm, F = cfg.n_channels, cfg.nf_u, cfg.nf_m, cfg.nf
+        C, Cm, Fu, Fm, F = cfg.n_channels, cfg.n_mask, cfg.nf_u, cfg.nf_m, cfg.nf
         ru, rm, rk = cfg.ks_u // 2, cfg.ks_m // 2, cfg.ks // 2
         lam = P["lam"]
         # Forward quantities with second derivatives.
         L.conv(u, 0, C, P["Ku"], t, Fu, False, "rbf2", ws.f, ws.f1, ws.f2, ws.pre, wt=P["wu"], ooff=0, rbf=rbf)
-        L.conv(m, 0, 1, P["Km"], t, Fm, False, "rbf2", ws.f, ws.f1, ws.f2, ws.pre, wt=P["wm"], ooff=Fu, rbf=rbf)
+        L.conv(m, 0, Cm, P["Km"], t, Fm, False, "rbf2", ws.f, ws.f1, ws.f2, ws.pre, wt=P["wm"], ooff=Fu, rbf=rbf)
         L.conv(ws.f, 0, F, P["K"], t, F, False, "psi1", ws.r, ws.r1, e3=ws.z, wt=P["w"], rbf=rbf)
         L.conv(ws.r, 0, F, P["K"], t, F, True, "store", ws.fullF)
         L.fold(ws.fullF, rk, F, 0, "gh", ws.h, ws.g, a0=ws.f1)
         # v = incoming gradient masked by the clip's active set.
         L.conv(ws.h, 0, Fu, P["Ku"], t, C, True, "store", ws.fullU)
         L.fold(ws.fullU, ru, C, 0, "vu", ws.vu, a0=u, a1=u0, a2=ubar, lam=lam, t=t)
-        L.conv(ws.h, Fu, Fm, P["Km"], t, 1, True, "store", ws.fullM)
-        L.fold(ws.fullM, rm, 1, 0, "vm", ws.vm, a0=m, a2=mbar)
+        L.conv(ws.h, Fu, Fm, P["Km"], t, Cm, True, "store", ws.fullM)
+        L.fold(ws.fullM, rm, Cm, 0, "vm", ws.vm, a0=m, a2=mbar)
         # Directional derivatives along v and the Hessian-vector product.
         L.conv(ws.vu, 0, C, P["Ku"], t, Fu, False, "mul", ws.df, e3=ws.dpre, a0=ws.f1, ooff=0)
-        L.conv(ws.vm, 0, 1, P["Km"], t, Fm, False, "mul", ws.df, e3=ws.dpre, a0=ws.f1, ooff=Fu)
+        L.conv(ws.vm, 0, Cm, P["Km"], t, Fm, False, "mul", ws.df, e3=ws.dpre, a0=ws.f1, ooff=Fu)
         L.conv(ws.df, 0, F, P["K"], t, F, False, "mul", ws.dr, e3=ws.dz, a0=ws.r1)
         L.conv(ws.dr, 0, F, P["K"], t, F, True, "store", ws.fullF)
         L.fold(ws.fullF, rk, F, 0, "dg", ws.abar, ws.dg, a0=ws.f1, a1=ws.f2, a2=ws.dpre, a3=ws.g)
         L.conv(ws.abar, 0, Fu, P["Ku"], t, C, True, "store", ws.fullU)
         L.fold(ws.fullU, ru, C, 0, "hvu", ubar_out, a0=ws.vu, lam=lam, t=t)
-        L.conv(ws.abar, Fu, Fm, P["Km"], t, 1, True, "store", ws.fullM)
-        L.fold(ws.fullM, rm, 1, 0, "hvm", mbar_out, a0=ws.vm)
+        L.conv(ws.abar, Fu, Fm, P["Km"], t, Cm, True, "store", ws.fullM)
+        L.fold(ws.fullM, rm, Cm, 0, "hvm", mbar_out, a0=ws.vm)
         # Parameter gradients: −∂S/∂θ (docs/gradients.md §4).
         part = ws.part
         L.kgrad([(ws.dr, 0, ws.f, 0), (ws.r, 0, ws.df, 0)], F, F, cfg.ks, part, G, self.goff("K", t))
         L.kgrad([(ws.abar, 0, u, 0), (ws.h, 0, ws.vu, 0)], Fu, C, cfg.ks_u, part, G, self.goff("Ku", t))
-        L.kgrad([(ws.abar, Fu, m, 0), (ws.h, Fu, ws.vm, 0)], Fm, 1, cfg.ks_m, part, G, self.goff("Km", t))
+        L.kgrad([(ws.abar, Fu, m, 0), (ws.h, Fu, ws.vm, 0)], Fm, Cm, cfg.ks_m, part, G, self.goff("Km", t))
         L.wgrad(ws.z, ws.dz, None, None, 0, F, rbf, part, G, self.goff("w", t))
         L.wgrad(ws.pre, ws.dg, ws.dpre, ws.g, 0, Fu, rbf, part, G, self.goff("wu", t))
         L.wgrad(ws.pre, ws.dg, ws.dpre, ws.g, Fu, Fm, rbf, part, G, self.goff("wm", t))
@@ -335,7 +365,8 @@ class _Net:
         N, H, W = ws.shape
         for t in range(T):
             self.step_forward(t, ws.su[t], ws.sm[t], ws.u0, ws.su[t + 1], ws.sm[t + 1])
-        # Loss (3) is reduced on the device; its constants come from vnumba.ops.loss.
+        # Loss (3) is reduced on the device, its mask term over all C_m channels; its
+        # constants come from vnumba.ops.loss.
         scale = loss_scale(N, H, W)
         f_u, f_m = output_grad_factors(scale)
         L.loss(ws.su[T], ws.gu, ws.sm[T], ws.gm, ws.ub[0], ws.mb[0], f_u, f_m, ws.lossp)
@@ -351,16 +382,18 @@ class _Net:
         r = cfg.l1_radius
         C = cfg.n_channels
         L.proj(P["Ku"].reshape(T * cfg.nf_u, C * cfg.ks_u ** 2), r, cfg.zero_mean_u)
-        L.proj(P["Km"].reshape(T * cfg.nf_m, cfg.ks_m ** 2), r, cfg.zero_mean_m)
+        # A filter of K^m is one output channel's kernel over all C_m mask channels.
+        L.proj(P["Km"].reshape(T * cfg.nf_m, cfg.n_mask * cfg.ks_m ** 2), r, cfg.zero_mean_m)
         L.proj(P["K"].reshape(T * cfg.nf, cfg.nf * cfg.ks ** 2), r, False)
         L.clamp_nonneg(P["lam"])
 
 
-def _host_state(ws_u, ws_m, stream):
+def _host_state(ws_u, ws_m, stream, mshape):
+    """The device state ``(u, m)`` on the host, the mask in the caller's shape ``mshape``."""
     u = ws_u.copy_to_host(stream=stream)
     m = ws_m.copy_to_host(stream=stream)
     stream.synchronize()
-    return u, m[:, 0]
+    return u, m.reshape(mshape)
 
 
 # ----------------------------------------------------------------------------- functions
@@ -373,13 +406,15 @@ def forward(params, cfg, u0, m0=None, *, tiling=None):
         Stacked parameters (:func:`vnumba.vn.config.param_shapes`), float32 or float64.
     cfg : ModelConfig
     u0 : ndarray, shape (N, C, H, W), float32/float64, values in [0, 1]
-    m0 : ndarray, shape (N, H, W), optional (zeros)
+    m0 : ndarray, shape (N, C_m, H, W), optional (zeros)
+        Initial mask, ``C_m = cfg.n_mask``; (N, H, W) is accepted when ``C_m == 1``.
     tiling : vnumba.vn.gpu.tiling.Tiling, optional
 
     Returns
     -------
     u_T : ndarray, shape (N, C, H, W), float32
-    m_T : ndarray, shape (N, H, W), float32
+    m_T : ndarray, float32, shape (N, H, W) when ``cfg.n_mask == 1`` (and ``m0`` is None or
+        (N, H, W)), else (N, C_m, H, W)
 
     Raises
     ------
@@ -389,19 +424,20 @@ def forward(params, cfg, u0, m0=None, *, tiling=None):
     _check_cfg(cfg)
     params = _check_params(params, cfg)
     u0, m0 = _check_batch(cfg, u0, m0)
+    N, _, H, W = u0.shape
+    mshape = mask_shape(cfg, N, H, W, None if m0 is None else m0.ndim)
     cuda = _require()
     stream = cuda.stream()
     net = _Net(cfg, tiling, stream, train=False)
     net.upload(params)
-    N, _, H, W = u0.shape
     ws = net.workspace(N, H, W, train=False)
     ws.u0.copy_to_device(u0, stream=stream)
     if m0 is None:
         net.L.fill(ws.sm[0], np.float32(0.0))
     else:
-        ws.sm[0].copy_to_device(m0.reshape(N, 1, H, W), stream=stream)
+        ws.sm[0].copy_to_device(_mask4(cfg, m0), stream=stream)
     u, m = net.forward(cfg.n_steps)
-    return _host_state(u, m, stream)
+    return _host_state(u, m, stream, mshape)
 
 
 def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
@@ -412,22 +448,29 @@ def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
     params : dict of ndarray
     cfg : ModelConfig
     u0, gu : ndarray, shape (N, C, H, W)
-    gm : ndarray, shape (N, H, W)
-    m0 : ndarray, shape (N, H, W), optional
+    gm : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
+        Target mask, one channel per class (``C_m = cfg.n_mask``).
+    m0 : ndarray, the shape of ``gm``, optional (zeros)
 
     Returns
     -------
     loss : float
+        Loss (3), its mask term summed over the ``C_m`` channels
+        (:func:`vnumba.ops.loss.loss_from_sums`).
     grads : dict of float32 ndarray, shapes of ``params``
     u_T : ndarray, shape (N, C, H, W), float32
-    m_T : ndarray, shape (N, H, W), float32
+    m_T : ndarray, the shape of ``gm``, float32
     """
     _check_cfg(cfg)
     params = _check_params(params, cfg)
     u0, m0 = _check_batch(cfg, u0, m0)
     N, C, H, W = u0.shape
     gu = _as_f32("gu", gu, u0.shape)
-    gm = _as_f32("gm", gm, (N, H, W))
+    if m0 is None:
+        gm = _as_mask("gm", gm, cfg, N, H, W)
+    else:
+        gm = _as_f32("gm", gm, m0.shape)  # the shape of m0, as the CPU path
+    mshape = gm.shape
     cuda = _require()
     stream = cuda.stream()
     net = _Net(cfg, tiling, stream, train=True)
@@ -435,15 +478,15 @@ def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
     ws = net.workspace(N, H, W, train=True)
     ws.u0.copy_to_device(u0, stream=stream)
     ws.gu.copy_to_device(gu, stream=stream)
-    ws.gm.copy_to_device(gm.reshape(N, 1, H, W), stream=stream)
+    ws.gm.copy_to_device(_mask4(cfg, gm), stream=stream)
     if m0 is None:
         net.L.fill(ws.sm[0], np.float32(0.0))
     else:
-        ws.sm[0].copy_to_device(m0.reshape(N, 1, H, W), stream=stream)
+        ws.sm[0].copy_to_device(_mask4(cfg, m0), stream=stream)
     loss_part, scale = net.loss_and_grad()
     s = loss_part.copy_to_host(stream=stream).sum(axis=0)
     g = net.grad.copy_to_host(stream=stream)
-    u_T, m_T = _host_state(ws.su[cfg.n_steps], ws.sm[cfg.n_steps], stream)
+    u_T, m_T = _host_state(ws.su[cfg.n_steps], ws.sm[cfg.n_steps], stream, mshape)
     loss = loss_from_sums(s[0], s[1], scale)
     grads = {k: g[net.offsets[k]:net.offsets[k] + int(np.prod(sh))].reshape(sh).copy()
              for k, sh in net.shapes.items()}
@@ -458,6 +501,13 @@ def _one_step(p, cfg):
     return cfg1, _check_params(params, cfg1)
 
 
+def _step_inputs(cfg, u, m, u0):
+    if m is None:
+        raise TypeError("m must be a numpy.ndarray, got NoneType")
+    u, m = _check_batch(cfg, u, m, "m")
+    return u, m, _as_f32("u0", u0, u.shape)
+
+
 def step_forward(p, cfg, u, m, u0, *, tiling=None):
     """One step on the GPU, as :func:`vnumba.vn.model.step_forward` (``keep=False``).
 
@@ -467,17 +517,16 @@ def step_forward(p, cfg, u, m, u0, *, tiling=None):
         One step's parameters (:func:`vnumba.vn.model.step_params`).
     cfg : ModelConfig
     u, u0 : ndarray, shape (N, C, H, W)
-    m : ndarray, shape (N, H, W)
+    m : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
 
     Returns
     -------
     u_next : ndarray, shape (N, C, H, W), float32
-    m_next : ndarray, shape (N, H, W), float32
+    m_next : ndarray, the shape of ``m``, float32
     """
     _check_cfg(cfg)
     cfg1, params = _one_step(p, cfg)
-    u, m = _check_batch(cfg, u, m)
-    u0 = _as_f32("u0", u0, u.shape)
+    u, m, u0 = _step_inputs(cfg, u, m, u0)
     cuda = _require()
     stream = cuda.stream()
     net = _Net(cfg1, tiling, stream, train=False)
@@ -485,10 +534,10 @@ def step_forward(p, cfg, u, m, u0, *, tiling=None):
     N, _, H, W = u.shape
     ws = net.workspace(N, H, W, train=False)
     du = cuda.to_device(u, stream=stream)
-    dm = cuda.to_device(m.reshape(N, 1, H, W), stream=stream)
+    dm = cuda.to_device(_mask4(cfg, m), stream=stream)
     ws.u0.copy_to_device(u0, stream=stream)
     net.step_forward(0, du, dm, ws.u0, ws.su[1], ws.sm[1])
-    return _host_state(ws.su[1], ws.sm[1], stream)
+    return _host_state(ws.su[1], ws.sm[1], stream, m.shape)
 
 
 def step_backward(p, cfg, u, m, u0, ubar, mbar, *, tiling=None):
@@ -500,19 +549,19 @@ def step_backward(p, cfg, u, m, u0, ubar, mbar, *, tiling=None):
         One step's parameters.
     cfg : ModelConfig
     u, u0, ubar : ndarray, shape (N, C, H, W)
-    m, mbar : ndarray, shape (N, H, W)
+    m : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
+    mbar : ndarray, the shape of ``m``
 
     Returns
     -------
     ubar_in : ndarray, shape (N, C, H, W), float32
-    mbar_in : ndarray, shape (N, H, W), float32
+    mbar_in : ndarray, the shape of ``m``, float32
     grads : dict
         This step's parameter gradients (``lam`` as a 0-d array), float32.
     """
     _check_cfg(cfg)
     cfg1, params = _one_step(p, cfg)
-    u, m = _check_batch(cfg, u, m)
-    u0 = _as_f32("u0", u0, u.shape)
+    u, m, u0 = _step_inputs(cfg, u, m, u0)
     ubar = _as_f32("ubar", ubar, u.shape)
     mbar = _as_f32("mbar", mbar, m.shape)
     cuda = _require()
@@ -523,12 +572,12 @@ def step_backward(p, cfg, u, m, u0, ubar, mbar, *, tiling=None):
     ws = net.workspace(N, H, W, train=True)
     ws.su[0].copy_to_device(u0, stream=stream)
     du = cuda.to_device(u, stream=stream)
-    dm = cuda.to_device(m.reshape(N, 1, H, W), stream=stream)
+    dm = cuda.to_device(_mask4(cfg, m), stream=stream)
     ws.ub[0].copy_to_device(ubar, stream=stream)
-    ws.mb[0].copy_to_device(mbar.reshape(N, 1, H, W), stream=stream)
+    ws.mb[0].copy_to_device(_mask4(cfg, mbar), stream=stream)
     net.step_backward(0, du, dm, ws.su[0], ws.ub[0], ws.mb[0], ws.ub[1], ws.mb[1])
     g = net.grad.copy_to_host(stream=stream)
-    ubar_in, mbar_in = _host_state(ws.ub[1], ws.mb[1], stream)
+    ubar_in, mbar_in = _host_state(ws.ub[1], ws.mb[1], stream, m.shape)
     grads = {k: g[net.offsets[k]:net.offsets[k] + int(np.prod(sh))].reshape(sh[1:]).copy()
              for k, sh in net.shapes.items()}
     grads["lam"] = grads["lam"].reshape(())
@@ -585,18 +634,20 @@ class CudaTrainer:
 
     # -------------------------------------------------------------- batches
     def _stage(self, u0, gu, gm):
-        """Copy a batch into pinned memory and send it on the copy stream."""
+        """Copy a batch into pinned memory and send it on the copy stream (``gm``:
+        ``(N, C_m, H, W)``, or ``(N, H, W)`` for a one-channel model)."""
         cuda, ws = self._cuda, self._net.ws
         N, C, H, W = u0.shape
         if self._pinned is None or self._pinned[0][0].shape != u0.shape:
             self._pinned = [(cuda.pinned_array(u0.shape, np.float32),
                              cuda.pinned_array(u0.shape, np.float32),
-                             cuda.pinned_array((N, 1, H, W), np.float32)) for _ in range(2)]
+                             cuda.pinned_array((N, self.cfg.n_mask, H, W), np.float32))
+                            for _ in range(2)]
         hu, hg, hm = self._pinned[self._flip]
         self._flip = 1 - self._flip
         np.copyto(hu, u0)
         np.copyto(hg, gu)
-        np.copyto(hm[:, 0], gm)
+        np.copyto(hm, _mask4(self.cfg, gm))
         s = self._copy_stream
         ws.u0.copy_to_device(hu, stream=s)
         ws.gu.copy_to_device(hg, stream=s)
@@ -611,14 +662,15 @@ class CudaTrainer:
         Parameters
         ----------
         u0, gu : ndarray, shape (N, C, H, W)
-        gm : ndarray, shape (N, H, W)
+        gm : ndarray, shape (N, C_m, H, W), or (N, H, W) when ``cfg.n_mask == 1``
 
         Returns
         -------
         loss : float
-            At the parameters before the update.
+            At the parameters before the update (loss (3), the mask term summed over the
+            ``C_m`` channels).
         u_T : ndarray, shape (N, C, H, W), float32
-        m_T : ndarray, shape (N, H, W), float32
+        m_T : ndarray, the shape of ``gm``, float32
             Network output before the update.
 
         Raises
@@ -630,7 +682,7 @@ class CudaTrainer:
         u0, _ = _check_batch(cfg, u0)
         N, C, H, W = u0.shape
         gu = _as_f32("gu", gu, u0.shape)
-        gm = _as_f32("gm", gm, (N, H, W))
+        gm = _as_mask("gm", gm, cfg, N, H, W)
         ws = net.workspace(N, H, W, train=True)
         self._stage(u0, gu, gm)
         net.L.fill(ws.sm[0], np.float32(0.0))
@@ -640,7 +692,7 @@ class CudaTrainer:
         s = self._stream
         part_h = loss_part.copy_to_host(stream=s)
         flag = self._flag.copy_to_host(stream=s)
-        u_T, m_T = _host_state(ws.su[cfg.n_steps], ws.sm[cfg.n_steps], s)
+        u_T, m_T = _host_state(ws.su[cfg.n_steps], ws.sm[cfg.n_steps], s, gm.shape)
         sums = part_h.sum(axis=0)
         loss = loss_from_sums(sums[0], sums[1], scale)
         if not np.isfinite(loss):

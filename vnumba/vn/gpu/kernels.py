@@ -629,7 +629,9 @@ def _make_loss(bt):
 
     Launch: grid ``G``, block ``bt``.  Arguments ``(uT, gu, mT, gm, ubar, mbar, s3, s1,
     part)`` on flat views: ``ubar = (uT − gu)·s3``, ``mbar = (mT − gm)·s1`` (float32, as
-    the CPU path), ``part[g] = (Σ (uT−gu)², Σ (mT−gm)²)`` in float64.
+    the CPU path), ``part[g] = (Σ (uT−gu)², Σ (mT−gm)²)`` in float64.  The flat mask views
+    hold all ``C_m`` mask channels, so the second sum is loss (3)'s mask term summed over the
+    channels (:func:`vnumba.ops.loss.loss_from_sums` adds the constants).
     """
     BT = int(bt)
 

@@ -174,7 +174,7 @@ class Launcher:
 
     def loss(self, uT, gu, mT, gm, ubar, mbar, s3, s1, part64):
         """Loss partials (``part64[:G, 0:2]``) and ``ubar = s3 (uT − gu)``,
-        ``mbar = s1 (mT − gm)``; returns ``G``.  ``s3, s1`` are
+        ``mbar = s1 (mT − gm)`` over every mask channel of ``mT``; returns ``G``.  ``s3, s1`` are
         :func:`vnumba.ops.loss.output_grad_factors`, and the partials combine with
         :func:`vnumba.ops.loss.loss_from_sums`."""
         tl = self.tl

@@ -338,28 +338,32 @@ def adam_update(p, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, *, tiling: 
 
 
 def training_loss(u_T, gu, m_T, gm, *, tiling: Tiling | None = None):
-    """Loss (3) ``mean_s [1/6 ‖u_T − g_u‖² + 1/2 ‖m_T − g_m‖²] / (H W)`` and its gradient at
-    ``(u_T, m_T)``, reduced by the device kernel, as
+    """Loss (3) ``mean_s [1/6 ‖u_T − g_u‖² + 1/2 Σ_c ‖m_T,c − g_m,c‖²] / (H W)`` and its
+    gradient at ``(u_T, m_T)``, reduced by the device kernel, as
     :func:`vnumba.ops.loss.loss_value_and_output_grad` (whose constants it uses).
 
     Parameters
     ----------
     u_T, gu : ndarray, shape (N, C, H, W), float32
-    m_T, gm : ndarray, shape (N, H, W), float32
+    m_T, gm : ndarray, shape (N, H, W) or (N, C_m, H, W), float32
+        One mask channel, or one per class: the mask term is summed over the channels.
 
     Returns
     -------
     loss : float
     ubar : ndarray, shape (N, C, H, W), float32
-    mbar : ndarray, shape (N, H, W), float32
+    mbar : ndarray, the shape of ``m_T``, float32
     """
     _check("u_T", u_T, 4)
     _check("gu", gu, 4)
-    _check("m_T", m_T, 3)
-    _check("gm", gm, 3)
+    mdim = m_T.ndim if isinstance(m_T, np.ndarray) and m_T.ndim in (3, 4) else 3
+    _check("m_T", m_T, mdim)
+    _check("gm", gm, mdim)
     N, C, H, W = u_T.shape
-    if gu.shape != u_T.shape or m_T.shape != (N, H, W) or gm.shape != (N, H, W):
-        raise ValueError("u_T, gu must be (N, C, H, W) and m_T, gm (N, H, W) of one batch")
+    mshape = (N, H, W) if mdim == 3 else (N, m_T.shape[1], H, W)
+    if gu.shape != u_T.shape or m_T.shape != mshape or gm.shape != mshape or 0 in mshape:
+        raise ValueError("u_T, gu must be (N, C, H, W) and m_T, gm (N, H, W) or (N, C_m, H, W) "
+                         "of one batch")
     scale = loss_scale(N, H, W)
     f_u, f_m = output_grad_factors(scale)
     L = _launcher(tiling)
