@@ -85,6 +85,7 @@ __all__ = [
     "find_layouts",
     "analyse_roi",
     "layout_statistics",
+    "roi_statistics",
     "add_subparser",
     "add_cli",
     "main",
@@ -109,6 +110,8 @@ TUMOUR, IMMUNE, OTHER = 1, 2, 3
 _TOUCH_PX = 0.5
 _SIZE_CLASSES = (2, 5, 20, 50)
 _SIZE_BINS = ((1, 1), (2, 4), (5, 19), (20, 49), (50, 99), (100, None))
+# Distances (µm) at which the share of immune nuclei near a tumour nucleus is reported.
+_NEAR_UM = (5.0, 10.0, 20.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,12 @@ class LayoutParams:
         Radius of the disc that defines the local tumour density.
     max_hole_um2 : float
         Enclosed holes of an aggregate's closed area up to this size are part of the area.
+    nest_radius_um, nest_min_tumour : float, int
+        A nucleus lies in a *tumour-dense neighbourhood* (inside a tumour nest) when at least
+        ``nest_min_tumour`` other tumour centres lie within ``nest_radius_um`` of its centre.
+    border_um : float
+        An immune nucleus whose gap to the nearest tumour nucleus is at most this lies *at the
+        tumour border* (directly adjacent to a tumour nucleus).
     """
 
     mpp: float = 0.24
@@ -137,9 +146,17 @@ class LayoutParams:
     near_um: float = 20.0
     density_radius_um: float = 25.0
     max_hole_um2: float = 300.0
+    nest_radius_um: float = 15.0
+    nest_min_tumour: int = 3
+    border_um: float = 2.0
 
     def __post_init__(self):
-        for name in ("mpp", "gap_um", "near_um", "density_radius_um"):
+        if isinstance(self.nest_min_tumour, bool) or not isinstance(
+                self.nest_min_tumour, (int, np.integer)) or self.nest_min_tumour < 1:
+            raise ValueError(f"nest_min_tumour must be a positive integer, "
+                             f"got {self.nest_min_tumour!r}")
+        for name in ("mpp", "gap_um", "near_um", "density_radius_um", "nest_radius_um",
+                     "border_um"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -408,9 +425,11 @@ def analyse_roi(roi: RoiLayout, params: LayoutParams) -> dict:
         cuts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
         for a, b in zip(cuts[:-1], cuts[1:]):
             members_of[int(keys[a])] = ids[a:b]
+    rec_of = {}
     for key, members in members_of.items():
         size = members.size
         t["agg_size"][members] = size
+        rec_of[key] = len(aggregates)
         rec = {"size": int(size),
                "n_lymphocyte": int((fine[members] == 2).sum()),
                "member_px": float(areas_px[members].sum())}
@@ -480,6 +499,28 @@ def analyse_roi(roi: RoiLayout, params: LayoutParams) -> dict:
             ids = np.flatnonzero(imm) + 1
             t["imm_gap_tumour"][imm] = np.asarray(ndi.minimum(dt, labels=inst, index=ids)) - 1.0
 
+    # ---- tumour nests: tumour centres within nest_radius of each tumour / immune nucleus,
+    # for nuclei at least that far from the ROI border (a disc cut by the border would count
+    # too few); the nucleus itself does not count.
+    t["nest_count"] = np.full(n, np.nan)
+    Rn = params.nest_radius_um / params.mpp
+    interior = visible & (t["cy"] >= Rn) & (t["cy"] <= H - 1 - Rn) & (t["cx"] >= Rn) \
+        & (t["cx"] <= W - 1 - Rn) & (tum | imm)
+    if interior.any():
+        if tum.any():
+            cnt = tree.query_ball_point(np.c_[t["cy"][interior], t["cx"][interior]], Rn,
+                                        return_length=True)
+            t["nest_count"][interior] = cnt - tum[interior]
+        else:
+            t["nest_count"][interior] = 0.0
+    in_nest = t["nest_count"] >= params.nest_min_tumour
+
+    # ---- aggregate border: members directly adjacent to a tumour nucleus
+    border_px = params.border_um / params.mpp
+    for key, members in members_of.items():
+        g = t["imm_gap_tumour"][members]
+        aggregates[rec_of[key]]["n_border"] = int(np.count_nonzero(g <= border_px))
+
     # ---- windows
     w = params.window
     coarse_px = COARSE_OF_FINE[np.r_[0, fine]][inst]
@@ -512,7 +553,9 @@ def analyse_roi(roi: RoiLayout, params: LayoutParams) -> dict:
     summary = {"roi": roi.name, "shape": [int(H), int(W)], "n_nuclei": int(n),
                **{name: int((coarse == c).sum()) for c, name in COARSE_CLASSES.items()},
                "largest_aggregate": int(sizes.max()) if sizes.size else 0,
-               "aggregates_ge20": int((sizes >= 20).sum())}
+               "aggregates_ge20": int((sizes >= 20).sum()),
+               "nest_tumour_interior": int((tum & ~np.isnan(t["nest_count"])).sum()),
+               "nest_immune": int((imm & in_nest).sum())}
     return {"nuclei": t, "aggregates": aggregates, "windows": windows, "summary": summary}
 
 
@@ -597,6 +640,86 @@ def _shape_block(t, sel, mpp, search_px):
     }
 
 
+def _small_nuclei(T, sel, mpp):
+    """How small the smallest nuclei of ``sel`` are against the median (area quantiles)."""
+    a = T["area"][sel]
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"n": 0}
+    q = {k: float(np.percentile(a, k)) for k in (5, 10, 25, 50)}
+    out = {"n": int(a.size),
+           **{f"area_q{k:02d}": {"px2": _g(v), "um2": _g(v * mpp ** 2)} for k, v in q.items()}}
+    for k in (5, 10, 25):
+        out[f"area_ratio_q{k:02d}_q50"] = _g(q[k] / q[50])
+        # the linear scale factor of a nucleus with that area (radius ratio)
+        out[f"radius_ratio_q{k:02d}_q50"] = _g(math.sqrt(q[k] / q[50]))
+    return out
+
+
+def _nest_block(T, results, params):
+    """Immune nuclei inside tumour-dense neighbourhoods (see :class:`LayoutParams`)."""
+    k = params.nest_min_tumour
+    cnt = T["nest_count"]
+    ok = ~np.isnan(cnt)
+    imm = ok & (T["coarse"] == IMMUNE)
+    tum = ok & (T["coarse"] == TUMOUR)
+    n_in = imm & (cnt >= k)
+    per_roi = [r["summary"]["nest_immune"] / r["summary"]["nest_tumour_interior"]
+               for r in results if r["summary"]["nest_tumour_interior"] >= 20]
+    size = T["agg_size"][n_in]
+    fine_in = T["fine"][n_in]
+    gap = T["imm_gap_tumour"][n_in]
+    return {
+        "radius_um": _g(params.nest_radius_um),
+        "min_tumour": int(k),
+        "n_immune": int(imm.sum()),
+        "n_tumour": int(tum.sum()),
+        "tumour_neighbours_of_immune": _plain(cnt[imm]),
+        "tumour_neighbours_of_tumour": _plain(cnt[tum]),
+        "frac_immune_in_nest": _frac(int(n_in.sum()), int(imm.sum())),
+        "frac_tumour_in_nest": _frac(int((tum & (cnt >= k)).sum()), int(tum.sum())),
+        "immune_in_nest_per_tumour": _frac(int(n_in.sum()), int(tum.sum())),
+        "immune_in_nest_per_tumour_per_roi": _plain(per_roi),
+        "frac_immune_in_nest_by_min_tumour": {
+            f"{j}": _frac(int((imm & (cnt >= j)).sum()), int(imm.sum())) for j in range(1, 7)},
+        "in_nest_fine_class": {name: _frac(int((fine_in == c).sum()), int(n_in.sum()))
+                               for c, name in FINE_CLASSES.items()
+                               if COARSE_OF_FINE[c] == IMMUNE},
+        "in_nest_aggregate_size": {
+            label: _frac(int(((size >= lo) & (size <= (hi or size.max(initial=0)))).sum()),
+                         int(n_in.sum()))
+            for label, lo, hi in (("1", 1, 1), ("2-4", 2, 4), ("5-19", 5, 19), (">=20", 20, None))},
+        "in_nest_gap_to_nearest_tumour": _dist(gap, params.mpp),
+        "in_nest_centre_distance_to_nearest_tumour": _dist(T["imm_to_tumour"][n_in], params.mpp),
+        "in_nest_frac_touching_tumour": _frac(int((gap <= _TOUCH_PX).sum()), int(n_in.sum())),
+    }
+
+
+def _border_block(T, aggs, params):
+    """Aggregate members directly adjacent to tumour nuclei (gap <= ``border_um``)."""
+    mpp = params.mpp
+    bpx = params.border_um / mpp
+    imm = (T["coarse"] == IMMUNE) & ~np.isnan(T["imm_gap_tumour"])
+    out = {"border_um": _g(params.border_um)}
+    for k in (5, 20):
+        sel = [a for a in aggs if a["size"] >= k]
+        mem = imm & (T["agg_size"] >= k)
+        nb = np.array([a.get("n_border", 0) for a in sel], np.int64)
+        sz = np.array([a["size"] for a in sel], np.int64)
+        abut = nb > 0
+        out[f"ge{k}"] = {
+            "n_aggregates": len(sel),
+            "frac_abutting_tumour": _frac(int(abut.sum()), len(sel)),
+            "frac_with_ge3_border_members": _frac(int((nb >= 3).sum()), len(sel)),
+            "border_members_per_abutting_aggregate": _plain(nb[abut]),
+            "border_fraction_of_abutting_aggregate": _plain(nb[abut] / np.maximum(sz[abut], 1)),
+            "frac_members_at_border": _frac(int((mem & (T["imm_gap_tumour"] <= bpx)).sum()),
+                                            int(mem.sum())),
+            "members_gap_to_nearest_tumour": _dist(T["imm_gap_tumour"][mem], mpp),
+        }
+    return out
+
+
 def _aggregate_blocks(T, aggs, params):
     mpp = params.mpp
     imm = T["coarse"] == IMMUNE
@@ -667,7 +790,9 @@ def _files_digest(files) -> str:
 
 def layout_statistics(folder, mpp: float = 0.24, window: int = 300, progress=None, *,
                       gap_um: float = 3.0, near_um: float = 20.0,
-                      density_radius_um: float = 25.0, max_hole_um2: float = 300.0) -> dict:
+                      density_radius_um: float = 25.0, max_hole_um2: float = 300.0,
+                      nest_radius_um: float = 15.0, nest_min_tumour: int = 3,
+                      border_um: float = 2.0) -> dict:
     """Statistics of the nucleus layouts in ``folder`` (see the module docstring).
 
     Parameters
@@ -680,7 +805,8 @@ def layout_statistics(folder, mpp: float = 0.24, window: int = 300, progress=Non
         Side in pixels of the non-overlapping windows.
     progress : callable or None
         Called with a one-line message per ROI.
-    gap_um, near_um, density_radius_um, max_hole_um2 : float
+    gap_um, near_um, density_radius_um, max_hole_um2, nest_radius_um, border_um : float
+    nest_min_tumour : int
         See :class:`LayoutParams`.
 
     Returns
@@ -697,7 +823,9 @@ def layout_statistics(folder, mpp: float = 0.24, window: int = 300, progress=Non
         parameter.
     """
     params = LayoutParams(mpp=mpp, window=window, gap_um=gap_um, near_um=near_um,
-                          density_radius_um=density_radius_um, max_hole_um2=max_hole_um2)
+                          density_radius_um=density_radius_um, max_hole_um2=max_hole_um2,
+                          nest_radius_um=nest_radius_um, nest_min_tumour=nest_min_tumour,
+                          border_um=border_um)
     files = find_layouts(folder)
     results = []
     for k, path in enumerate(files, 1):
@@ -711,7 +839,29 @@ def layout_statistics(folder, mpp: float = 0.24, window: int = 300, progress=Non
     return _combine(results, params, Path(folder), files)
 
 
-def _combine(results, params: LayoutParams, folder: Path, files) -> dict:
+def roi_statistics(rois, mpp: float = 0.24, window: int = 300, **kw) -> dict:
+    """The statistics of :func:`layout_statistics` for layouts in memory.
+
+    Parameters
+    ----------
+    rois : iterable of RoiLayout
+        E.g. generated samples (:func:`synth.scenario3.sample_layout`).
+    mpp, window, **kw
+        See :class:`LayoutParams`.
+
+    Returns
+    -------
+    dict
+        As :func:`layout_statistics`; ``source`` has no folder and no file digest.
+    """
+    params = LayoutParams(mpp=mpp, window=window, **kw)
+    results = [analyse_roi(r, params) for r in rois]
+    if not results:
+        raise ValueError("no layouts to measure")
+    return _combine(results, params, None, None)
+
+
+def _combine(results, params: LayoutParams, folder: Path | None, files) -> dict:
     mpp = params.mpp
     keys = results[0]["nuclei"].keys()
     T = {k: np.concatenate([r["nuclei"][k] for r in results]) for k in keys}
@@ -739,6 +889,7 @@ def _combine(results, params: LayoutParams, folder: Path, files) -> dict:
         "local_density_per_1000um2": _plain(T["local_density"][tum]),
         "frac_inside_immune_aggregate": _frac(int((tum & T["inside_tumour_any"]).sum()),
                                               int(tum.sum())),
+        "small_nuclei": _small_nuclei(T, tum & ~T["border"], mpp),
     }
     has_t = imm & ~np.isnan(T["imm_to_tumour"])
     near_px = params.near_um / mpp
@@ -755,6 +906,14 @@ def _combine(results, params: LayoutParams, folder: Path, files) -> dict:
                                       int(has_t.sum())),
         "by_aggregate_size": {},
     }
+    ti["frac_within_um"] = {
+        f"{u:g}": {"centre": _frac(int((T["imm_to_tumour"][has_t] <= u / mpp).sum()),
+                                   int(has_t.sum())),
+                   "gap": _frac(int((T["imm_gap_tumour"][has_t] <= u / mpp).sum()),
+                                int(has_t.sum()))}
+        for u in _NEAR_UM}
+    ti["nest"] = _nest_block(T, results, params)
+    ti["aggregate_border"] = _border_block(T, aggs, params)
     for label, lo, hi in (("isolated", 1, 1), ("2-19", 2, 19), ("ge20", 20, None)):
         m = has_t & (T["agg_size"] >= lo) & ((T["agg_size"] <= hi) if hi else True)
         ti["by_aggregate_size"][label] = {
@@ -798,10 +957,12 @@ def _combine(results, params: LayoutParams, folder: Path, files) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "source": {"folder": folder.resolve().name, "path": str(folder), "n_rois": n_rois,
-                   "n_nuclei": int(T["area"].size),
-                   "files_sha256": _files_digest(files),
-                   "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat()},
+        "source": ({"folder": folder.resolve().name, "path": str(folder), "n_rois": n_rois,
+                    "n_nuclei": int(T["area"].size),
+                    "files_sha256": _files_digest(files),
+                    "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat()}
+                   if folder is not None else
+                   {"folder": None, "n_rois": n_rois, "n_nuclei": int(T["area"].size)}),
         "parameters": {**asdict(params), "gap_px": _g(params.gap_px),
                        "gap_search_px": _g(params.search_px), "touch_gap_px": _TOUCH_PX,
                        "quantiles_percent": list(QUANTILES)},
@@ -837,7 +998,16 @@ _DEFINITIONS = {
     "local_density": "other tumour centres within density_radius_um / (pi r^2), per 1000 um2, "
                      "for tumour nuclei at least that far from the ROI border",
     "tumour_immune": "per immune nucleus in a ROI with tumour: centroid distance and gap to the "
-                     "nearest tumour nucleus of the same ROI",
+                     "nearest tumour nucleus of the same ROI; frac_within_um: share with centre "
+                     "distance / gap <= the key in um",
+    "nest": "a tumour or immune nucleus at least nest_radius_um from the ROI border is in a "
+            "tumour nest when >= nest_min_tumour other tumour centres lie within "
+            "nest_radius_um of its centre; immune_in_nest_per_tumour = such immune nuclei / "
+            "tumour nuclei with the same border rule (per ROI: ROIs with >= 20 of them)",
+    "aggregate_border": "members of immune aggregates whose gap to the nearest tumour nucleus "
+                        "is <= border_um; an aggregate abuts tumour when it has one",
+    "small_nuclei": "area quantiles of tumour nuclei not touching the ROI border; ratios to "
+                    "the median area and their square roots (linear scale factors)",
     "windows": "non-overlapping window x window tiles from the top-left corner (remainder "
                "dropped); a nucleus counts in the window holding its centroid; "
                "aggregate_ge20_inside = >= 20 centroids of one aggregate in the window, "
@@ -868,6 +1038,15 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-hole", type=float, default=d.max_hole_um2, dest="max_hole_um2",
                    help=f"holes up to this many µm² belong to an aggregate's area "
                         f"(default {d.max_hole_um2})")
+    p.add_argument("--nest-radius", type=float, default=d.nest_radius_um, dest="nest_radius_um",
+                   help=f"radius in µm of a tumour nest neighbourhood (default {d.nest_radius_um})")
+    p.add_argument("--nest-min-tumour", type=int, default=d.nest_min_tumour,
+                   dest="nest_min_tumour",
+                   help=f"tumour nuclei within the nest radius that make a nest "
+                        f"(default {d.nest_min_tumour})")
+    p.add_argument("--border", type=float, default=d.border_um, dest="border_um",
+                   help=f"gap in µm at which an immune nucleus is at the tumour border "
+                        f"(default {d.border_um})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -894,7 +1073,10 @@ def _run(args) -> int:
         stats = layout_statistics(args.folder, mpp=args.mpp, window=args.window,
                                   progress=progress, gap_um=args.gap_um, near_um=args.near_um,
                                   density_radius_um=args.density_radius_um,
-                                  max_hole_um2=args.max_hole_um2)
+                                  max_hole_um2=args.max_hole_um2,
+                                  nest_radius_um=args.nest_radius_um,
+                                  nest_min_tumour=args.nest_min_tumour,
+                                  border_um=args.border_um)
         atomic_write_text(args.output, json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     except (ValueError, OSError) as exc:
         print(f"synth layout-stats: error: {_one_line(exc)}", file=sys.stderr)

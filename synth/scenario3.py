@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from . import tme
 from .color import ColorSpec, color_noise, sample_object_colors
@@ -58,7 +59,8 @@ from .tme import _rotated_alpha, _rotated_rgb, _rotation, density_jitter, ellips
 
 __all__ = [
     "LAYER_NAMES", "SpeedSpec", "ReferenceSpec", "RegionsSpec", "ConnectiveSpec", "NucleiSpec",
-    "TumourCellSpec", "ImmuneSpec", "Scenario3Colors", "MaskSpec",
+    "TumourCellSpec", "ImmuneSpec", "AggregateSpec", "InfiltrateSpec", "Scenario3Colors",
+    "MaskSpec", "CLASS_LAYERS", "FINE_OF_CLASS", "class_masks", "sample_layout",
     "rotate_patch", "lattice_texture", "texture_cells", "grow_cells", "place_nuclei",
     "place_immune_cells", "visible_mask", "speed_field", "vessel_regions", "resolve_reference",
     "PreparedReference", "prepare_reference", "generate",
@@ -67,7 +69,7 @@ __all__ = [
 #: Layer names, bottom to top (the article's order, with the look-alike layers of
 #: :mod:`synth.tme` inserted; a layer whose section is absent or off is left out).
 LAYER_NAMES = ("background", "vessels", "connective", "vessel_cells", "stroma", "tumour_cells",
-               "tumour_nuclei", "aggregates", "immune_cells", "pigment", "debris")
+               "tumour_nuclei", "infiltrate", "aggregates", "immune_cells", "pigment", "debris")
 
 
 # --------------------------------------------------------------------------- script schema
@@ -147,9 +149,15 @@ class NucleiSpec:
     flip: bool = param(False, doc="mirror half of the patches (more variety from few nuclei)")
     density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0,
                                          doc="stain density factor range per nucleus")
+    small_fraction: float = param(0.0, ge=0.0, le=1.0,
+                                  doc="share of nuclei drawn small and pale (0 = none)")
+    small_area: tuple[float, float] = param((40.0, 75.0), gt=0.0, le=1e6,
+                                            doc="area (px²) of a small nucleus, uniform")
+    small_density: tuple[float, float] = param((0.65, 0.85), gt=0.0, le=1.0,
+                                               doc="extra stain density factor (paler)")
 
     def check(self):
-        yield from _ranges(self, ("count", "scale", "density"))
+        yield from _ranges(self, ("count", "scale", "density", "small_area", "small_density"))
 
 
 @dataclass(frozen=True)
@@ -214,9 +222,59 @@ class AggregateSpec:
     density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0)
     tries: int = param(8, ge=1, le=1000, doc="candidate centres per wanted nucleus")
     exclude_tumour: bool = True
+    abut: float = param(0.0, ge=0.0, le=1.0,
+                        doc="probability that an aggregate gets a border band into the tumour")
+    band: tuple[float, float] = param((6.0, 14.0), gt=0.0, le=1000.0,
+                                      doc="width (px) of the band outside the aggregate")
+    band_packing: tuple[float, float] = param((0.3, 0.6), ge=0.0, le=1.0,
+                                              doc="share of the band's free pixels covered")
+    band_max_tumour: float = param(0.15, ge=0.0, le=1.0,
+                                   doc="share of a band nucleus that may cover tumour nuclei")
+    margin: tuple[float, float] = param((0.0, 0.0), ge=0.0, le=1000.0,
+                                        doc="tumour-free rim (px) of the aggregates that "
+                                            "do not abut (only with abut > 0)")
 
     def check(self):
-        yield from _ranges(self, ("count", "radius", "packing", "scale", "density"))
+        yield from _ranges(self, ("count", "radius", "packing", "scale", "density", "band",
+                                  "band_packing", "margin"))
+
+
+@dataclass(frozen=True)
+class InfiltrateSpec:
+    """``[infiltrate]``: single lymphocytes and plasma cells among the tumour cells.
+
+    An image with ``n`` tumour nuclei gets ``Poisson(r * n)`` infiltrating immune nuclei, ``r``
+    uniform in ``per_tumour``.  Candidate centres are uniform over the tumour cells, off the
+    tumour nuclei, and inside a tumour nest: at least ``nest_min_tumour`` tumour centres within
+    ``nest_radius`` px (the definition of :mod:`synth.layouts`).  A candidate is accepted when
+    at most ``max_tumour_overlap`` of it lies on tumour nuclei or within ``tumour_gap`` px of
+    one (it lies between tumour nuclei, close to, touching or slightly over them) and at most
+    ``max_overlap`` of it covers other infiltrating nuclei.  A share ``real_fraction`` are real
+    immune-nucleus patches of the bundle no larger than ``max_area`` px² (0 = any), rotated,
+    scaled by ``scale`` and stain-jittered by ``density``; the rest are ellipses
+    (``semi_axis``, ``axis_ratio``) textured with immune patches, like the ``immune_cells``
+    layer.  Layer ``infiltrate`` (above the tumour nuclei), target class ``immune``;
+    ``per_tumour = [0, 0]`` leaves the layer out.
+    """
+
+    per_tumour: tuple[float, float] = param((0.0, 0.0), ge=0.0, le=100.0)
+    nest_radius: float = param(31.0, gt=0.0, le=10000.0)
+    nest_min_tumour: int = param(3, ge=0, le=1000)
+    max_tumour_overlap: float = param(0.15, ge=0.0, le=1.0)
+    tumour_gap: float = param(0.0, ge=0.0, le=100.0,
+                              doc="px around tumour nuclei that count as covering them")
+    max_overlap: float = param(0.1, ge=0.0, le=1.0)
+    real_fraction: float = param(0.7, ge=0.0, le=1.0)
+    max_area: float = param(0.0, ge=0.0, le=1e6)
+    scale: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=10.0)
+    density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0)
+    semi_axis: tuple[float, float] = param((4.5, 6.5), gt=0.0, le=1000.0)
+    axis_ratio: tuple[float, float] = param((0.7, 0.95), gt=0.0, le=1.0)
+    patch_overlap: int = param(1, ge=0, le=100)
+    tries: int = param(30, ge=1, le=10000, doc="candidate centres per wanted nucleus")
+
+    def check(self):
+        yield from _ranges(self, ("per_tumour", "scale", "density", "semi_axis", "axis_ratio"))
 
 
 @dataclass(frozen=True)
@@ -304,7 +362,7 @@ class Scenario3Colors:
 #: aggregates; every other nucleus the generator draws (fibroblasts, endothelial cells).
 CLASS_LAYERS = {
     "tumour": ("tumour_nuclei",),
-    "immune": ("immune_cells", "aggregates"),
+    "immune": ("infiltrate", "immune_cells", "aggregates"),
     "other": ("stroma", "vessel_cells"),
 }
 
@@ -346,6 +404,7 @@ _SECTIONS = {
     "tumour_cells": TumourCellSpec,
     "immune_cells": ImmuneSpec,
     "aggregates": AggregateSpec,
+    "infiltrate": InfiltrateSpec,
     "stroma": StromaSpec,
     "vessel_cells": VesselCellSpec,
     "pigment": GranuleSpec,
@@ -552,7 +611,8 @@ def _dilate(mask: np.ndarray, r: float) -> np.ndarray:
 def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=None,
                  min_gap: float = 0.0, scale=(1.0, 1.0), tries: int = 30,
                  base_scale: float = 1.0, positions_per_rotation: int = 4,
-                 flip: bool = False, density=(1.0, 1.0)):
+                 flip: bool = False, density=(1.0, 1.0), small_fraction: float = 0.0,
+                 small_area=(1.0, 1.0), small_density=(1.0, 1.0), small_ids=None):
     """Place rotated real nucleus patches without overlap.
 
     Each attempt draws a centre uniform in the image, a patch, a uniform rotation and a scale
@@ -582,6 +642,14 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
     density : (float, float)
         Stain density factor range (:func:`synth.tme.density_jitter`); drawn only when the
         range is not (1, 1).
+    small_fraction, small_area, small_density
+        With probability ``small_fraction`` an attempt draws a *small, pale* nucleus: the
+        patch is scaled to an area (px², output pixels) uniform in ``small_area`` instead of
+        by ``scale``, and its stain density is multiplied by a factor uniform in
+        ``small_density`` (drawn only when ``small_fraction > 0``, so that scripts without it
+        keep their samples).
+    small_ids : list, optional
+        Receives the ids of the small nuclei.
 
     Returns
     -------
@@ -614,6 +682,11 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
             src = src[:, ::-1]
         dens = float(rng.uniform(*density)) if tuple(density) != (1.0, 1.0) else 1.0
         sc = base_scale * float(rng.uniform(scale[0], scale[1]))
+        small = small_fraction > 0 and rng.random() < small_fraction
+        if small:
+            a_src = max(int(np.count_nonzero(src[..., 3] >= 128)), 1)
+            sc = float(np.sqrt(float(rng.uniform(*small_area)) / a_src))
+            dens *= float(rng.uniform(*small_density))
         rot = _rotation(src.shape[0], src.shape[1], float(rng.uniform(0.0, 360.0)), sc)
         al_f, box = _rotated_alpha(src, rot)
         if box is None:
@@ -650,6 +723,8 @@ def place_nuclei(rng: np.random.Generator, shape, patches, count: int, region=No
             if a0 < a1 and b0 < b1:
                 forbidden[a0:a1, b0:b1] |= dil[a0 - fy0:a1 - fy0, b0 - fx0:b1 - fx0]
             centres.append((cy, cx))
+            if small and small_ids is not None:
+                small_ids.append(nid)
             break
     return labels, rgb, np.asarray(centres, np.float64).reshape(-1, 2)
 
@@ -742,6 +817,50 @@ def class_masks(layers, classes) -> np.ndarray:
                 i = names.index(lname)
                 out[c][nucleus_pixels(layers[i]) & ~above[i]] = 1.0
     return out
+
+
+#: Fine class (:data:`synth.layouts.FINE_CLASSES`) given to each class's nuclei by
+#: :func:`sample_layout`: tumour, lymphocyte, stroma.
+FINE_OF_CLASS = {"tumour": 1, "immune": 2, "other": 7}
+
+
+def sample_layout(layers, name: str = "sample"):
+    """The visible nuclei of a generated sample as a layout (instances + fine classes), the
+    format of the real PUMA layouts, so that :mod:`synth.layouts` measures generated and real
+    tissue with the same code.
+
+    Layers are painted bottom to top: a layer's footprint hides what is below it, and the
+    nuclei (:func:`nucleus_pixels`) of the layers in :data:`CLASS_LAYERS` get new ids of
+    their class (:data:`FINE_OF_CLASS`).  A nucleus hidden completely keeps its id without
+    pixels, as an overwritten polygon of the real layouts.
+
+    Parameters
+    ----------
+    layers : sequence of Layer (or a Sample)
+    name : str
+
+    Returns
+    -------
+    synth.layouts.RoiLayout
+    """
+    from .layouts import RoiLayout
+
+    layers = getattr(layers, "layers", layers)
+    H, W = layers[0].rgba.shape[:2]
+    cls_of = {ln: c for c, lns in CLASS_LAYERS.items() for ln in lns}
+    inst = np.zeros((H, W), np.int32)
+    fine = [0]
+    for layer in layers:
+        inst[layer.footprint] = 0
+        c = cls_of.get(layer.name)
+        if c is None or layer.labels is None:
+            continue
+        on = nucleus_pixels(layer)
+        lab = layer.labels[on]
+        ids = np.unique(lab)
+        inst[on] = len(fine) + np.searchsorted(ids, lab)
+        fine.extend([FINE_OF_CLASS[c]] * ids.size)
+    return RoiLayout(name, inst, np.asarray(fine, np.int16))
 
 
 def mask_classes(script: Script) -> tuple:
@@ -1072,8 +1191,9 @@ def _aggregates(rng, shape, spec: AggregateSpec, ref: "PreparedReference"):
     region = np.zeros((H, W), bool)
     labels = np.zeros((H, W), np.int32)
     rgb = np.zeros((H, W, 3), np.float32)
+    regions = []
     if not (rng.random() < spec.probability):
-        return region, labels, rgb, 0
+        return region, labels, rgb, 0, regions
     patches = _need(ref.immune_nuclei, "immune")
     area1 = _mean_area(patches, ref.base_scale)
     n_done = 0
@@ -1082,6 +1202,7 @@ def _aggregates(rng, shape, spec: AggregateSpec, ref: "PreparedReference"):
         sp = speed_field(rng, (H, W), spec.speed)
         reg = tme.grow_region(rng, (H, W), seed, float(rng.uniform(*spec.radius)), sp)
         region |= reg
+        regions.append(reg)
         want = int(round(float(rng.uniform(*spec.packing)) * reg.sum() / area1))
         cand = _centres_uniform(rng, reg, want * spec.tries)
         before = n_done
@@ -1090,7 +1211,123 @@ def _aggregates(rng, shape, spec: AggregateSpec, ref: "PreparedReference"):
             base_scale=ref.base_scale, density=spec.density, region=reg, labels=labels,
             rgb=rgb, id_offset=n_done, max_count=want)
         n_done = before + acc.shape[0]
-    return region, labels, rgb, n_done
+    return region, labels, rgb, n_done, regions
+
+
+def _nest_filter(cand, tumour_centres, radius, k):
+    """The candidates (m, 2) with at least ``k`` tumour centres within ``radius``."""
+    if k <= 0 or cand.shape[0] == 0:
+        return cand
+    if tumour_centres.shape[0] < k:
+        return cand[:0]
+    cnt = cKDTree(tumour_centres).query_ball_point(cand, radius, return_length=True)
+    return cand[np.asarray(cnt) >= k]
+
+
+def _small_patches(ref: "PreparedReference", max_area: float):
+    """Immune-nucleus patches whose area at the script's scale is at most ``max_area`` px²."""
+    patches = _need(ref.immune_nuclei, "immune")
+    if max_area <= 0:
+        return patches
+    key = ("small", id(ref), float(max_area))
+    hit = _PATCH_CACHE.get(key)
+    if hit is None or hit[0] is not ref:
+        area = np.array([np.count_nonzero(p[..., 3] >= 128) for p in patches]) * ref.base_scale ** 2
+        sel = tuple(p for p, a in zip(patches, area) if a <= max_area)
+        if not sel:
+            raise ValueError(f"no immune-nucleus patch of the bundle is as small as "
+                             f"infiltrate.max_area = {max_area:g} px²")
+        _PATCH_CACHE.clear()
+        hit = _PATCH_CACHE[key] = (ref, sel)
+    return hit[1]
+
+
+_PATCH_CACHE: dict = {}
+
+
+def _infiltrate(rng, shape, spec: InfiltrateSpec, ref: "PreparedReference", cells, nuc_lab,
+                nuc_ctr):
+    """Labels, colours and centres of the infiltrating immune nuclei (see
+    :class:`InfiltrateSpec`)."""
+    H, W = shape
+    labels = np.zeros((H, W), np.int32)
+    rgb = np.zeros((H, W, 3), np.float32)
+    n_t = nuc_ctr.shape[0]
+    want = int(rng.poisson(float(rng.uniform(*spec.per_tumour)) * n_t)) if n_t else 0
+    if want == 0:
+        return labels, rgb, np.zeros((0, 2))
+    n_real = int(rng.binomial(want, spec.real_fraction)) if ref.immune_nuclei else 0
+    tumour = nuc_lab > 0
+    allowed = (cells > 0) & ~tumour
+    # pixels "on" a tumour nucleus: the nucleus and a margin of tumour_gap px around it
+    near = (ndi.distance_transform_edt(~tumour) <= spec.tumour_gap) if spec.tumour_gap > 0 \
+        else tumour
+
+    def candidates(m):
+        c = _centres_uniform(rng, allowed, m * spec.tries)
+        return _nest_filter(c, nuc_ctr, spec.nest_radius, spec.nest_min_tumour)
+
+    centres = np.zeros((0, 2))
+    if n_real:
+        labels, rgb, centres = tme.paste_patches(
+            rng, (H, W), _small_patches(ref, spec.max_area), candidates(n_real),
+            max_overlap=spec.max_overlap, scale=spec.scale, base_scale=ref.base_scale,
+            density=spec.density, labels=labels, rgb=rgb, max_count=n_real, avoid=near,
+            max_avoid=spec.max_tumour_overlap)
+    n_ell = want - n_real
+    if n_ell:
+        m0 = centres.shape[0]
+        labels, par = tme.pack_ellipses(
+            rng, (H, W), candidates(n_ell), spec.semi_axis, spec.axis_ratio, labels=labels,
+            max_overlap=spec.max_overlap, avoid=near, max_avoid=spec.max_tumour_overlap,
+            id_offset=m0, max_count=n_ell)
+        if par.shape[0]:
+            ell = labels > m0
+            sub = np.where(ell, labels - m0, 0).astype(np.int32)
+            overlap = min(spec.patch_overlap, ref.immune[0].shape[1] - 1)
+            tex = texture_cells(rng, sub, rng.integers(0, len(ref.immune), size=par.shape[0]),
+                                ref.immune, overlap)
+            rgb[ell] = tex[ell]
+            centres = np.concatenate([centres, par[:, :2]])
+    return labels, rgb, centres
+
+
+def _border_band(rng, shape, spec: AggregateSpec, ref: "PreparedReference", regions, abut,
+                 agg_region, allowed, nuc_lab, agg_lab, agg_rgb, n_agg):
+    """Lymphocytes between the tumour nuclei along the edge of the abutting aggregates.
+
+    For each aggregate with ``abut`` true, the band of width uniform in ``spec.band`` px
+    around it (outside every aggregate, inside ``allowed``) is packed with immune-nucleus
+    patches until ``band_packing`` of its pixels off tumour nuclei are covered, each nucleus
+    covering at most ``band_max_tumour`` of tumour-nucleus pixels, so that the band
+    interleaves with the tumour cells next to the aggregate.
+    Returns the updated aggregate labels / colours and the number of band nuclei.
+    """
+    H, W = shape
+    if not np.any(abut):
+        return agg_lab, agg_rgb, 0
+    patches = _need(ref.immune_nuclei, "immune")
+    area1 = _mean_area(patches, ref.base_scale)
+    tumour = nuc_lab > 0
+    n_band = 0
+    for reg, on in zip(regions, abut):
+        if not on:
+            continue
+        w = float(rng.uniform(*spec.band))
+        d = ndi.distance_transform_edt(~reg)
+        ring = (d > 0) & (d <= w) & ~agg_region & allowed
+        free = ring & ~tumour
+        want = int(round(float(rng.uniform(*spec.band_packing)) * free.sum() / area1))
+        if want <= 0:
+            continue
+        cand = _centres_uniform(rng, free, want * spec.tries)
+        before = n_agg + n_band
+        agg_lab, agg_rgb, acc = tme.paste_patches(
+            rng, (H, W), patches, cand, max_overlap=spec.max_overlap, scale=spec.scale,
+            base_scale=ref.base_scale, density=spec.density, labels=agg_lab, rgb=agg_rgb,
+            id_offset=before, max_count=want, avoid=tumour, max_avoid=spec.band_max_tumour)
+        n_band += acc.shape[0]
+    return agg_lab, agg_rgb, n_band
 
 
 def _texture_ellipses(rng, labels, ref, overlap):
@@ -1197,19 +1434,35 @@ def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReferen
 
     agg_region = np.zeros((H, W), bool)
     if agg_spec is not None:
-        agg_region, agg_lab, agg_rgb, n_agg = _aggregates(rng, (H, W), agg_spec, ref)
+        agg_region, agg_lab, agg_rgb, n_agg, agg_regions = _aggregates(rng, (H, W), agg_spec,
+                                                                        ref)
         info["aggregate_nuclei"] = n_agg
         info["aggregate_fraction"] = float(agg_region.mean())
     nuc_region = tumour_area & ~agg_region if (agg_spec is not None and agg_spec.exclude_tumour) else tumour_area
+    abut = None
+    if agg_spec is not None and agg_spec.abut > 0 and agg_regions:
+        # Which aggregates abut a tumour nest (a border band is drawn after the tumour
+        # nuclei); the others keep tumour nuclei `margin` px away.
+        abut = rng.random(len(agg_regions)) < agg_spec.abut
+        for reg, on in zip(agg_regions, abut):
+            if not on and agg_spec.margin[1] > 0:
+                m = float(rng.uniform(*agg_spec.margin))
+                nuc_region &= ndi.distance_transform_edt(~reg) > m
+        info["abutting_aggregates"] = int(abut.sum())
     for l in layers[3:]:
         # Endothelial nuclei reach past the vessel wall: tumour nuclei must not cover them.
         nuc_region &= ~l.footprint
 
     n_nuc = int(rng.integers(nsp.count[0], nsp.count[1] + 1))
+    small_ids = []
     nuc_lab, nuc_rgb, nuc_ctr = place_nuclei(rng, (H, W), ref.nuclei, n_nuc, region=nuc_region,
                                              min_gap=nsp.min_gap, scale=nsp.scale,
                                              tries=nsp.tries, base_scale=ref.base_scale,
-                                             flip=nsp.flip, density=nsp.density)
+                                             flip=nsp.flip, density=nsp.density,
+                                             small_fraction=nsp.small_fraction,
+                                             small_area=nsp.small_area,
+                                             small_density=nsp.small_density,
+                                             small_ids=small_ids)
     n = nuc_ctr.shape[0]
 
     cell_speed = speed_field(rng, (H, W), csp.speed)
@@ -1225,6 +1478,27 @@ def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReferen
                          labels=cells))
     layers.append(_layer("tumour_nuclei", "tumour_nucleus", nuc_rgb, nuc_lab > 0, filters, rng,
                          labels=nuc_lab, centers=nuc_ctr))
+    if nsp.small_fraction > 0:
+        layers[-1].info["small_ids"] = tuple(small_ids)
+        info["small_tumour_nuclei"] = len(small_ids)
+
+    inf_spec = script["infiltrate"]
+    if inf_spec is not None and inf_spec.per_tumour[1] > 0:
+        # Single lymphocytes / plasma cells between the tumour cells of the nests.
+        inf_lab, inf_rgb, inf_ctr = _infiltrate(rng, (H, W), inf_spec, ref, cells, nuc_lab,
+                                                nuc_ctr)
+        layers.append(_layer("infiltrate", "immune_cell", inf_rgb, inf_lab > 0, filters, rng,
+                             labels=inf_lab, centers=inf_ctr))
+        info["infiltrate"] = int(inf_ctr.shape[0])
+
+    if abut is not None:
+        # Aggregates against a tumour nest: a band of lymphocytes between its edge nuclei.
+        agg_lab, agg_rgb, n_band = _border_band(rng, (H, W), agg_spec, ref, agg_regions, abut,
+                                                agg_region, tumour_area, nuc_lab, agg_lab,
+                                                agg_rgb, n_agg)
+        info["border_band_nuclei"] = n_band
+    else:
+        n_band = 0
 
     if agg_spec is not None and agg_region.any():
         # The matrix between packed lymphocytes, with the nuclei over it; nuclei at the edge
@@ -1236,6 +1510,9 @@ def _draw_layers(script: Script, rng: np.random.Generator, ref: "PreparedReferen
         noise = (color_noise(rng, (H, W), colors.aggregate) * (alpha & ~on)[..., None])
         layers.append(_layer("aggregates", "lymphocyte_aggregate", rgb, alpha, filters, rng,
                              labels=agg_lab, noise=noise.astype(np.float32)))
+        if n_band:
+            # ids n_agg + 1 .. n_agg + n_band are the border band's nuclei
+            layers[-1].info["band_ids"] = (n_agg + 1, n_agg + n_band)
 
     m_ell = None
     if isp.real_fraction > 0 and ref.immune_nuclei:

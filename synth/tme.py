@@ -13,6 +13,8 @@ leave it out of the target mask:
   at sampled centres with rotation, scale, mirror and stain-density jitter, *with bounded
   overlap* (a lymphocyte aggregate is tightly packed and its nuclei overlap; tumour nuclei use
   the non-overlapping :func:`synth.scenario3.place_nuclei`);
+* :func:`pack_ellipses` — ellipses at candidate centres with the same overlap bounds
+  (infiltrating lymphocytes drawn as textured ellipses);
 * :func:`oriented_ellipses` — elongated nuclei whose axes follow a smooth direction field
   (fibroblasts in stroma) or a given direction (endothelium along a vessel wall);
 * :func:`discs` — packed discs (red blood cells in a vessel lumen);
@@ -29,8 +31,8 @@ from scipy import ndimage as ndi
 from .fmm import travel_time
 from .noise import gaussian_random_field
 
-__all__ = ["rotate_patch", "ellipse_box", "grow_region", "density_jitter", "paste_patches", "oriented_ellipses",
-           "discs", "granules"]
+__all__ = ["rotate_patch", "ellipse_box", "grow_region", "density_jitter", "paste_patches",
+           "pack_ellipses", "oriented_ellipses", "discs", "granules", "smooth_angle_field"]
 
 
 def ellipse_box(cy, cx, a, b, th, H, W):
@@ -192,7 +194,7 @@ def _rotated(src, angle, sc, flip):
 def paste_patches(rng: np.random.Generator, shape, patches, centres, *, max_overlap: float = 0.3,
                   scale=(1.0, 1.0), base_scale: float = 1.0, flip: bool = True,
                   density=(1.0, 1.0), region=None, labels=None, rgb=None, id_offset: int = 0,
-                  max_count: int | None = None):
+                  max_count: int | None = None, avoid=None, max_avoid: float = 0.0):
     """Paste real nucleus patches at candidate centres with bounded overlap.
 
     Candidates are tried in the order given.  A candidate draws a patch, a uniform rotation,
@@ -224,6 +226,11 @@ def paste_patches(rng: np.random.Generator, shape, patches, centres, *, max_over
         First new id is ``id_offset + 1``.
     max_count : int, optional
         Stop after this many accepted nuclei.
+    avoid : ndarray bool (H, W), optional
+        Pixels of other objects (e.g. tumour nuclei) a candidate may cover only a little: it
+        is rejected when more than ``max_avoid`` of its pixels lie on them, so that it sits
+        beside them (touching or slightly overlapping) instead of over them.
+    max_avoid : float in [0, 1]
 
     Returns
     -------
@@ -264,6 +271,8 @@ def paste_patches(rng: np.random.Generator, shape, patches, centres, *, max_over
         sub = al[y0 - r0:y1 - r0, x0 - c0:x1 - c0]
         area = int(al.sum())
         if area == 0 or np.count_nonzero(labels[y0:y1, x0:x1][sub]) > max_overlap * area:
+            continue
+        if avoid is not None and np.count_nonzero(avoid[y0:y1, x0:x1][sub]) > max_avoid * area:
             continue
         nid = id_offset + len(out) + 1
         labels[y0:y1, x0:x1][sub] = nid
@@ -322,6 +331,51 @@ def oriented_ellipses(rng: np.random.Generator, shape, centres, semi_axis, axis_
         if not m.any():
             continue
         labels[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = len(params) + 1
+        params.append((cy, cx, a, b, th))
+    return labels, np.asarray(params, np.float64).reshape(-1, 5)
+
+
+def pack_ellipses(rng: np.random.Generator, shape, centres, semi_axis, axis_ratio, *,
+                  labels=None, max_overlap: float = 0.3, avoid=None, max_avoid: float = 0.0,
+                  id_offset: int = 0, max_count: int | None = None):
+    """Ellipses at candidate centres with bounded overlap (the ellipse counterpart of
+    :func:`paste_patches`).
+
+    Candidates are tried in order; each draws ``a`` uniform in ``semi_axis``, ``b = a * r``
+    with ``r`` uniform in ``axis_ratio`` and a uniform inclination, and is accepted when at most
+    ``max_overlap`` of its pixels are already labelled and at most ``max_avoid`` lie on
+    ``avoid``.
+
+    Returns
+    -------
+    labels : ndarray int32 (H, W)
+        New ids ``id_offset + 1 ..`` painted over earlier ones.
+    params : ndarray float64 (m, 5)
+        ``[cy, cx, a, b, theta]`` of the accepted ellipses.
+    """
+    H, W = (int(v) for v in shape)
+    if labels is None:
+        labels = np.zeros((H, W), np.int32)
+    params = []
+    for cy, cx in np.asarray(centres, np.float64).reshape(-1, 2):
+        if max_count is not None and len(params) >= max_count:
+            break
+        a = float(rng.uniform(*semi_axis))
+        b = a * float(rng.uniform(*axis_ratio))
+        th = float(rng.uniform(0.0, np.pi))
+        if not (0 <= cy < H and 0 <= cx < W):
+            continue
+        box = ellipse_box(cy, cx, a, b, th, H, W)
+        if box is None:
+            continue
+        y0, x0, m = box
+        area = int(m.sum())
+        sl = (slice(y0, y0 + m.shape[0]), slice(x0, x0 + m.shape[1]))
+        if area == 0 or np.count_nonzero(labels[sl][m]) > max_overlap * area:
+            continue
+        if avoid is not None and np.count_nonzero(avoid[sl][m]) > max_avoid * area:
+            continue
+        labels[sl][m] = id_offset + len(params) + 1
         params.append((cy, cx, a, b, th))
     return labels, np.asarray(params, np.float64).reshape(-1, 5)
 

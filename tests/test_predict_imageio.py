@@ -194,9 +194,12 @@ def test_predict_warns_once_per_image_when_the_pixel_size_is_assumed(tmp_path, m
     iio.imwrite(tmp_path / "x.png", np.full((10, 12, 3), 120, np.uint8))
     model = FakeLocalModel(r=0, passes=1, meta={"mpp": 0.48})
     monkeypatch.setattr(vnumba.predict, "load_model_arg", lambda arg, scen: model)
-    assert vnumba.predict.main([str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "-q"]) == 0
-    warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning")]
-    assert len(warn) == 1 and "x.png" in warn[0] and "0.48 um/px" in warn[0] and "--mpp" in warn[0]
+    # issue 20: the pixel size is no longer assumed but estimated from the nuclei; a flat
+    # image has none, so it fails in one line asking for --mpp and writes nothing
+    assert vnumba.predict.main([str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "-q"]) == 1
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and "x.png" in err[0] and "--mpp" in err[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     assert vnumba.predict.main([str(tmp_path / "x.png"), "--out", str(tmp_path / "p"), "-q",
                                 "--mpp", "0.48"]) == 0
     assert "warning" not in capsys.readouterr().err

@@ -11,7 +11,8 @@ from synth import tme
 from synth.generator import generate_sample, sample_rng
 from synth.script import ScriptError, load_script, parse_script_text
 
-LOOKALIKES = ("vessel_cells", "stroma", "aggregates", "immune_cells", "pigment", "debris")
+LOOKALIKES = ("vessel_cells", "stroma", "infiltrate", "aggregates", "immune_cells", "pigment",
+              "debris")
 
 
 @pytest.fixture(scope="module")
@@ -230,19 +231,32 @@ def test_rescale_and_canvas_cover_the_output():
 # --------------------------------------------------------------------------- generation
 
 
+def tumour_channel(s, smp):
+    """The tumour channel of the per-class target (the shipped script draws three)."""
+    return smp.mask[S3.mask_classes(s).index("tumour")].astype(bool)
+
+
 def test_mask_never_covers_a_lookalike(bundle):
     s = script(96, **ALL_ON, **NO_SCALE)
+    assert S3.mask_classes(s) == ("tumour", "immune", "other")
     seen = set()
     for i in range(6):
         smp = generate_sample(s, sample_rng(2, i), bundle)
         names = [l.name for l in smp.layers]
         assert names == [n for n in S3.LAYER_NAMES if n in names]      # article order kept
-        m = smp.mask.astype(bool)
+        m = tumour_channel(s, smp)
         assert m.any()
         for l in smp.layers:
             if l.name in LOOKALIKES:
                 seen.add(l.name)
                 assert not np.any(m & l.footprint), (i, l.name)
+        # the other channels hold only nuclei of their own layers
+        for c, cls in enumerate(S3.mask_classes(s)):
+            own = np.zeros(m.shape, bool)
+            for l in smp.layers:
+                if l.name in S3.CLASS_LAYERS[cls]:
+                    own |= S3.nucleus_pixels(l)
+            assert not np.any(smp.mask[c].astype(bool) & ~own), (i, cls)
     assert seen == set(LOOKALIKES)
 
 
@@ -273,7 +287,7 @@ def test_generation_with_every_layer_is_deterministic_per_seed(bundle):
     for x in ("noisy", "clean", "mask"):
         np.testing.assert_array_equal(getattr(a, x), getattr(b, x))
     assert not np.array_equal(a.noisy, c.noisy)
-    assert a.noisy.shape == (3, 80, 80) and a.mask.shape == (80, 80)
+    assert a.noisy.shape == (3, 80, 80) and a.mask.shape == (3, 80, 80)
     # the input is a degraded version of the target, not a copy of it
     assert np.abs(a.noisy - a.clean).mean() > 0.005
 
@@ -289,7 +303,7 @@ def test_scale_jitter_resamples_images_mask_and_layers_together(bundle):
     for l in smp.layers[names.index("tumour_nuclei") + 1:]:
         above |= l.footprint
     vis = nuc.footprint & ~above
-    m = smp.mask.astype(bool)
+    m = tumour_channel(s, smp)
     assert np.count_nonzero(m ^ vis) <= 0.1 * max(np.count_nonzero(m), 1)
 
 

@@ -42,15 +42,15 @@ Every violation raises :class:`DatasetError` with a message that names the file.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 
 __all__ = ["SCHEMA_VERSION", "DATASETS", "IMAGE_DATASETS", "REQUIRED_ATTRS", "STRING_ATTRS",
-           "DTYPE", "VALUE_RANGE", "MIN_CHANNELS", "MASK_CLASSES_ATTR", "DatasetError", "mask_classes", "open_dataset_file",
+           "DTYPE", "VALUE_RANGE", "MIN_CHANNELS", "MASK_CLASSES_ATTR", "DatasetError",
+           "mask_classes", "open_dataset_file",
            "validate_file", "check_sample", "SyntheticDataset", "batch_plan",
            "write_dataset_arrays"]
 
