@@ -1,4 +1,4 @@
-"""Command line: ``python -m synth {generate,show-scenario,list,stats,preview} ...``.
+"""Command line: ``python -m synth {generate,show-scenario,list,stats,preview,slide} ...``.
 
 SCRIPT arguments are a path to a TOML scenario script or the name of a shipped script
 (``scenario1``, ``scenario2``, ``scenario3``).
@@ -21,7 +21,7 @@ from vnumba.cli import ArgumentParser
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
 
 #: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
-CLI_PLUGINS = ("synth.reference", "synth.scenario3", "synth.layouts")
+CLI_PLUGINS = ("synth.reference", "synth.scenario3", "synth.layouts", "synth.slide")
 
 
 def _cmd_generate(args) -> int:

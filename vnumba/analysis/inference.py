@@ -470,7 +470,8 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
         write_png(paths["classes"], class_map(labels, table.classes))
     write_png(paths["overlay"], overlay_contours(pred.image, labels, label_colors=lut))
     write_objects_csv(paths["objects"], table)
-    write_objects_geojson(paths["geojson"], labels, table, class_name=cls_name, color=color)
+    write_objects_geojson(paths["geojson"], labels, table, class_name=cls_name, color=color,
+                          id_seed=name)
     return {"paths": paths, "n_objects": len(table), "labels": labels, "table": table}
 
 

@@ -375,11 +375,16 @@ def _shoelace(p: np.ndarray) -> float:
 
 
 def objects_to_geojson(labels: np.ndarray, table: ObjectTable, class_name: str = "Nucleus",
-                       color=(200, 0, 0), simplify: float = 0.0) -> dict:
+                       color=(200, 0, 0), simplify: float = 0.0, id_seed: str = "") -> dict:
     """GeoJSON FeatureCollection of detections that QuPath imports (File > Import objects).
 
-    Each object is a ``Polygon`` feature with properties ``objectType: "detection"``,
-    ``classification: {"name", "color"}`` and ``measurements`` (the table's columns).  A
+    Each object is a feature with a UUID ``id`` (reproducible: :func:`vnumba.analysis.qupath.feature_id`
+    of ``id_seed`` and the label), properties ``objectType: "detection"``,
+    ``classification: {"name", "color"}`` and ``measurements`` (the table's columns).  Its
+    geometry is the object's pixel-edge-exact outline (:func:`vnumba.analysis.qupath.label_polygons`):
+    a ``Polygon`` with its holes as interior rings, or a ``MultiPolygon`` with every piece of
+    an object in several pieces; with ``simplify > 0`` the marching-squares outline of
+    :func:`object_polygons` (largest piece, no holes) simplified by Douglas–Peucker instead.  A
     classified table (``table.classes``) gives every object the QuPath class and colour of
     its own class (:func:`vnumba.scenarios.mask_class`: tumour -> ``Tumor``, immune ->
     ``Immune cells``, other -> ``Other``) and adds ``p_<name>`` to its measurements;
@@ -395,17 +400,25 @@ def objects_to_geojson(labels: np.ndarray, table: ObjectTable, class_name: str =
     color : tuple of 3 int
         Class colour (RGB 0..255).
     simplify : float
-        Douglas–Peucker tolerance in pixels (:func:`object_polygons`).
+        Douglas–Peucker tolerance in pixels (:func:`object_polygons`); 0: exact outlines.
+    id_seed : str
+        Seed of the feature ids (e.g. the image's name), so that ids differ between images.
 
     Returns
     -------
     dict
         JSON-serialisable FeatureCollection.
     """
+    from vnumba.analysis.qupath import feature_id, geometry_to_geojson, label_polygons, packed_rgb
+
     rgb = [int(c) for c in color]
     if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
         raise ValueError(f"color must be 3 ints in 0..255, got {color!r}")
-    polys = object_polygons(labels, table.id, simplify=simplify)
+    if simplify > 0:
+        polys = {i: {"type": "Polygon", "coordinates": [np.round(p, 3).tolist()]}
+                 for i, p in object_polygons(labels, table.id, simplify=simplify).items()}
+    else:
+        polys = {i: geometry_to_geojson(g) for i, g in label_polygons(labels, table.id).items()}
     cl = table.classes
     if cl is not None:
         from vnumba.scenarios import mask_class
@@ -431,23 +444,18 @@ def objects_to_geojson(labels: np.ndarray, table: ObjectTable, class_name: str =
                 meas[f"p_{n}"] = round(float(v), 5)
         feats.append({
             "type": "Feature",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [np.round(polys[i], 3).tolist()]},
+            "id": feature_id(id_seed, i),
+            "geometry": polys[i],
             "properties": {
                 "objectType": "detection",
                 "name": f"{name} {i}",
                 "classification": {"name": name, "color": col,
                                    # QuPath < 0.4 reads a packed colour instead of a list.
-                                   "colorRGB": _packed_rgb(col)},
+                                   "colorRGB": packed_rgb(col)},
                 "measurements": meas,
             },
         })
     return {"type": "FeatureCollection", "features": feats}
-
-
-def _packed_rgb(rgb) -> int:
-    v = (255 << 24) | (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
-    return v - (1 << 32)  # Java's signed 32-bit int
 
 
 def write_objects_geojson(path, labels: np.ndarray, table: ObjectTable, **kwargs) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["overlay_contours", "read_training_log", "plot_training_curves", "plot_panels",
-           "plot_marked_fractions", "plot_confusion"]
+           "plot_marked_fractions", "plot_confusion", "density_figure"]
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -460,6 +460,168 @@ def plot_confusion(report: dict, out_png, dpi: int = 150) -> Path:
         ax.set_title(f"{m}\nF1 {f1}", fontsize=9)
     axes[0].set_ylabel("annotated class (nuclei)", fontsize=8)
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of the row")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    out_png = Path(out_png)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png
+
+
+# ----------------------------------------------------------------------------- whole slide
+def density_figure(grid, stats: dict, out_png, immune_rich_areas=None, title: str | None = None,
+                   dpi: int = 150, width_in: float = 7.0) -> Path:
+    """Immune density over the tissue as a heat map, tumour regions outlined; written atomically.
+
+    One square per grid cell (:class:`vnumba.analysis.interactions.DensityGrid`, e.g. 250 µm)
+    coloured by its immune cells per mm² of tissue (colour bar in cells/mm²; cells with too
+    little tissue are light grey), the tumour-region cells outlined in QuPath's tumour red
+    along the cell edges, and, when given, the immune-rich areas as thin dashed outlines.
+    Axes in mm from the grid's corner; the title gives the slide's call, the immune-rich share
+    of the tissue and the call's threshold.
+
+    Parameters
+    ----------
+    grid : DensityGrid
+        From :func:`vnumba.analysis.interactions.compute_interactions`.
+    stats : dict
+        Its ``stats`` (``immune_call``, ``immune_rich_area_fraction``, ``immune_call_threshold``,
+        ``immune_density_per_mm2``, ``radius_um``).
+    out_png : path-like
+    immune_rich_areas : shapely Polygon or MultiPolygon, optional
+        In level-0 pixels (corner convention), as the grid's ``origin``.
+    title : str, optional
+        First title line (e.g. the slide's name).
+    dpi : int
+    width_in : float
+        Figure width in inches.
+
+    Returns
+    -------
+    Path
+    """
+    import io
+
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from vnumba.analysis.qupath import mask_polygon
+    from vnumba.io.outputs import atomic_write_bytes
+    from vnumba.scenarios import MASK_CLASSES
+
+    dens = np.asarray(grid.density[1], np.float64)
+    rows, cols = dens.shape
+    cell_mm = float(grid.cell_um) / 1000.0
+    w_mm, h_mm = cols * cell_mm, rows * cell_mm
+    aspect = (h_mm / w_mm) if w_mm > 0 else 1.0
+    fig = Figure(figsize=(width_in, max(2.5, min(12.0, 0.8 + (width_in - 1.6) * aspect))),
+                 constrained_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = colormaps["magma"].with_extremes(bad="#e6e6e6")     # grey: no (or too little) tissue
+    finite = dens[np.isfinite(dens)]
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    if rows and cols:
+        im = ax.imshow(np.ma.masked_invalid(dens), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest",
+                       extent=(0.0, w_mm, h_mm, 0.0))
+        fig.colorbar(im, ax=ax, shrink=0.85, label="immune cells / mm² of tissue")
+        red = np.asarray(MASK_CLASSES["tumour"].color) / 255.0
+        tumour = mask_polygon(grid.tumour_region, scale=cell_mm) if grid.tumour_region.any() else None
+        drew = False
+        for p in getattr(tumour, "geoms", [tumour] if tumour is not None and not tumour.is_empty else []):
+            for ring in [p.exterior, *p.interiors]:
+                xy = np.asarray(ring.coords)
+                ax.plot(xy[:, 0], xy[:, 1], color=red, lw=1.6, label=None if drew else "tumour region")
+                drew = True
+        if immune_rich_areas is not None and not immune_rich_areas.is_empty:
+            f = cell_mm / float(grid.cell_px)           # level-0 px -> mm
+            ox, oy = grid.origin
+            first = True
+            for p in getattr(immune_rich_areas, "geoms", [immune_rich_areas]):
+                if p.geom_type != "Polygon":
+                    continue
+                xy = (np.asarray(p.exterior.coords) - (ox, oy)) * f
+                ax.plot(xy[:, 0], xy[:, 1], color="#00c8ff", lw=0.6, ls="--",
+                        label="immune-rich areas" if first else None)
+                first = False
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+        ax.set_xlim(0.0, w_mm)
+        ax.set_ylim(h_mm, 0.0)
+    else:
+        ax.text(0.5, 0.5, "no tissue", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("x (mm)")
+    ax.set_ylabel("y (mm)")
+    ax.set_aspect("equal")
+    call = stats.get("immune_call") or "no call (no tissue)"
+    fr = stats.get("immune_rich_area_fraction")
+    thr = stats.get("immune_call_threshold")
+    dens_all = stats.get("immune_density_per_mm2")
+    line2 = f"{call}: immune-rich areas {'–' if fr is None else f'{100 * fr:.1f} %'} of tissue"
+    if thr is not None:
+        line2 += f" (call at >= {100 * thr:g} %)"
+    line3 = (f"immune {'–' if dens_all is None else f'{dens_all:.0f}'} /mm², grid {grid.cell_um:g} µm, "
+             f"R = {stats.get('radius_um', float('nan')):g} µm")
+    ax.set_title("\n".join(([title] if title else []) + [line2, line3]), fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    out_png = Path(out_png)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png
+
+
+def slide_thumbnail(overview: np.ndarray, downsample: float, x, y, classes, out_png,
+                    title: str | None = None, dpi: int = 150, width_in: float = 8.0) -> Path:
+    """The slide at low resolution with every detection as a dot in its class's QuPath
+    colour (a legend counts them); written atomically.
+
+    Parameters
+    ----------
+    overview : ndarray uint8 (h, w, 3)
+        Low-resolution RGB view (:func:`vnumba.analysis.tissue.read_overview`).
+    downsample : float
+        Level-0 pixels per overview pixel.
+    x, y : array_like float (n,)
+        Nucleus centroids in level-0 pixels (x = column).
+    classes : array_like of str (n,)
+    out_png : path-like
+    title : str, optional
+
+    Returns
+    -------
+    Path
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from vnumba.io.outputs import atomic_write_bytes
+    from vnumba.scenarios import mask_class
+
+    h, w = overview.shape[:2]
+    fig = Figure(figsize=(width_in, width_in * h / max(w, 1) + 0.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, h / max(w, 1) * width_in / (width_in * h / max(w, 1) + 0.6)))
+    ax.imshow(overview, interpolation="lanczos" if max(h, w) > 800 else "nearest")
+    ax.set_axis_off()
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    classes = np.asarray(classes, dtype=object)
+    # dot size: a nucleus of ~8 µm would be below one overview pixel; keep dots visible
+    size = float(np.clip(6000.0 / max(x.size, 1), 0.3, 6.0))
+    for name in sorted(set(classes.tolist())):
+        sel = classes == name
+        c = np.asarray(mask_class(name).color, np.float64) / 255.0
+        ax.scatter((x[sel] + 0.5) / downsample - 0.5, (y[sel] + 0.5) / downsample - 0.5, s=size,
+                   color=c, linewidths=0, label=f"{name} ({int(sel.sum())})")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    if x.size:
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, 1.0 + 0.6 / (width_in * h / max(w, 1))),
+                  ncol=3, fontsize=8, frameon=False, markerscale=max(1.0, 4.0 / size))
+    if title:
+        fig.suptitle(title, x=0.99, ha="right", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     out_png = Path(out_png)

@@ -72,6 +72,9 @@ class Model:
     config: object
     params: dict
     meta: dict = field(default_factory=dict)
+    #: Backend :meth:`apply` runs a variational network on (``"cpu"`` or ``"cuda"``,
+    #: :func:`vnumba.vn.backend.get_backend`); the U-Net runs on the CPU only.
+    device: str = "cpu"
 
     @property
     def receptive_radius(self) -> int:
@@ -110,7 +113,9 @@ class Model:
         u0 = np.ascontiguousarray(a, dtype=self.dtype)
         if self.arch == "vn":
             from vnumba.vn.backend import get_backend
-            return get_backend("cpu").forward(self.params, self.config, u0, m0)
+            return get_backend(self.device).forward(self.params, self.config, u0, m0)
+        if self.device != "cpu":
+            raise ValueError(f"the {self.arch!r} model runs on the cpu only, not {self.device!r}")
         from vnumba.unet import network as unet
         return unet.forward(self.params, self.config, u0)
 
