@@ -195,9 +195,19 @@ def plot_training_curves(log_csv, out_png, labels=None, smooth: int | None = Non
             ax.grid(True, alpha=0.3)
     if len(logs) > 1 or labels[0]:
         axes[0].legend(fontsize=8)
+    return _save_png(fig, out_png, dpi)
+
+
+def _save_png(fig, out_png, dpi) -> Path:
+    """Render ``fig`` to PNG in memory and write it atomically (nothing half-written)."""
+    import io
+
+    from vnumba.io.outputs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=dpi)
+    atomic_write_bytes(out_png, buf.getvalue())
     return out_png
 
 
@@ -279,10 +289,7 @@ def plot_panels(samples, out_png, row_labels=None, dpi: int = 150, panel_size: f
                 ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             else:
                 ax.imshow(a, interpolation="nearest")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=dpi)
-    return out_png
+    return _save_png(fig, out_png, dpi)
 
 
 # ----------------------------------------------------------------------------- evaluation
