@@ -14,10 +14,9 @@ import importlib
 import sys
 from pathlib import Path
 
-import numpy as np
+from vnumba.cli import ArgumentParser, _int_in, _pixel_size
 
-from vnumba.cli import ArgumentParser
-
+from .preview import PREVIEW_MAX_ROWS
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
 
 #: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
@@ -82,7 +81,12 @@ def _cmd_stats(args) -> int:
 
 
 def _cmd_preview(args) -> int:
+    from vnumba.io.outputs import check_outputs
+
     from .preview import write_preview
+    user_script = Path(args.script) if Path(args.script).is_file() else None
+    check_outputs({"script": user_script, "--reference": args.reference, "--real": args.real},
+                  {"--output": args.output})
     script = load_script(args.script)
     reference = None
     if args.reference is not None:
@@ -91,12 +95,9 @@ def _cmd_preview(args) -> int:
         reference = script.kind.load_reference(args.reference)
     real = None
     if args.real is not None:
-        import imageio.v3 as iio
-        try:
-            real = iio.imread(args.real)
-        except Exception as e:  # imageio raises several types for unreadable files
-            raise SystemExit(f"error: {args.real}: cannot read image ({e})")
-        if real.ndim != 3 or real.shape[2] < 3:
+        from vnumba.io.images import read_image
+        real = read_image(args.real).array   # one-line ValueError naming the file
+        if real.shape[2] < 3:
             raise SystemExit(f"error: {args.real}: not an RGB image (shape {real.shape})")
         if args.real_mpp is None:
             print(f"warning: --real-mpp not given; {args.real} is taken to be at the script's "
@@ -105,16 +106,6 @@ def _cmd_preview(args) -> int:
                   real=real, real_mpp=args.real_mpp)
     print(f"wrote {args.output}")
     return 0
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(v) and 0 < v < 100):
-        raise argparse.ArgumentTypeError(f"must be a pixel size in (0, 100) um, got {text}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,12 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("preview", help="figure of layers, noisy, clean and mask (like Fig. 2)")
     pv.add_argument("script", metavar="SCRIPT")
     pv.add_argument("-o", "--output", required=True, type=Path, help="output PNG")
-    pv.add_argument("--n", type=int, default=3, help="number of samples (rows)")
+    pv.add_argument("--n", type=_int_in(1, PREVIEW_MAX_ROWS), default=3,
+                    help=f"number of samples (rows), 1 to {PREVIEW_MAX_ROWS}")
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
     pv.add_argument("--real", type=Path, default=None,
                     help="a real RGB image shown as crops at the script's scale in a last row")
-    pv.add_argument("--real-mpp", type=_positive_float, default=None,
+    pv.add_argument("--real-mpp", type=_pixel_size, default=None,
                     help="pixel size of --real in um (default: the script's)")
     pv.set_defaults(func=_cmd_preview)
 

@@ -70,7 +70,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from vnumba.cli import ArgumentParser
+from vnumba.cli import ArgumentParser, _non_negative, _pixel_size, _positive_float, _positive_int
 
 __all__ = [
     "FORMAT",
@@ -1023,28 +1023,28 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = LayoutParams()
     p.add_argument("folder", metavar="FOLDER", help="folder of layout .npz files")
     p.add_argument("-o", "--output", required=True, type=Path, help="statistics JSON to write")
-    p.add_argument("--mpp", type=float, default=d.mpp,
+    p.add_argument("--mpp", type=_pixel_size, default=d.mpp,
                    help=f"pixel size of the layouts in µm (default {d.mpp})")
-    p.add_argument("--window", type=int, default=d.window,
+    p.add_argument("--window", type=_positive_int, default=d.window,
                    help=f"window side in pixels (default {d.window})")
-    p.add_argument("--gap", type=float, default=d.gap_um, dest="gap_um",
+    p.add_argument("--gap", type=_positive_float, default=d.gap_um, dest="gap_um",
                    help=f"largest gap in µm linking immune nuclei (default {d.gap_um})")
-    p.add_argument("--near", type=float, default=d.near_um, dest="near_um",
+    p.add_argument("--near", type=_positive_float, default=d.near_um, dest="near_um",
                    help=f"'near a tumour nucleus' in µm (default {d.near_um})")
-    p.add_argument("--density-radius", type=float, default=d.density_radius_um,
+    p.add_argument("--density-radius", type=_positive_float, default=d.density_radius_um,
                    dest="density_radius_um",
                    help=f"radius in µm of the local tumour density "
                         f"(default {d.density_radius_um})")
-    p.add_argument("--max-hole", type=float, default=d.max_hole_um2, dest="max_hole_um2",
+    p.add_argument("--max-hole", type=_non_negative, default=d.max_hole_um2, dest="max_hole_um2",
                    help=f"holes up to this many µm² belong to an aggregate's area "
                         f"(default {d.max_hole_um2})")
-    p.add_argument("--nest-radius", type=float, default=d.nest_radius_um, dest="nest_radius_um",
+    p.add_argument("--nest-radius", type=_positive_float, default=d.nest_radius_um, dest="nest_radius_um",
                    help=f"radius in µm of a tumour nest neighbourhood (default {d.nest_radius_um})")
-    p.add_argument("--nest-min-tumour", type=int, default=d.nest_min_tumour,
+    p.add_argument("--nest-min-tumour", type=_positive_int, default=d.nest_min_tumour,
                    dest="nest_min_tumour",
                    help=f"tumour nuclei within the nest radius that make a nest "
                         f"(default {d.nest_min_tumour})")
-    p.add_argument("--border", type=float, default=d.border_um, dest="border_um",
+    p.add_argument("--border", type=_positive_float, default=d.border_um, dest="border_um",
                    help=f"gap in µm at which an immune nucleus is at the tumour border "
                         f"(default {d.border_um})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -1066,10 +1066,13 @@ add_cli = add_subparser
 
 
 def _run(args) -> int:
-    from vnumba.io.outputs import atomic_write_text
+    from vnumba.io.outputs import atomic_write_text, check_outputs
 
     progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
+        # Before any work: the statistics must not replace one of the layouts read.
+        check_outputs({f"layout {q}": q for q in find_layouts(args.folder)},
+                      {"--output": args.output})
         stats = layout_statistics(args.folder, mpp=args.mpp, window=args.window,
                                   progress=progress, gap_um=args.gap_um, near_um=args.near_um,
                                   density_radius_um=args.density_radius_um,

@@ -9,7 +9,11 @@ import numpy as np
 from .generator import generate_sample, sample_rng
 from .script import Script, load_script
 
-__all__ = ["checkerboard", "layer_image", "real_crops", "write_preview"]
+__all__ = ["PREVIEW_MAX_ROWS", "checkerboard", "layer_image", "real_crops", "write_preview"]
+
+#: Most samples (rows) one preview figure shows: each row is generated and drawn at its pixel
+#: size, so the figure's height and the time grow with it.
+PREVIEW_MAX_ROWS = 32
 
 
 def checkerboard(shape, tile: int = 8, light=0.85, dark=0.6) -> np.ndarray:
@@ -78,7 +82,8 @@ def write_preview(script, output, n: int = 3, seed: int = 0, reference=None, dpi
     output : str or Path
         PNG file.
     n : int
-        Number of samples (rows), generated with ``sample_rng(seed, i)``.
+        Number of samples (rows), generated with ``sample_rng(seed, i)``; 1 to
+        :data:`PREVIEW_MAX_ROWS`.
     seed : int
     reference : object, optional
         Passed to the generator.
@@ -96,8 +101,8 @@ def write_preview(script, output, n: int = 3, seed: int = 0, reference=None, dpi
 
     if not isinstance(script, Script):
         script = load_script(script)
-    if n < 1:
-        raise ValueError("n must be >= 1")
+    if not 1 <= n <= PREVIEW_MAX_ROWS:
+        raise ValueError(f"n must lie in [1, {PREVIEW_MAX_ROWS}], got {n}")
     samples = [generate_sample(script, sample_rng(seed, i), reference) for i in range(n)]
     ncol = max(len(s.layers) for s in samples) + 3
     H, W = script.size
@@ -130,7 +135,15 @@ def write_preview(script, output, n: int = 3, seed: int = 0, reference=None, dpi
             ax.set_title(f"real crop {c + 1}", fontsize=7)
     fig.suptitle(f"{script.name} ({script.scenario}, {script.mpp} um/px, {H}x{W}), seed {seed}", fontsize=8)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.25 / (rows * (ph + 0.3))))
+    import io
+
+    from vnumba.io.outputs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
     output = Path(output)
-    fig.savefig(output, dpi=dpi)
-    plt.close(fig)
+    atomic_write_bytes(output, buf.getvalue())   # nothing half-written on any error
     return output

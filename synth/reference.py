@@ -51,7 +51,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from vnumba.cli import ArgumentParser
+from vnumba.cli import ArgumentParser, _pixel_size
+from vnumba.io.outputs import check_distinct
 
 __all__ = [
     "FORMAT",
@@ -727,8 +728,12 @@ def build_reference(paths, ref_image=None, patch_size: int | None = None, mpp: f
     if not (np.isnan(mpp) or mpp > 0):
         raise ValueError(f"mpp must be positive (or NaN for unknown), got {mpp}")
     explicit = {Path(p) for p in paths if not Path(p).is_dir()}
+    found = find_labelled_images(paths)
+    # The same image twice (named again, or also inside a folder given) would double its
+    # patches and colour pixels.
+    check_distinct(found, "image")
     image_paths, skipped = [], []
-    for p in find_labelled_images(paths):
+    for p in found:
         if p not in explicit and not _usable(p):
             skipped.append(p)
             continue
@@ -1015,9 +1020,10 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="reference bundle to write (HDF5)")
     p.add_argument("--ref-image", default=None,
                    help="image to Reinhard-normalise to (default: the first input image)")
-    p.add_argument("--mpp", type=float, default=float("nan"),
+    p.add_argument("--mpp", type=_pixel_size, default=None,
                    help="pixel size of the inputs in µm (recorded; the generator rescales "
-                        "patches when its script's mpp differs). PUMA at 40x: about 0.24")
+                        "patches when its script's mpp differs; default: unknown). PUMA at 40x: "
+                        "about 0.24")
     p.add_argument("--patch-size", type=int, default=d.patch_size,
                    help=f"side of the square texture patches in pixels (default {d.patch_size})")
     p.add_argument("--max-patches-per-cell", type=int, default=d.max_patches_per_cell,
@@ -1048,11 +1054,21 @@ add_cli = add_subparser
 
 
 def _run(args) -> int:
+    from vnumba.io.outputs import check_outputs
     try:
+        # Before any work: the bundle must not replace an input image, its labels or the
+        # reference image.
+        inputs = {}
+        for q in find_labelled_images(args.paths):
+            inputs[f"image {q}"] = q
+            inputs[f"labels {labels_path_for(q)}"] = labels_path_for(q)
+        inputs["--ref-image"] = args.ref_image
+        check_outputs(inputs, {"--output": args.output})
         cfg = ExtractionConfig(patch_size=args.patch_size,
                                max_patches_per_cell=args.max_patches_per_cell,
                                n_cohorts=args.cohorts, seed=args.seed)
-        bundle = build_reference(args.paths, ref_image=args.ref_image, mpp=args.mpp,
+        mpp = float("nan") if args.mpp is None else args.mpp
+        bundle = build_reference(args.paths, ref_image=args.ref_image, mpp=mpp,
                                  config=cfg, progress=lambda m: print(m, file=sys.stderr))
         save_reference(bundle, args.output)
     except (FileNotFoundError, ValueError) as exc:

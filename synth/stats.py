@@ -25,18 +25,23 @@ format of ``shared/data/real/README.md``) is
    (:func:`fit_correlation_length`, the model of Gaussian-smoothed white noise).
 
 The result replaces the block between ``# >>> synth stats`` and ``# <<< synth stats`` of the
-script (appended when there is none); the new script is validated before it is written.
+script; a script without that block gets it appended, and the tables the block declares
+(``[normalization]``, ``[colors.*]``) are taken out of the rest of the script first (TOML
+declares a table once).  The new script is validated before it is written.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from vnumba.io.outputs import atomic_write_text
+from vnumba.cli import _pixel_size
+from vnumba.io.outputs import atomic_write_text, check_distinct, check_outputs
 
 from .color import lab_stats, reinhard_normalize, rgb_to_lab
 from .script import load_script, parse_script_text
@@ -277,6 +282,12 @@ def nucleus_sizes(images, *, image_mpp: float, mpp: float) -> dict[int, np.ndarr
     return {c: np.array(v) for c, v in out.items()}
 
 
+def _short_name(p) -> str:
+    """``FOLDER/NAME`` of a path (``NAME`` when it has no folder), as the block records it."""
+    p = Path(os.path.abspath(p))   # "." and ".." taken out, links not followed
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def _fmt_vec(v, nd=4):
     return "[" + ", ".join(f"{x:.{nd}f}" for x in v) + "]"
 
@@ -289,7 +300,7 @@ def format_block(stats: dict, *, images, target_mean, target_std, reference: str
                  image_mpp: float, mpp: float) -> str:
     """TOML text of the generated block: ``[normalization]`` and one ``[colors.*]`` table per
     category."""
-    names = ", ".join(f"{Path(p).parent.name}/{Path(p).name}" for p in images)
+    names = ", ".join(_short_name(p) for p in images)
     lines = [BEGIN + " (generated block; `python -m synth stats` rewrites it)",
              f"# Estimated from {names} (at {image_mpp} um/px, rescaled to {mpp} um/px) after",
              "# Reinhard normalisation to the target below; category rules: synth/stats.py.",
@@ -314,14 +325,45 @@ def format_block(stats: dict, *, images, target_mean, target_std, reference: str
     return "\n".join(lines) + "\n"
 
 
+#: A table header ``[a.b]`` or ``[[a.b]]`` at the start of a line (bare keys; an array row
+#: such as ``[0.1, 0.2]`` inside a value is not one).
+_HEADER = re.compile(r"^(\[\[?)\s*([A-Za-z_][\w-]*(?:\s*\.\s*[A-Za-z_][\w-]*)*)\s*\]\]?\s*(#.*)?$")
+
+
+def _table_names(block: str) -> set:
+    """Names of the ``[table]`` headers of a TOML text."""
+    return {m.group(2).replace(" ", "") for line in block.splitlines()
+            if (m := _HEADER.match(line)) and m.group(1) == "["}
+
+
+def _drop_tables(text: str, names: set) -> str:
+    """``text`` without the tables named in ``names`` (and their sub-tables): each from its
+    header to the next header, leaving the comment lines directly above that next header
+    (they describe it)."""
+    lines = text.splitlines(keepends=True)
+    heads = [(i, m) for i, line in enumerate(lines) if (m := _HEADER.match(line.rstrip("\r\n")))]
+    drop = set()
+    for k, (i, m) in enumerate(heads):
+        name = m.group(2).replace(" ", "")
+        if not any(name == n or name.startswith(n + ".") for n in names):
+            continue
+        j = heads[k + 1][0] if k + 1 < len(heads) else len(lines)
+        while j - 1 > i and lines[j - 1].lstrip().startswith("#"):
+            j -= 1   # comments above the next table belong to it
+        drop.update(range(i, j))
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
+
+
 def replace_block(text: str, block: str) -> str:
-    """Replace the generated block of a script text (or append it)."""
+    """Replace the generated block of a script text, or append it to a script without one
+    (taking out the script's own tables of the same names, e.g. ``[normalization]``)."""
     a = text.find(BEGIN)
     b = text.find(END)
     if a >= 0 and b > a:
         end = text.find("\n", b)
         end = len(text) if end < 0 else end + 1
         return text[:a] + block + text[end:]
+    text = _drop_tables(text, _table_names(block))
     return text.rstrip("\n") + "\n\n" + block
 
 
@@ -330,7 +372,7 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
                    help="annotated H&E PNGs (NAME.png with NAME_labels.npz beside it) or folders")
     p.add_argument("--script", required=True, help="scenario script to update (path or shipped name)")
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the updated script")
-    p.add_argument("--image-mpp", type=float, required=True, help="micrometres per pixel of the images")
+    p.add_argument("--image-mpp", type=_pixel_size, required=True, help="micrometres per pixel of the images")
     p.add_argument("--reference", type=Path, default=None,
                    help="reference image for Reinhard normalisation (default: the script's "
                    "[normalization] target, which must then be 'reinhard')")
@@ -349,8 +391,21 @@ def _expand(paths):
 
 
 def run_stats_cli(args) -> int:
-    script = load_script(args.script)
     images = _expand(args.images)
+    # Before any work: the updated script must not replace an image, its labels or the
+    # reference image (it may replace the script itself: updating a script is the purpose),
+    # and an image given twice would be counted twice.
+    inputs = {}
+    for q in images:
+        inputs[f"image {q}"] = q
+        inputs[f"labels {q.with_name(q.stem + '_labels.npz')}"] = q.with_name(q.stem + "_labels.npz")
+    if args.reference is not None:
+        ref_labels = args.reference.with_name(args.reference.stem + "_labels.npz")
+        inputs["--reference"] = args.reference
+        inputs[f"labels {ref_labels}"] = ref_labels if ref_labels.exists() else None
+    check_outputs(inputs, {"--output": args.output})
+    check_distinct(images, "image")
+    script = load_script(args.script)
     if args.image_mpp <= 0:
         raise ValueError("--image-mpp must be > 0")
     if args.reference is not None:
@@ -360,7 +415,7 @@ def run_stats_cli(args) -> int:
             import imageio.v3 as iio
             ref_img = iio.imread(args.reference)[..., :3]
         tm, ts = lab_stats(ref_img)
-        ref_name = f"{args.reference.parent.name}/{args.reference.name}"
+        ref_name = _short_name(args.reference)
     else:
         n = script.normalization
         if n.method != "reinhard":

@@ -6,15 +6,30 @@ import argparse
 
 import numpy as np
 
+from vnumba.io.images import MPP_RANGE
+
+
+def _number(s) -> float:
+    """``float(s)``; a string that is not a number is refused naming it."""
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+
+
+def _integer(s) -> int:
+    """``int(s)``; a string that is not an integer is refused naming it."""
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+
 
 def _positive_float(s):
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    v = _number(s)
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
     return v
-
-
-from vnumba.io.images import MPP_RANGE
 
 
 def interruptible(main):
@@ -46,10 +61,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _pixel_size(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    v = _number(s)
     if not (np.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]):
         raise argparse.ArgumentTypeError(f"a pixel size in um/px must lie in "
                                          f"[{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {s}")
@@ -57,28 +69,39 @@ def _pixel_size(s):
 
 
 def _non_negative(s):
-    v = float(s)
+    v = _number(s)
     if not (np.isfinite(v) and v >= 0):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
     return v
 
 
 def _count(s):
-    v = int(s)
+    v = _integer(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return v
 
 
 def _positive_int(s):
-    v = int(s)
+    v = _integer(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
     return v
 
 
+def _int_in(lo: int, hi: int):
+    """Argument type: an integer in ``[lo, hi]`` (its help should state the bounds)."""
+    def parse(s):
+        v = _integer(s)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must lie in [{lo}, {hi}], got {s}")
+        return v
+    parse.__name__ = f"int_in_{lo}_{hi}"
+    return parse
+
+
 def _unit_float(s):
-    v = float(s)
+    v = _number(s)
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {s}")
     return v

@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     keep_freed_memory()  # reuse the pages of each step's arrays (vnumba.ops.memory)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     try:
+        from vnumba.io.outputs import check_outputs, output_folder
+        check_outputs({}, {}, folders={"--out": args.out})
         model = load_model_arg(args.model, args.scenario)
         scenario = (model.meta or {}).get("scenario") or args.scenario
         name = Path(args.model).stem if args.model else f"{args.scenario} (shipped)"
@@ -110,13 +112,16 @@ def main(argv=None) -> int:
             say(f"model scenario {scenario!r} is not a registered scenario; a multi-class "
                 "model is scored against all annotated nuclei (--target nuclei)")
             target = "nuclei"
-        report = run_evaluation(methods, args.data_dir, args.out, target=target, rule_model=model,
-                                mpp=args.mpp, threshold=args.threshold, split_um=args.split_um,
-                                min_area_um2=args.min_area_um2, split_h=args.split_h,
-                                min_area=args.min_area, radius=args.radius, tile=args.tile,
-                                overlays=not args.no_overlays, say=say,
-                                script_rules={target: script_rule(target)},
-                                class_match_um=args.class_radius_um, border_um=args.border_um)
+        with output_folder(args.out):   # an unwritable place fails here; a failed run leaves no folder
+            report = run_evaluation(methods, args.data_dir, args.out, target=target,
+                                    rule_model=model, mpp=args.mpp, threshold=args.threshold,
+                                    split_um=args.split_um, min_area_um2=args.min_area_um2,
+                                    split_h=args.split_h, min_area=args.min_area,
+                                    radius=args.radius, tile=args.tile,
+                                    overlays=not args.no_overlays, say=say,
+                                    script_rules={target: script_rule(target)},
+                                    class_match_um=args.class_radius_um,
+                                    border_um=args.border_um)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import numpy as np
 
 from vnumba.analysis.inference import load_model_arg, predict_image
 from vnumba.analysis.plots import plot_panels, plot_training_curves
-from vnumba.cli import ArgumentParser, interruptible
+from vnumba.cli import ArgumentParser, _count, _pixel_size, _positive_int, interruptible
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("logs", nargs="+", metavar="LOG.csv", help="training log(s)")
     c.add_argument("-o", "--out", required=True, type=Path, help="output PNG")
     c.add_argument("--labels", nargs="+", help="legend entries, one per log")
-    c.add_argument("--smooth", type=int, help="moving-average width (1 = raw only)")
+    c.add_argument("--smooth", type=_positive_int, help="moving-average width (1 = raw only)")
     q = sub.add_parser("panels", help="input / reconstruction / mask panels (Fig. 4/5)")
     q.add_argument("images", nargs="*", metavar="IMAGE", help="real images to predict on")
     q.add_argument("--model", help="model file or shipped name (default: shipped --scenario)")
@@ -41,21 +41,43 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--synthetic", type=Path, help="synthetic dataset (HDF5) to show samples of")
     q.add_argument("--index", type=_index_list, default=[0],
                    help="comma-separated sample indices of --synthetic (default 0)")
-    q.add_argument("--crop", type=int, nargs=4, metavar=("ROW", "COL", "H", "W"),
-                   help="show only this crop of every real image")
-    q.add_argument("--mpp", type=float, help="pixel size of the real images (µm/px)")
+    q.add_argument("--crop", type=_count, nargs=4, metavar=("ROW", "COL", "H", "W"),
+                   help="show only this crop of every real image (ROW, COL >= 0; H, W >= 1; "
+                        "inside the image)")
+    q.add_argument("--mpp", type=_pixel_size, help="pixel size of the real images (µm/px)")
     q.add_argument("-o", "--out", required=True, type=Path, help="output PNG")
     return p
 
 
+def _model_file(model_arg, scenario):
+    """The file a ``--model`` argument (or the shipped model of ``scenario``) reads."""
+    from vnumba.io.models import SHIPPED, shipped_model_path
+    name = model_arg if model_arg is not None else scenario
+    if Path(name).exists():
+        return Path(name)
+    return shipped_model_path(name) if name in SHIPPED else None
+
+
 def _panels_cli(args) -> int:
     from vnumba.io.images import read_image
+    from vnumba.io.outputs import check_outputs
 
+    inputs = {f"IMAGE {im}": im for im in args.images}
+    inputs["--model"] = _model_file(args.model, args.scenario)
+    inputs["--synthetic"] = args.synthetic
+    check_outputs(inputs, {"--out": args.out})
+    if not args.images and args.synthetic is None:
+        print("error: give --synthetic and/or IMAGE files", file=sys.stderr)
+        return 2
     model = load_model_arg(args.model, args.scenario)
     samples, names = [], []
     if args.synthetic is not None:
         from vnumba.io.dataset import SyntheticDataset
         with SyntheticDataset(args.synthetic) as ds:
+            bad = [i for i in args.index if i >= len(ds)]
+            if bad:
+                raise ValueError(f"--index {bad[0]}: --synthetic {args.synthetic} has {len(ds)} "
+                                 f"samples (indices 0..{len(ds) - 1})")
             for i in args.index:
                 u0, gu, gm = ds.read(i)
                 u, m = model.apply(u0[None])
@@ -78,9 +100,6 @@ def _panels_cli(args) -> int:
         samples.append(dict(input=pred.image, reconstruction=pred.reconstruction,
                             mask=pred.mask))
         names.append(img.name)
-    if not samples:
-        print("error: give --synthetic and/or IMAGE files", file=sys.stderr)
-        return 2
     plot_panels(samples, args.out, row_labels=names)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
@@ -89,9 +108,14 @@ def _panels_cli(args) -> int:
 @interruptible
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "crop", None) is not None and min(args.crop[2:]) < 1:
+        parser.error(f"argument --crop: H and W must be >= 1, got {args.crop[2]} {args.crop[3]}")
     try:
         if args.cmd == "curves":
+            from vnumba.io.outputs import check_outputs
+            check_outputs({f"LOG {p}": p for p in args.logs}, {"--out": args.out})
             plot_training_curves(args.logs, args.out, labels=args.labels, smooth=args.smooth)
             print(f"wrote {args.out}", file=sys.stderr)
             return 0

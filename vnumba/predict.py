@@ -82,9 +82,7 @@ def main(argv=None) -> int:
         for im in args.images:
             for k in OUTPUT_KINDS:
                 outs[f"output {k} of {im}"] = args.out / f"{Path(im).stem}_{k}"
-        check_outputs({f"input {im}": im for im in args.images}, outs)
-        if args.out.exists() and not args.out.is_dir():
-            raise OutputConflict(f"--out {args.out}: exists and is not a directory")
+        check_outputs({f"input {im}": im for im in args.images}, outs, folders={"--out": args.out})
     except OutputConflict as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -346,31 +346,35 @@ def _versions() -> dict:
 def write_cells_geojson(path, name, table, classes, probs, res, plan, work, done) -> None:
     """``NAME_cells.geojson``: one QuPath detection per nucleus (polygons with holes and all
     parts, level-0 pixels; the same reproducible ids as the CSV's ``uuid``), the immune-rich
-    areas as one annotation."""
+    areas as one annotation.
+
+    Row ``i`` of ``table`` is nucleus ``table.local[i]`` of block ``table.block[i]`` (the
+    table may be a subset of the blocks' nuclei: those off the tissue are dropped), so the
+    polygons are looked up by those two, never by position in the blocks (``done`` is not
+    needed for that and is kept for the signature)."""
     from vnumba.analysis.qupath import GeoJSONWriter, label_polygons
     from vnumba.analysis.wsi import BlockResult
 
     f = plan.level0_per_model
-    k = 0
+    blocks = np.asarray(table.block, np.int64)
+    local = np.asarray(table.local, np.int64)
     with GeoJSONWriter(path, slide=name) as writer:
-        for b in sorted(done):
-            r = BlockResult.load(Path(work) / f"block_{b}.npz")
-            n = r.rows.size
-            if n == 0:
-                continue
-            er0, _, ec0, _ = r.ext
-            # model pixel (i, j) of the extended block covers level-0 [X + (ec0 + j) f, ...)
-            polys = label_polygons(r.labels, offset=(plan.region[0] + ec0 * f,
-                                                     plan.region[1] + er0 * f), scale=f)
-            for j in range(n):
-                i = k + j
-                d = res.dist_tumour_um[i]
-                meas = {"area_um2": float(table.area_um2[i]),
-                        "p_tumour": float(probs[i, 0]), "p_immune": float(probs[i, 1]),
-                        "p_other": float(probs[i, 2]),
-                        "dist_tumour_um": float(d) if np.isfinite(d) else None}
-                writer.add_detection(polys.get(j + 1), str(classes[i]), meas, index=i)
-            k += n
+        cur, polys = None, {}
+        for i in range(len(table)):
+            if blocks[i] != cur:          # the table is in block order: one load per block
+                cur = int(blocks[i])
+                r = BlockResult.load(Path(work) / f"block_{cur}.npz")
+                er0, _, ec0, _ = r.ext
+                # model pixel (i, j) of the extended block covers level-0 [X + (ec0 + j) f, ...)
+                polys = label_polygons(r.labels, ids=local[blocks == cur],
+                                       offset=(plan.region[0] + ec0 * f, plan.region[1] + er0 * f),
+                                       scale=f)
+            d = res.dist_tumour_um[i]
+            meas = {"area_um2": float(table.area_um2[i]),
+                    "p_tumour": float(probs[i, 0]), "p_immune": float(probs[i, 1]),
+                    "p_other": float(probs[i, 2]),
+                    "dist_tumour_um": float(d) if np.isfinite(d) else None}
+            writer.add_detection(polys.get(int(local[i])), str(classes[i]), meas, index=i)
         if res.immune_rich_areas is not None and not res.immune_rich_areas.is_empty:
             writer.add_annotation(res.immune_rich_areas, "Immune-rich",
                                   {"area_mm2": float(res.stats.get("immune_rich_area_mm2") or 0)},

@@ -486,13 +486,14 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
     from vnumba.io.images import image_to_float, read_image, write_png
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     baseline_cfg = baseline_cfg or BaselineConfig()
     class_match_um = CLASS_MATCH_UM if class_match_um is None else float(class_match_um)
     border_um = BORDER_UM if border_um is None else float(border_um)
     pairs = find_annotated_images(data_dir)
     if not pairs:
         raise FileNotFoundError(f"{data_dir}: no annotated images (NAME_labels.npz) found")
+    # out_dir is made by the first file written into it (every writer is atomic and makes its
+    # folder), so a run refused on its inputs leaves nothing behind.
     data_dir = Path(data_dir)
     images, per_method = [], {name: [] for name in methods}
     all_bg = []

@@ -85,9 +85,18 @@ def split_touching(binary: np.ndarray, h: float = 2.0) -> np.ndarray:
     has_seed[np.unique(comps[peaks])] = True
     missing = np.nonzero(~has_seed[1:])[0] + 1
     if missing.size:
-        pos = ndi.maximum_position(dist, comps, missing)
-        for r, c in pos:
-            peaks[r, c] = True
+        # Its deepest pixel, the first in raster order among equal depths: a choice that does
+        # not depend on the crop around the component (scipy's maximum_position picks among
+        # ties by an unstable sort over the whole array), so that tiled and whole-image
+        # extraction agree.
+        top = np.zeros(n + 1)
+        top[missing] = ndi.maximum(dist, comps, missing)
+        want = np.zeros(n + 1, bool)
+        want[missing] = True
+        flat_c = comps.ravel()
+        cand = np.flatnonzero(want[flat_c] & (dist.ravel() == top[flat_c]))
+        _, first = np.unique(flat_c[cand], return_index=True)
+        peaks.flat[cand[first]] = True
     markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
     labels = watershed(-dist, markers, mask=binary)
     return labels.astype(np.int32)

@@ -91,11 +91,14 @@ def open_dataset_file(path, mode="r"):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, not an HDF5 dataset file")
     try:
         return h5py.File(path, mode)
     except (OSError, ValueError) as e:
+        msg = " ".join(str(e).split())  # h5py's messages span lines
         raise DatasetError(f"{path}: not a readable HDF5 file (truncated or foreign file): "
-                           f"{e}") from None
+                           f"{msg}") from None
 
 
 def validate_file(f, where) -> tuple:

@@ -70,8 +70,12 @@ MPP_RANGE = (0.01, 50.0)
 MAX_RESAMPLED_PIXELS = 2 ** 30
 
 
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
 def _fail(path, msg) -> ValueError:
-    return ValueError(f"{path}: {msg}")
+    return ValueError(f"{path}: {_one_line(msg)}")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -102,6 +106,8 @@ def read_image(path) -> ImageData:
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise _fail(path, f"unsupported file type {path.suffix!r}; expected one of {INPUT_SUFFIXES}")
+    if path.stat().st_size == 0:
+        raise _fail(path, "is empty (0 bytes); not an image")
     mpp = None
     if suffix in _TIFF_SUFFIXES:
         arr, mpp = _read_tiff(path)
@@ -112,7 +118,9 @@ def read_image(path) -> ImageData:
         try:
             arr = np.asarray(iio.imread(path))
         except Exception as exc:  # imageio raises many types for corrupt files
-            raise _fail(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
+            # imageio's message may add lines of plugins to install: its first line says it
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise _fail(path, f"cannot read image ({type(exc).__name__}: {_one_line(first)})") from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:

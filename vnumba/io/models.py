@@ -245,10 +245,13 @@ def load_model(path_or_name: str | os.PathLike) -> Model:
             raise FileNotFoundError(f"no shipped model for {path_or_name!r} (expected {p})")
     if not p.exists():
         raise FileNotFoundError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, not a model file (HDF5)")
     try:
         f = h5py.File(p, "r")
     except OSError as e:
-        raise ValueError(f"{p}: cannot be read as HDF5 (truncated or not a model file): {e}") from None
+        msg = " ".join(str(e).split())  # h5py's messages span lines
+        raise ValueError(f"{p}: cannot be read as HDF5 (truncated or not a model file): {msg}") from None
     with f:
         try:
             return read_model_group(f, str(p))

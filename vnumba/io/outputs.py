@@ -9,9 +9,16 @@ interrupted write leaves the previous file byte-identical and no temporary behin
 An atomic rename is exactly what destroys a user's file when the output path
 *is* one of the command's own inputs (``vnumba.train D.h5 --out D.h5`` would replace the
 dataset by the model), when two outputs of one command share a path, or when the output is a
-device or a folder (the rename would replace ``/dev/full``).  :func:`check_outputs` refuses all
-of these with one line that names both sides, comparing resolved paths (``os.path.samefile``
-for existing files, so hard links and symlinks count) rather than strings.
+device or a folder (the rename would replace ``/dev/full``), or a symbolic link to nothing (the
+rename would replace the link, a folder could not be made there).  :func:`check_outputs`
+refuses all of these with one line that names both sides, comparing resolved paths
+(``os.path.samefile`` for existing files, so hard links and symlinks count) rather than
+strings.  Every command calls it before any work, with every file it reads (each file found in
+a folder it is given included) and every file and folder it writes.  :func:`check_distinct`
+refuses the same input given twice (a file named again, or also found in a folder given).
+
+:func:`output_folder` makes a command's output folder before its work (an unwritable place fails
+first) and removes it again, while still empty, when the run fails.
 
 :func:`remove_stale_temporaries` deletes the ``.NAME.<pid>.tmp`` files that a killed writer
 left next to an output, when process ``pid`` no longer exists.
@@ -20,11 +27,12 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["OutputConflict", "same_file", "check_outputs", "temp_path", "remove_stale_temporaries",
-           "OutputLock", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_h5"]
+__all__ = ["OutputConflict", "same_file", "check_outputs", "check_distinct", "temp_path", "remove_stale_temporaries",
+           "OutputLock", "output_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_h5"]
 
 
 class OutputConflict(ValueError):
@@ -43,45 +51,151 @@ def same_file(a, b) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_outputs(inputs: Mapping[str, object], outputs: Mapping[str, object]) -> None:
+def _named(label, p: Path) -> str:
+    """``"LABEL PATH"``, or just ``LABEL`` when it already ends with the path."""
+    label = str(label)
+    return label if label == str(p) or label.endswith(f" {p}") else f"{label} {p}"
+
+
+def _dangling_link(p: Path):
+    """The first of ``p`` and its folders that is a symbolic link to nothing, or None."""
+    for q in (p, *p.parents):
+        if q.is_symlink():
+            if not q.exists():
+                return q
+        elif q.exists():
+            return None
+    return None
+
+
+def _check_written_path(label, p: Path, folder_output: bool) -> None:
+    link = _dangling_link(p)
+    if link is not None:
+        what = "" if link == p else f"its folder {link} "
+        raise OutputConflict(f"{_named(label, p)}: {what}is a symbolic link to "
+                             f"{os.readlink(link)!r}, which does not exist; remove the link or "
+                             f"choose another output path")
+    if p.exists():
+        if folder_output and not p.is_dir():
+            raise OutputConflict(f"{_named(label, p)}: exists and is not a directory; outputs "
+                                 f"are written into a folder here")
+        if not folder_output and not p.is_file():
+            kind = "a directory" if p.is_dir() else "not a regular file"
+            raise OutputConflict(f"{_named(label, p)}: exists and is {kind}; outputs are only "
+                                 f"written to regular files")
+        if folder_output:
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise OutputConflict(f"{_named(label, p)}: folder {p} is not writable")
+            return
+    folder = p.parent if str(p.parent) else Path(".")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputConflict(f"{_named(label, p)}: folder {folder} is not writable")
+    if folder.exists() and not folder.is_dir():
+        raise OutputConflict(f"{_named(label, p)}: {folder} is not a folder")
+
+
+def check_outputs(inputs: Mapping[str, object], outputs: Mapping[str, object],
+                  folders: Mapping[str, object] | None = None) -> None:
     """Refuse output paths that would destroy data, before any work is done.
 
     Parameters
     ----------
     inputs : mapping of label -> path (or None, skipped)
-        What the command reads, e.g. ``{"dataset": "D.h5"}``.
+        What the command reads, e.g. ``{"dataset": "D.h5"}``: every file, including each
+        file found in a folder the command is given.
     outputs : mapping of label -> path (or None, skipped)
-        What it writes, e.g. ``{"--out": "m.h5", "--log": "m.csv"}``.
+        The files it writes, e.g. ``{"--out": "m.h5", "--log": "m.csv"}``.
+    folders : mapping of label -> path (or None, skipped), optional
+        The folders it writes into (made when missing), e.g. ``{"--out": "results"}``.
 
     Raises
     ------
     OutputConflict
         One line naming the output and the input (or other output) it collides with, or the
-        output that exists and is not a regular file, or whose folder is not writable.
+        output that exists and is not a regular file (a folder output: not a folder), or
+        that is (or lies in) a symbolic link to nothing, or whose folder is not writable.
     """
     ins = {k: Path(v) for k, v in inputs.items() if v is not None}
     outs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    dirs = {k: Path(v) for k, v in (folders or {}).items() if v is not None}
+    for k, p in dirs.items():
+        _check_written_path(k, p, folder_output=True)
+        for j, q in ins.items():
+            if same_file(p, q):
+                raise OutputConflict(f"{_named(k, p)} is the {_named(j, q)}: outputs would be "
+                                     f"written in place of an input; choose another output folder")
     for k, p in outs.items():
-        if p.exists() and not p.is_file():
-            kind = "a directory" if p.is_dir() else "not a regular file"
-            raise OutputConflict(f"{k} {p}: exists and is {kind}; outputs are only written to "
-                                 f"regular files")
-        folder = p.parent if str(p.parent) else Path(".")
-        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputConflict(f"{k} {p}: folder {folder} is not writable")
-        if folder.exists() and not folder.is_dir():
-            raise OutputConflict(f"{k} {p}: {folder} is not a folder")
+        _check_written_path(k, p, folder_output=False)
     for k, p in outs.items():
         for j, q in ins.items():
             if same_file(p, q):
-                raise OutputConflict(f"{k} {p} is the same file as the {j} {q}: it would be "
-                                     f"overwritten; choose another output path")
+                raise OutputConflict(f"{_named(k, p)} is the same file as the {_named(j, q)}: it "
+                                     f"would be overwritten; choose another output path")
     items = list(outs.items())
     for i, (k, p) in enumerate(items):
         for j, q in items[i + 1:]:
             if same_file(p, q):
-                raise OutputConflict(f"{k} {p} and {j} {q} are the same file; give each output "
-                                     f"its own path")
+                raise OutputConflict(f"{_named(k, p)} and {_named(j, q)} are the same file; give "
+                                     f"each output its own path")
+
+
+@contextmanager
+def output_folder(path):
+    """``with output_folder(path):`` — make the output folder ``path`` (and its missing
+    parents) now, so that an unwritable place fails before any work; when the body raises
+    (``KeyboardInterrupt`` included), remove again the folders made here that are still empty,
+    so that a failed run leaves nothing behind."""
+    path = Path(path)
+    made = []
+    q = path
+    while not q.exists() and not q.is_symlink() and q != q.parent:
+        made.append(q)   # leaf first
+        q = q.parent
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:   # not empty (a file was written), or gone
+                break
+        raise
+
+
+def _identity(p: Path):
+    try:
+        st = os.stat(p)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(p))
+
+
+def check_distinct(paths, what: str = "input") -> None:
+    """Refuse the same file given twice as an input (named twice, through a link, or also
+    found in a folder given): it would be read, and counted, twice.
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Every input file, those found in folders included.
+    what : str
+        What they are, for the message (e.g. ``"image"``).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file (and the other name it was given under).
+    """
+    seen = {}
+    for p in paths:
+        key = _identity(Path(p))
+        if key in seen:
+            q = seen[key]
+            also = "" if str(q) == str(p) else f" (also given as {q})"
+            raise ValueError(f"{what} {p}{also} is given twice: it would be counted twice; give "
+                             f"each input once")
+        seen[key] = p
 
 
 def temp_path(path) -> Path:

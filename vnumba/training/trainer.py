@@ -267,7 +267,8 @@ def _read_checkpoint(path):
             return (model, opt, int(f.attrs["iteration"]), float(f.attrs.get("elapsed", 0.0)),
                     str(f.attrs["run_key"]), rows)
     except OSError as e:
-        raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or foreign file): {e}") from None
+        msg = " ".join(str(e).split())  # h5py's messages span lines
+        raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or foreign file): {msg}") from None
 
 
 def _rewrite_log(path, rows):
