@@ -25,7 +25,8 @@ import numpy as np
 from vnumba.io.outputs import atomic_h5  # re-exported: the one atomic writer
 from vnumba.vn.config import ModelConfig, from_dict
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Model", "CombinedModel", "TUMOUR_GROUP", "save_model", "load_model", "shipped_model_path",
+__all__ = ["FORMAT", "FORMAT_VERSION", "Model", "CombinedModel", "TUMOUR_GROUP", "save_model", "load_model",
+           "shipped_model_path",
            "atomic_h5"]
 
 FORMAT = "vnumba-model"
