@@ -14,10 +14,23 @@ import importlib
 import sys
 from pathlib import Path
 
-from vnumba.cli import ArgumentParser, _int_in, _pixel_size
+from vnumba.cli import check_environment
 
-from .preview import PREVIEW_MAX_ROWS
-from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path
+# Before the imports below (this module is what ``python -m synth`` and the console script
+# ``synth`` load): they load Numba, which fails with a traceback on a bad NUMBA_NUM_THREADS.
+check_environment()
+
+from vnumba.cli import (  # noqa: E402
+    ArgumentParser,
+    _int_in,
+    _pixel_size,
+    interrupted_status,
+    interrupted_word,
+    terminate_as_interrupt,
+)
+
+from .preview import PREVIEW_MAX_ROWS  # noqa: E402
+from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path  # noqa: E402
 
 #: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
 CLI_PLUGINS = ("synth.reference", "synth.scenario3", "synth.layouts", "synth.slide")
@@ -49,8 +62,10 @@ def _cmd_generate(args) -> int:
                                 reference=reference, progress=not args.quiet)
     except OutputConflict as e:
         raise SystemExit(f"error: {e}")
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted; {args.output} was not written") from None
+    except KeyboardInterrupt as e:
+        from vnumba.cli import interrupted_status, interrupted_word
+        print(f"{interrupted_word(e)}; {args.output} was not written", file=sys.stderr)
+        return interrupted_status(e)
     print(f"wrote {out} ({args.n} samples of {script.name}, {script.size[0]}x{script.size[1]}, "
           f"seed {args.seed})")
     return 0
@@ -168,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    check_environment()
+    terminate_as_interrupt()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:
+        print(f"{interrupted_word(e)}; the outputs finished before it are complete, nothing "
+              f"half-written was left", file=sys.stderr)
+        return interrupted_status(e)
     except ScriptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,6 @@ import dataclasses
 import hashlib
 import json
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +51,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from vnumba.cli import ArgumentParser, _pixel_size
+from vnumba.io.labels import labels_header, read_labels
 from vnumba.io.outputs import check_distinct
 
 __all__ = [
@@ -403,17 +403,11 @@ def find_labelled_images(paths) -> list:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
+    from vnumba.io.images import read_image
 
-    try:
-        img = iio.imread(path)
-    except Exception as exc:  # imageio raises several types for unreadable files
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
-    if img.ndim == 3 and img.shape[2] == 4:
-        # An opaque alpha channel carries nothing; a real one would mean a cut-out, refuse it.
-        if not np.all(img[..., 3] == np.iinfo(img.dtype).max if img.dtype.kind == "u" else 1):
-            raise ValueError(f"{path}: RGBA image with a non-opaque alpha channel")
-        img = img[..., :3]
+    # The one image reader: size checked before decoding, an opaque alpha dropped, a real
+    # one (a cut-out) refused, multi-page TIFFs refused (vnumba.io.images).
+    img = read_image(path).array
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"{path}: expected an RGB image (H, W, 3), got shape {img.shape}")
     if img.dtype != np.uint8:
@@ -441,35 +435,8 @@ def read_labelled_image(image_path) -> LabelledImage:
         raise FileNotFoundError(f"{lp}: labels file not found (expected beside image "
                                 f"{image_path.name}, keys 'instances' and 'classes')")
     rgb = _read_rgb(image_path)
-    if not zipfile.is_zipfile(lp):
-        raise ValueError(f"{lp}: not a readable .npz labels file (not a zip archive)")
-    try:
-        with np.load(lp, allow_pickle=False) as z:
-            keys = set(z.files)
-            missing = [k for k in ("instances", "classes") if k not in keys]
-            if missing:
-                raise ValueError(f"{lp}: malformed labels file, missing key(s) {missing} "
-                                 f"(has {sorted(keys)})")
-            inst = z["instances"]
-            cls = z["classes"]
-    except ValueError as exc:
-        if str(exc).startswith(str(lp)):
-            raise
-        raise ValueError(f"{lp}: malformed labels file ({exc})") from exc
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"{lp}: not a readable .npz labels file ({exc})") from exc
-    for name, a in (("instances", inst), ("classes", cls)):
-        if a.dtype.kind not in "iu":
-            raise ValueError(f"{lp}: '{name}' must be an integer array, got dtype {a.dtype}")
-        if a.shape != rgb.shape[:2]:
-            raise ValueError(f"{lp}: '{name}' has shape {a.shape}, image {image_path.name} "
-                             f"has {rgb.shape[:2]}")
-        if a.size and a.min() < 0:
-            raise ValueError(f"{lp}: '{name}' has negative values")
-    if cls.max(initial=0) > 255:
-        raise ValueError(f"{lp}: 'classes' values must be < 256")
-    return LabelledImage(image_path, lp, rgb, np.ascontiguousarray(inst, dtype=np.int32),
-                         np.ascontiguousarray(cls, dtype=np.uint8))
+    inst, cls = read_labels(lp, shape=rgb.shape[:2], require_classes=True)
+    return LabelledImage(image_path, lp, rgb, inst, cls)
 
 
 def _sha256(path: Path) -> str:
@@ -826,11 +793,10 @@ def build_reference(paths, ref_image=None, patch_size: int | None = None, mpp: f
 def _usable(path: Path) -> bool:
     """True when ``path`` is RGB uint8 and its labels have a ``classes`` map (cheap checks)."""
     try:
-        with np.load(labels_path_for(path), allow_pickle=False) as z:
-            if "classes" not in z.files:
-                return False
+        if "classes" not in labels_header(labels_path_for(path)):
+            return False
         _read_rgb(path)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+    except (OSError, ValueError):
         return False
     return True
 

@@ -712,8 +712,10 @@ def _run(args) -> int:
                               progress=not args.quiet)
     except OutputConflict as e:
         raise SystemExit(f"error: {e}")
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted; {args.output} was not written") from None
+    except KeyboardInterrupt as e:
+        from vnumba.cli import interrupted_status, interrupted_word
+        print(f"{interrupted_word(e)}; {args.output} was not written", file=sys.stderr)
+        return interrupted_status(e)
     f = res.facts
     c = f["counts"]
     print(f"wrote {res.slide} ({f['size'][0]}x{f['size'][1]} px at {f['mpp']:g} um/px, "

@@ -83,28 +83,18 @@ def load_annotated(png) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ValueError
         Missing/malformed label file or mismatched shapes (message names the file).
     """
-    import imageio.v3 as iio
+    from vnumba.io.images import read_image
+    from vnumba.io.labels import read_labels
 
     png = Path(png)
     lab_path = png.with_name(png.stem + "_labels.npz")
-    try:
-        img = iio.imread(png)
-    except Exception as e:  # imageio raises many types
-        raise ValueError(f"{png}: cannot read image ({e})") from None
+    img = read_image(png).array  # size checked before decoding (vnumba.io.images)
     if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
         raise ValueError(f"{png}: expected an RGB uint8 image, got {img.dtype} {img.shape}")
     if not lab_path.exists():
         raise ValueError(f"{png}: label file {lab_path.name} not found beside it")
-    try:
-        with np.load(lab_path) as z:
-            inst, cls = z["instances"], z["classes"]
-    except KeyError as e:
-        raise ValueError(f"{lab_path}: missing array {e} (need 'instances' and 'classes')") from None
-    except Exception as e:
-        raise ValueError(f"{lab_path}: cannot read ({e})") from None
-    if inst.shape != img.shape[:2] or cls.shape != img.shape[:2]:
-        raise ValueError(f"{lab_path}: label shapes {inst.shape}/{cls.shape} differ from image {img.shape[:2]}")
-    return img[..., :3].astype(np.float64) / 255.0, inst.astype(np.int32), cls.astype(np.uint8)
+    inst, cls = read_labels(lab_path, shape=img.shape[:2], require_classes=True)
+    return img[..., :3].astype(np.float64) / 255.0, inst, cls
 
 
 def _rescale(img, inst, cls, factor):

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from vnumba.io.dataset import DTYPE, SCHEMA_VERSION, DatasetError, check_sample, open_dataset_file, validate_file
-from vnumba.io.outputs import atomic_h5
+from vnumba.io.outputs import atomic_h5, check_h5_write
 
 from . import GENERATOR_VERSION
 from .generator import generate_sample, sample_rng
@@ -202,6 +202,8 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
             u0[i] = noisy
             gu[i] = clean
             gm[i] = mask
+            f.flush()  # the sample leaves HDF5's chunk cache, so that a full disk shows now
+            check_h5_write(f)  # and stops the run here, not after every sample
 
         if workers == 1:
             _init_worker(script, reference, seed)

@@ -293,7 +293,7 @@ def _bad_labels(tmp_path, kind):
 
 @pytest.mark.parametrize("kind,msg", [
     ("missing_classes", r"missing key\(s\) \['classes'\]"),
-    ("wrong_shape", r"'instances' has shape \(69, 120\), image bad.png has \(70, 120\)"),
+    ("wrong_shape", r"'instances' has shape \(69, 120\), the image has \(70, 120\)"),
     ("float", "'instances' must be an integer array"),
     ("negative", "'instances' has negative values"),
     ("garbage", "not a readable .npz labels file"),

@@ -32,21 +32,97 @@ def _positive_float(s):
     return v
 
 
+#: The environment variables the project reads, with what each accepts (checked by
+#: :func:`check_environment` before a command does anything; docs/architecture.md).
+ENVIRONMENT = {
+    "VNUMBA_SIMD_BITS": "128, 256 or 512 (the kernels' vector width; unset: the widest the CPU has)",
+    "VNUMBA_KEEP_MEMORY": "0 or 1 (1, the default: freed memory is kept for reuse)",
+    "NUMBA_NUM_THREADS": "a whole number from 1 to 1024 (threads of the compiled kernels)",
+    "NUMBA_CACHE_DIR": "a folder where compiled kernels are cached (made if missing)",
+}
+
+
+def environment_problem(environ=None) -> str | None:
+    """The first of :data:`ENVIRONMENT` set to a value it does not accept, as one line naming
+    the variable and its value (None when all are fine or unset)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    for name, accepted in ENVIRONMENT.items():
+        v = env.get(name)
+        if v is None or not v.strip():
+            continue
+        t = v.strip()
+        ok = {"VNUMBA_SIMD_BITS": lambda: t in ("128", "256", "512"),
+              "VNUMBA_KEEP_MEMORY": lambda: t in ("0", "1"),
+              "NUMBA_NUM_THREADS": lambda: t.isdigit() and 1 <= int(t) <= 1024,
+              "NUMBA_CACHE_DIR": lambda: not os.path.exists(t) or os.path.isdir(t)}[name]()
+        if not ok:
+            return f"environment variable {name}={v!r}: expected {accepted}"
+    return None
+
+
+def check_environment() -> None:
+    """Exit with one line (status 2) when an environment variable the project reads holds a
+    value it does not accept (:func:`environment_problem`)."""
+    import sys
+
+    msg = environment_problem()
+    if msg:
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (:func:`terminate_as_interrupt`): a ``kill``, a
+    batch system's time limit or ``docker stop`` unwinds like Ctrl-C, so every ``except
+    KeyboardInterrupt`` and every atomic writer's cleanup runs (issue 22)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def terminate_as_interrupt() -> None:
+    """Handle SIGTERM like Ctrl-C from now on (only possible in the main thread; elsewhere,
+    e.g. a command called from a worker thread, the handling is left as it is).
+
+    A signal arriving while a compiled kernel runs is handled when it returns.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """Exit status of a run stopped by ``exc``: 143 (128 + SIGTERM) or 130 (128 + SIGINT)."""
+    return 143 if isinstance(exc, Terminated) else 130
+
+
+def interrupted_word(exc: KeyboardInterrupt) -> str:
+    """``"terminated (SIGTERM)"`` or ``"interrupted"``: the first word of the one line."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
 def interruptible(main):
-    """Wrap a command's ``main`` so that Ctrl-C prints one line and exits 130 instead of a
-    traceback (every file the command writes is written atomically, so an interrupted run
-    leaves finished outputs complete and nothing half-written)."""
+    """Wrap a command's ``main`` so that Ctrl-C and SIGTERM print one line and exit 130 / 143
+    instead of a traceback (every file the command writes is written atomically, so an
+    interrupted run leaves finished outputs complete and nothing half-written)."""
     import functools
     import sys
 
     @functools.wraps(main)
     def wrapped(argv=None):
+        check_environment()
+        terminate_as_interrupt()
         try:
             return main(argv)
-        except KeyboardInterrupt:
-            print("interrupted; the outputs finished before it are complete, nothing half-written "
-                  "was left", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            print(f"{interrupted_word(e)}; the outputs finished before it are complete, nothing "
+                  f"half-written was left", file=sys.stderr)
+            return interrupted_status(e)
 
     return wrapped
 

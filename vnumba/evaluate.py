@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _with_valid_object_filter(model, label):
+    """``model``, once its object classifier (if any) parses: a malformed one is refused
+    before any image is read, naming the model file."""
+    of = (getattr(model, "meta", None) or {}).get("object_filter")
+    if of is not None:
+        from vnumba.analysis.objfilter import ObjectFilter
+        try:
+            ObjectFilter.from_meta(of)
+        except ValueError as e:
+            raise ValueError(f"{label}: {e}") from None
+    return model
+
+
 @interruptible
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
@@ -95,12 +108,14 @@ def main(argv=None) -> int:
     try:
         from vnumba.io.outputs import check_outputs, output_folder
         check_outputs({}, {}, folders={"--out": args.out})
-        model = load_model_arg(args.model, args.scenario)
+        model = _with_valid_object_filter(load_model_arg(args.model, args.scenario),
+                                          args.model or args.scenario)
         scenario = (model.meta or {}).get("scenario") or args.scenario
         name = Path(args.model).stem if args.model else f"{args.scenario} (shipped)"
         methods = {name: model}
         if args.baseline_model:
-            other = load_model_arg(args.baseline_model, args.scenario)
+            other = _with_valid_object_filter(load_model_arg(args.baseline_model, args.scenario),
+                                              args.baseline_model)
             oname = Path(args.baseline_model).stem
             if oname in methods:
                 oname += " (baseline model)"
@@ -126,8 +141,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not report["overall"]:
-        print("error: no image could be evaluated (see report.md, section Skipped)",
-              file=sys.stderr)
+        why = next((f"{im['image']}: {r}" for im in report.get("images", [])
+                    for r in im.get("skipped", {}).values()), "")
+        print(f"error: no image could be evaluated{'; first: ' + why if why else ''} (see "
+              f"report.md, section Skipped)", file=sys.stderr)
         return 2
     bg = report["all_background"]
     for f, by_method in report["per_folder"].items():

@@ -387,7 +387,7 @@ def write_probability_tiff(path, work, plan, names) -> None:
     from the work folder's disk-backed array, with the model grid's physical pixel size."""
     import tifffile
 
-    from vnumba.io.outputs import atomic_write
+    from vnumba.io.outputs import atomic_write, disk_array
 
     Hm, Wm = plan.grid
     C = len(names)
@@ -398,7 +398,7 @@ def write_probability_tiff(path, work, plan, names) -> None:
         prev = levels[-1]
         h, w = (prev.shape[1] + 1) // 2, (prev.shape[2] + 1) // 2
         fn = Path(work) / f"probs_{len(levels)}.u8"
-        nxt = np.memmap(fn, np.uint8, "w+", shape=(C, h, w))
+        nxt = disk_array(fn, np.uint8, (C, h, w))
         band = 512
         for r in range(0, h, band):
             blk = np.asarray(prev[:, 2 * r:2 * min(h, r + band)], np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from vnumba.cli import ArgumentParser
+from vnumba.cli import ArgumentParser, check_environment, interrupted_status, interrupted_word, terminate_as_interrupt
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.training.trainer import ADAM_EPS, TrainOptions, train
 from vnumba.vn.backend import BackendUnavailable
@@ -60,6 +60,8 @@ def build_parser():
 
 
 def main(argv=None):
+    check_environment()
+    terminate_as_interrupt()
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # a training process reuses its arrays' pages (vnumba.ops.memory)
     try:
@@ -74,9 +76,10 @@ def main(argv=None):
     except BackendUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume from the last checkpoint", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{interrupted_word(e)}; continue with --resume from the last checkpoint",
+              file=sys.stderr)
+        return interrupted_status(e)
     return 0
 
 

@@ -74,6 +74,7 @@ from vnumba.analysis.scores import (  # noqa: F401  (re-exported: the evaluation
 )
 from vnumba.analysis.scores import check_labels as _check_labels
 from vnumba.io.images import MPP_RANGE
+from vnumba.io.labels import UnreadableLabels, read_labels
 from vnumba.scenarios import CLASS_NAMES, SCENARIOS, DensityRule, class_name, class_order
 
 __all__ = [
@@ -503,18 +504,13 @@ def run_evaluation(methods: dict, data_dir: str | Path, out_dir: str | Path,
                  "skipped": {}}
         images.append(entry)
         try:
-            with np.load(lab_path) as z:
-                instances = np.asarray(z["instances"])
-                classes = np.asarray(z["classes"]) if "classes" in z.files else None
-        except (OSError, KeyError, ValueError) as e:
-            entry["skipped"]["all"] = f"{lab_path}: unreadable annotation ({e})"
+            # Float labels (e.g. saved by an image tool) would round ids silently: refused;
+            # ids beyond the pixel count renumbered (vnumba.io.labels).
+            instances, classes = read_labels(lab_path)
+        except UnreadableLabels as e:
+            entry["skipped"]["all"] = f"unreadable annotation ({e})"
             say(f"[{k}/{len(pairs)}] {rel}: skipped — {entry['skipped']['all']}")
             continue
-        try:
-            # Float labels (e.g. saved by an image tool) would round ids silently: refuse.
-            _check_labels(instances, classes if classes is not None else instances)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{lab_path}: {e}") from None
         try:
             img = read_image(img_path)
         except (OSError, ValueError) as e:

@@ -355,8 +355,14 @@ def predict_image(model, image: ImageData | np.ndarray, mpp: float | None = None
     scale = 1.0
     if in_mpp is not None and m_mpp is not None:
         scale = float(in_mpp) / m_mpp
+    shape = (max(1, round(H * scale)), max(1, round(W * scale))) if abs(scale - 1.0) > 1e-3 \
+        else (H, W)
+    least = max(MIN_SIDE, _size_multiple(model))
+    if min(shape) < least:
+        at = "" if shape == (H, W) else f" ({shape[1]}x{shape[0]} px at the model's {m_mpp:g} um/px)"
+        raise ValueError(f"{path}: image of {W}x{H} px{at} is too small: the network needs at "
+                         f"least {least} px a side")
     if abs(scale - 1.0) > 1e-3:
-        shape = (max(1, round(H * scale)), max(1, round(W * scale)))
         if shape[0] * shape[1] > MAX_RESAMPLED_PIXELS:
             # Checked before allocating: a wrong pixel size must not ask for terabytes.
             raise ValueError(f"{path}: resampling {W}x{H} px from {in_mpp:g} to the model's "
@@ -384,6 +390,10 @@ def predict_image(model, image: ImageData | np.ndarray, mpp: float | None = None
                       scale=scale, n_tiles=n_tiles, seconds=time.perf_counter() - t0,
                       class_probs=class_probs, mask_classes=names)
 
+
+#: Smallest image side (pixels at the model's pixel size) prediction takes: below it an image
+#: holds no whole nucleus and the symmetric padding to the network's size multiple fails.
+MIN_SIDE = 8
 
 #: The files written per input NAME: NAME_<kind> (see :func:`write_prediction`).
 OUTPUT_KINDS = ("reconstruction.png", "mask.png", "overlay.png", "objects.csv", "objects.geojson")

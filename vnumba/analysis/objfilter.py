@@ -161,6 +161,13 @@ class ObjectFilter:
     @staticmethod
     def from_meta(d) -> "ObjectFilter":
         """Parse ``meta["object_filter"]``; ValueError naming the key when malformed."""
+        try:
+            return ObjectFilter._from_meta(d)
+        except (TypeError, AttributeError, KeyError) as e:  # a value of the wrong type
+            raise ValueError(f"meta 'object_filter' is malformed ({type(e).__name__}: {e})") from None
+
+    @staticmethod
+    def _from_meta(d) -> "ObjectFilter":
         if not isinstance(d, dict):
             raise ValueError("meta 'object_filter' must be a table")
         feats = tuple(d.get("features", ()))
@@ -174,11 +181,11 @@ class ObjectFilter:
             vals[k] = tuple(float(x) for x in v)
         for k in ("intercept", "threshold"):
             v = d.get(k)
-            if not isinstance(v, (int, float)) or not np.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
                 raise ValueError(f"meta 'object_filter.{k}' must be a finite number")
         return ObjectFilter(vals["mean"], vals["std"], vals["coef"], float(d["intercept"]),
                             float(d["threshold"]), feats,
-                            tuple(sorted((str(k), str(v)) for k, v in d.get("info", {}).items())))
+                            tuple(sorted((str(k), str(v)) for k, v in (d.get("info") or {}).items())))
 
     def to_meta(self) -> dict:
         return {"features": list(self.features), "mean": list(self.mean), "std": list(self.std),

@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from vnumba.analysis.inference import model_mask_classes, model_mpp, tile_windows
+from vnumba.io.outputs import disk_array
 
 __all__ = ["DEFAULT_HALO_UM", "DEFAULT_TILE", "SlideOptions", "SlidePlan", "plan_slide",
            "ModelGridReader", "apply_window", "BlockResult", "process_block", "NucleusTable",
@@ -528,7 +529,7 @@ def run_blocks(plan: SlidePlan, grid_reader: ModelGridReader, model, opts: Slide
         atomic_write_text(state_path, json.dumps({"key": key, "grid": [Hm, Wm], "channels": C}))
     pm_path = work / "probs.u8"
     mode = "r+" if pm_path.exists() else "w+"
-    probs = np.memmap(pm_path, np.uint8, mode, shape=(C, Hm, Wm))
+    probs = disk_array(pm_path, np.uint8, (C, Hm, Wm), mode)  # a full disk: OSError, not SIGBUS
     processed = skipped = reused = 0
     done = []
     total = len(plan.blocks)

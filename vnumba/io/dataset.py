@@ -74,6 +74,14 @@ VALUE_RANGE = (0.0, 1.0)
 MIN_CHANNELS = 1
 
 
+#: Largest sample (pixels per image, 4096²) a dataset may declare: a sample is read whole
+#: the first time it is drawn (to check every value), and HDF5 decompresses a whole chunk to
+#: read any part of it, so a 30 kB file declaring 100000² px must be refused before reading.
+MAX_SAMPLE_PIXELS = 2 ** 24
+#: Largest chunk (bytes, decompressed) any dataset may have, for the same reason.
+MAX_CHUNK_BYTES = 2 ** 30
+
+
 class DatasetError(ValueError):
     """A dataset file that does not follow the contract (message names the file)."""
 
@@ -136,6 +144,14 @@ def validate_file(f, where) -> tuple:
                                f"in the file")
         if not isinstance(f[k], h5py.Dataset):
             raise DatasetError(f"{p}: '{k}' is a {type(f[k]).__name__}, expected a dataset")
+        # Self-contained files only: a virtual dataset whose source file is missing reads as
+        # zeros (and would be trained on); external raw storage reads other files' bytes.
+        if f[k].is_virtual:
+            raise DatasetError(f"{p}: dataset '{k}' is a virtual dataset (its data lies in other "
+                               f"files); write a self-contained file (h5repack or synth generate)")
+        if f[k].external:
+            raise DatasetError(f"{p}: dataset '{k}' has external raw storage "
+                               f"({f[k].external[0][0]!s}); write a self-contained file")
     for k in STRING_ATTRS:
         v = f.attrs.get(k)
         if v is not None and not isinstance(v, (str, bytes)):
@@ -159,6 +175,18 @@ def validate_file(f, where) -> tuple:
             raise DatasetError(f"{p}: dataset {k} has dtype {f[k].dtype}, expected floating "
                                f"point ({DTYPE})")
     n, c, h, w = (int(s) for s in u0.shape)
+    if h * w > MAX_SAMPLE_PIXELS:
+        raise DatasetError(f"{p}: samples of {w}x{h} px are beyond the {MAX_SAMPLE_PIXELS} pixels "
+                           f"a sample may have (training reads a sample whole; synthesize "
+                           f"smaller images)")
+    for k in DATASETS:
+        chunk = f[k].chunks
+        if chunk is not None:
+            nbytes = int(np.prod(chunk, dtype=np.float64)) * f[k].dtype.itemsize
+            if nbytes > MAX_CHUNK_BYTES:
+                raise DatasetError(f"{p}: dataset '{k}' has chunks {chunk} of {nbytes / 2**30:.1f} "
+                                   f"GiB, beyond the {MAX_CHUNK_BYTES / 2**30:g} GiB reading one "
+                                   f"may cost (expected one chunk per sample)")
     if n == 0:
         raise DatasetError(f"{p}: dataset holds no samples")
     if c < MIN_CHANNELS:
@@ -236,6 +264,32 @@ def check_sample(where, i, u0, gu, gm, shape=None) -> None:
             raise DatasetError(f"{where}: sample {i} of {name} has values outside [{lo:g}, {hi:g}]")
 
 
+def content_hash(f) -> str:
+    """BLAKE2b of the stored bytes of ``u0``, ``gu`` and ``gm`` of an open file: what makes
+    two files the same data, beyond their attributes (``--resume`` compares it, issue 22).
+
+    Chunked datasets are hashed chunk by chunk on their raw (compressed) bytes with each
+    chunk's offset and filter mask, without decompressing; contiguous ones by row slabs of
+    their values.  Both read each stored byte once, with memory bounded by one chunk.
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    for k in DATASETS:
+        d = f[k]
+        h.update(f"{k}{d.shape}{d.dtype.str}{d.chunks}{d.compression}".encode())
+        if d.chunks is not None:
+            for i in range(d.id.get_num_chunks()):
+                info = d.id.get_chunk_info(i)
+                mask, raw = d.id.read_direct_chunk(info.chunk_offset)
+                h.update(repr((info.chunk_offset, mask)).encode())
+                h.update(raw)
+        else:
+            for i in range(int(d.shape[0])):
+                h.update(np.ascontiguousarray(d[i]).tobytes())
+    return h.hexdigest()
+
+
 class SyntheticDataset:
     """Open a training dataset for reading by index.
 
@@ -268,6 +322,10 @@ class SyntheticDataset:
 
     def __len__(self):
         return self.n
+
+    def content_hash(self) -> str:
+        """:func:`content_hash` of this file's arrays."""
+        return content_hash(self._f)
 
     def close(self):
         self._f.close()

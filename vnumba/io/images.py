@@ -27,7 +27,7 @@ from vnumba.io.outputs import atomic_write, atomic_write_bytes, atomic_write_tex
 __all__ = [
     "ImageData", "read_image", "tiff_mpp", "match_channels", "image_to_float", "float_to_uint",
     "encode_mask16", "decode_mask16", "write_png", "atomic_write_bytes", "atomic_write_text",
-    "INPUT_SUFFIXES",
+    "INPUT_SUFFIXES", "MAX_IMAGE_PIXELS", "declared_size",
 ]
 
 #: File name endings :func:`read_image` accepts.
@@ -68,6 +68,12 @@ class ImageData:
 MPP_RANGE = (0.01, 50.0)
 #: Largest image (pixels) that prediction resamples to (about 16 GiB of float32 RGB).
 MAX_RESAMPLED_PIXELS = 2 ** 30
+#: Largest image (pixels, 8192² = 67 Mpx) :func:`read_image` decodes: whole-image prediction
+#: holds about 200 bytes per pixel (14 GiB at this size).  Checked from the file's header
+#: before any pixel is decoded, so a small compressed file declaring 30000² px is refused
+#: rather than allocated.  Larger images are slides: ``vnumba.slide`` reads them tile by tile
+#: from a tiled (pyramidal) TIFF or a slide format.
+MAX_IMAGE_PIXELS = 2 ** 26
 
 
 def _one_line(text) -> str:
@@ -79,12 +85,15 @@ def _fail(path, msg) -> ValueError:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_image(path) -> ImageData:
+def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageData:
     """Read a PNG, JPEG or TIFF image.
 
     Parameters
     ----------
     path : str or Path
+    max_pixels : int
+        Refuse, from the file's header and before decoding, an image with more pixels
+        (:data:`MAX_IMAGE_PIXELS`).
 
     Returns
     -------
@@ -97,8 +106,8 @@ def read_image(path) -> ImageData:
     FileNotFoundError
         The file does not exist.
     ValueError
-        Unknown suffix, unreadable/truncated file, unsupported layout or dtype; the message
-        names the file.
+        Unknown suffix, unreadable/truncated file, unsupported layout or dtype, more than
+        ``max_pixels`` pixels, a TIFF of several pages; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,9 +117,11 @@ def read_image(path) -> ImageData:
         raise _fail(path, f"unsupported file type {path.suffix!r}; expected one of {INPUT_SUFFIXES}")
     if path.stat().st_size == 0:
         raise _fail(path, "is empty (0 bytes); not an image")
+    if suffix not in _TIFF_SUFFIXES:  # TIFF: checked on its series before reading (_read_tiff)
+        _check_pixels(path, declared_size(path), max_pixels)
     mpp = None
     if suffix in _TIFF_SUFFIXES:
-        arr, mpp = _read_tiff(path)
+        arr, mpp = _read_tiff(path, max_pixels)
     elif suffix == ".png":
         arr = _read_png(path)
     else:
@@ -132,6 +143,42 @@ def read_image(path) -> ImageData:
     return ImageData(np.ascontiguousarray(arr), mpp, path)
 
 
+def declared_size(path) -> tuple[int, int] | None:
+    """(width, height) a PNG or JPEG declares in its header, without decoding pixels (None when
+    the header cannot be parsed: decoding then reports the file as unreadable)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    import warnings
+
+    try:
+        from PIL import Image
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: we say it ourselves
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    return tuple(int(v) for v in im.size)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except Exception:  # not an image Pillow knows: the decoder will say so
+        return None
+
+
+def _check_pixels(path, size, max_pixels) -> None:
+    """Refuse ``size`` = (width, height) beyond ``max_pixels`` naming the file and the size."""
+    if size is None:
+        return
+    w, h = size
+    if w * h > max_pixels:
+        raise _fail(path, f"image of {w}x{h} px ({w * h / 1e6:.0f} Mpx) is beyond the "
+                          f"{max_pixels / 1e6:.0f} Mpx one image may have (whole-image work holds "
+                          f"it in memory); analyse larger images with vnumba.slide from a tiled "
+                          f"(pyramidal) TIFF or a slide file")
+
+
 def _read_png(path: Path) -> np.ndarray:
     """PNG at full bit depth (imagecodecs/libpng: Pillow returns only the high byte of a
     16-bit RGB PNG); an all-opaque alpha channel is dropped, a real one is refused."""
@@ -150,14 +197,38 @@ def _read_png(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_tiff(path: Path):
+class _Refused(Exception):
+    """A TIFF refused on its layout before reading (message already names the file)."""
+
+
+def _read_tiff(path: Path, max_pixels: int = MAX_IMAGE_PIXELS):
     import tifffile
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            pages = _full_resolution_pages(tif)
+            images = [x for x in tif.series
+                      if (x.name or "").lower() not in ("label", "macro", "thumbnail")]
+            if len(images) > 1 or (pages > 1 and not (tif.is_shaped or tif.is_imagej
+                                                      or tif.is_ome)):
+                # Pages without metadata saying what they are (a stack? channels? several
+                # images?): taking the first one, or stacking them as channels, would be a
+                # silent guess.
+                raise _Refused(_fail(path, f"TIFF of {len(tif.pages)} pages; vnumba reads one 2-D image "
+                                           f"per file: save the page to analyse as its own file "
+                                           f"(a whole-slide pyramid: use vnumba.slide)"))
+            ys = [n for a, n in zip(series.axes, series.shape) if a in "YX"]
+            if len(ys) == 2:
+                _check_pixels(path, (ys[1], ys[0]), max_pixels)
             arr = series.asarray()
             axes = series.axes
             mpp = _mpp_from_tiff(tif)
+    except _Refused as r:
+        raise r.args[0] from None
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise _fail(path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:
         raise _fail(path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
     # Drop singleton axes (time, z, ...) and put the channel axis last.
@@ -175,6 +246,18 @@ def _read_tiff(path: Path):
                           "images (with channels) are supported")
     order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a in "SC"]
     return np.transpose(arr, order), mpp
+
+
+def _full_resolution_pages(tif) -> int:
+    """Pages of ``tif`` that are images of their own (reduced-resolution pages, e.g. a
+    pyramid's or a thumbnail, not counted); stops counting at 2."""
+    n = 0
+    for page in tif.pages:
+        if not getattr(page, "is_reduced", False):
+            n += 1
+            if n > 1:
+                break
+    return n
 
 
 def tiff_mpp(path) -> float | None:

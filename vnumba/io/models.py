@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vnumba.io.images import MPP_RANGE
 from vnumba.io.outputs import atomic_h5  # re-exported: the one atomic writer
 from vnumba.vn.config import ModelConfig, from_dict
 
@@ -244,14 +245,19 @@ def shipped_model_path(name: str) -> Path:
     return MODELS_DIR / f"{name}.h5"
 
 
-def _check_meta(meta, where) -> None:
+def check_meta(meta, where) -> None:
     """Refuse implausible metadata that would silently change a prediction (key named)."""
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: meta must be a JSON object")
     mpp = meta.get("mpp")
+    lo, hi = MPP_RANGE  # a model trained at 0.0006 um/px would resample a 40-px image to 32733²
     if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
-                            or not np.isfinite(mpp) or not 0 < mpp <= 100):
-        raise ValueError(f"{where}: meta 'mpp' must be a positive pixel size in um, got {mpp!r}")
+                            or not np.isfinite(mpp) or not lo <= mpp <= hi):
+        raise ValueError(f"{where}: meta 'mpp' must be a pixel size in um within [{lo:g}, {hi:g}], "
+                         f"got {mpp!r}")
+    of = meta.get("object_filter")
+    if of is not None and not isinstance(of, dict):
+        raise ValueError(f"{where}: meta 'object_filter' must be a table, got {type(of).__name__}")
     for k in ("reinhard_mean", "reinhard_std"):
         v = meta.get(k)
         if v is None:
@@ -296,7 +302,7 @@ def read_model_group(f, where) -> Model:
             raise ValueError(f"{where}: parameter {k!r} is not finite floating point")
     if "lam" in params and np.any(params["lam"] < 0):
         raise ValueError(f"{where}: parameter 'lam' has negative values (λ ≥ 0 is required)")
-    _check_meta(meta, where)
+    check_meta(meta, where)
     n_mask = int(getattr(cfg, "n_mask", 1))
     mc = meta.get("mask_classes")
     if (mc is not None or n_mask > 1) and len(mc or ()) != n_mask:

@@ -21,10 +21,13 @@ refuses the same input given twice (a file named again, or also found in a folde
 first) and removes it again, while still empty, when the run fails.
 
 :func:`remove_stale_temporaries` deletes the ``.NAME.<pid>.tmp`` files that a killed writer
-left next to an output, when process ``pid`` no longer exists.
+left next to an output, when process ``pid`` no longer exists.  :func:`temp_path` sweeps the
+folder it writes into the same way before every write (any ``NAME``), so a temporary left by a
+killed run of *any* command is removed by the next command that writes there (issue 22).
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from contextlib import contextmanager
@@ -32,7 +35,8 @@ from pathlib import Path
 from typing import Mapping
 
 __all__ = ["OutputConflict", "same_file", "check_outputs", "check_distinct", "temp_path", "remove_stale_temporaries",
-           "OutputLock", "output_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_h5"]
+           "OutputLock", "output_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_h5",
+           "check_h5_write", "disk_array"]
 
 
 class OutputConflict(ValueError):
@@ -208,6 +212,7 @@ def temp_path(path) -> Path:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder / "*")  # leftovers of killed writers of any file here
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     try:
         tmp.unlink()  # this process's own leftover of an earlier failed write
@@ -288,14 +293,174 @@ def atomic_write_text(path, text: str, newline=None) -> None:
     atomic_write(path, write)
 
 
+class _GuardedFile(io.RawIOBase):
+    """The file object HDF5 writes through (h5py's file-object driver) for :func:`atomic_h5`.
+
+    HDF5 does not survive a failed write: after ``ENOSPC`` its close fails, h5py's object ids
+    can no longer be released, and the process ends in a segmentation fault (issue 22: a full
+    disk during ``train`` and ``synth generate``).  So a write that fails here is *not*
+    reported to HDF5: the error is kept, the bytes are held in memory (later reads see them),
+    and HDF5 finishes and closes cleanly; :func:`atomic_h5` then raises the kept error and the
+    temporary file is removed.  Writers of many samples call :func:`check_h5_write` between
+    samples so that memory holds at most one sample after the disk filled up.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self._fh = open(path, "r+b", buffering=1 << 20)
+        self._pos = 0
+        self._held = []          # (offset, bytes) written after the first failure, in order
+        self.error = None        # the first OSError of a write
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        if whence == 0:
+            self._pos = offset
+        elif whence == 1:
+            self._pos += offset
+        else:
+            self._pos = self._size() + offset
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def _size(self):
+        end = os.fstat(self._fh.fileno()).st_size
+        for off, b in self._held:
+            end = max(end, off + len(b))
+        return end
+
+    def readinto(self, buf):
+        mv = memoryview(buf).cast("B")
+        self._fh.seek(self._pos)
+        n = self._fh.readinto(mv)
+        n = n or 0
+        end = self._pos + len(mv)
+        for off, b in self._held:  # bytes that never reached the disk, newest last
+            lo, hi = max(off, self._pos), min(off + len(b), end)
+            if lo < hi:
+                mv[lo - self._pos:hi - self._pos] = b[lo - off:hi - off]
+                n = max(n, hi - self._pos)
+        self._pos += n
+        return n
+
+    def write(self, data):
+        data = bytes(data)
+        if self.error is None:
+            try:
+                if self._fh.tell() != self._pos:
+                    self._fh.seek(self._pos)
+                self._fh.write(data)  # buffered: a full disk shows here or at close
+            except OSError as e:
+                self.error = e
+        if self.error is not None:
+            self._held.append((self._pos, data))
+        self._pos += len(data)
+        return len(data)
+
+    def truncate(self, size=None):
+        size = self._pos if size is None else size
+        if self.error is None:
+            try:
+                self._fh.truncate(size)
+            except OSError as e:
+                self.error = e
+        return size
+
+    def flush(self):
+        pass
+
+    def close(self):
+        if not self.closed:
+            try:
+                self._fh.close()
+            except OSError as e:
+                self.error = self.error or e
+        super().close()
+
+
+_GUARDS = {}
+
+
+def disk_array(path, dtype, shape, mode="w+"):
+    """A disk-backed array (``numpy.memmap``) whose blocks are reserved on disk when it is
+    made (``posix_fallocate``).
+
+    A memory map of a sparse file on a full disk ends the process with SIGBUS when a page is
+    first written; with the space reserved up front, a full disk is an ``OSError`` naming the
+    file here, before any work (issue 22).  ``mode`` ``"r+"`` opens an existing one (its
+    blocks were reserved when it was made).  File systems without ``fallocate`` fall back to
+    the sparse file.
+    """
+    import errno
+
+    import numpy as np
+
+    path = Path(path)
+    if mode == "r+":
+        return np.memmap(path, dtype, "r+", shape=tuple(shape))
+    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        if nbytes:
+            os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise OSError(e.errno, f"{path}: cannot reserve {nbytes / 2 ** 20:.0f} MiB on disk: "
+                                   f"{e.strerror}") from None
+    os.close(fd)
+    return np.memmap(path, dtype, "r+", shape=tuple(shape))
+
+
+def check_h5_write(f) -> None:
+    """Raise the first write error of the HDF5 file ``f`` that :func:`atomic_h5` is writing
+    (e.g. ``ENOSPC``) now, rather than when it is closed; nothing for other files."""
+    entry = _GUARDS.get(id(f))
+    if entry is not None and entry[0].error is not None:
+        raise _write_error(entry[1], entry[0].error)
+
+
+def _write_error(path, e) -> OSError:
+    import errno
+    return OSError(e.errno or errno.EIO, f"{path}: cannot be written: {e.strerror or e} "
+                                         f"(nothing was replaced)")
+
+
 def atomic_h5(path, write):
     """Call ``write(h5file)`` on a new HDF5 file, then move it onto ``path`` atomically
-    (:func:`atomic_write`).  Returns what ``write`` returned."""
+    (:func:`atomic_write`).  Returns what ``write`` returned.
+
+    A write error (a full disk) raises ``OSError`` naming ``path`` after HDF5 has closed the
+    file cleanly (:class:`_GuardedFile`); the temporary file is removed and the previous
+    ``path`` stays as it was.
+    """
     import h5py
 
     def fill(tmp):
-        with h5py.File(tmp, "w") as f:
-            return write(f)
+        guard = _GuardedFile(tmp)
+        try:
+            with h5py.File(guard, "w") as f:
+                _GUARDS[id(f)] = (guard, path)
+                try:
+                    result = write(f)
+                finally:
+                    _GUARDS.pop(id(f), None)
+        finally:
+            guard.close()
+        if guard.error is not None:
+            raise _write_error(path, guard.error)
+        return result
     return atomic_write(path, fill)
 
 
@@ -315,6 +480,8 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path) -> list:
     """Delete ``.NAME.<pid>.tmp`` beside ``path`` (NAME its file name) whose process is gone.
 
+    ``path``'s name ``*`` sweeps every ``.NAME.<pid>.tmp`` of its folder (any ``NAME``).
+
     Returns
     -------
     list of Path
@@ -325,10 +492,11 @@ def remove_stale_temporaries(path) -> list:
     removed = []
     if not folder.is_dir():
         return removed
+    every = path.name == "*"
     for q in folder.glob(f".{path.name}.*.tmp"):
         m = _TMP.match(q.name)
-        if m and m.group("name") == path.name and int(m.group("pid")) != os.getpid() \
-                and not _alive(int(m.group("pid"))):
+        if m and (every or m.group("name") == path.name) and int(m.group("pid")) != os.getpid() \
+                and q.is_file() and not q.is_symlink() and not _alive(int(m.group("pid"))):
             try:
                 q.unlink()
                 removed.append(q)

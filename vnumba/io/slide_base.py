@@ -21,6 +21,9 @@ __all__ = ["SlideError", "SlideReader", "MAX_REGION_PIXELS", "as_rgb8", "is_tiff
 
 #: Largest region :meth:`SlideReader.read_region` returns (pixels; 768 MiB of RGB).
 MAX_REGION_PIXELS = 2 ** 28
+#: Largest level-0 side (pixels) a slide may declare (the largest scanned sections are about
+#: 2·10^5 px a side); a header declaring more is refused before anything is planned.
+MAX_SLIDE_SIDE = 2 ** 20
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -77,6 +80,11 @@ class SlideReader(ABC):
         dims = tuple((int(w), int(h)) for w, h in dimensions)
         if not dims or any(w < 1 or h < 1 for w, h in dims):
             raise slide_error(self.path, f"empty image or level (level sizes {list(dims)})")
+        w0, h0 = dims[0]
+        if max(w0, h0) > MAX_SLIDE_SIDE:
+            # Declared by the file's header; the largest scanned sections are ~2·10^5 px.
+            raise slide_error(self.path, f"declares {w0}x{h0} px at level 0, beyond the "
+                                         f"{MAX_SLIDE_SIDE} px a side a slide may have")
         if downsamples is None:
             w0, h0 = dims[0]
             downsamples = [(w0 / w + h0 / h) / 2.0 for w, h in dims]

@@ -53,7 +53,10 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     if _state["applied"] is not None:
         return _state["applied"]
     ok = False
-    if (sys.platform.startswith("linux") and os.environ.get("VNUMBA_KEEP_MEMORY", "1") != "0"
+    keep = os.environ.get("VNUMBA_KEEP_MEMORY", "1").strip() or "1"
+    if keep not in ("0", "1"):  # the commands check it first (vnumba.cli.check_environment)
+        raise ValueError(f"VNUMBA_KEEP_MEMORY={keep!r}: expected 0 or 1")
+    if (sys.platform.startswith("linux") and keep != "0"
             and "MALLOC_MMAP_THRESHOLD_" not in os.environ
             and "MALLOC_TRIM_THRESHOLD_" not in os.environ):
         try:

@@ -99,7 +99,10 @@ def choose_vector_bits(environ=None, features=None) -> int:
     return 128
 
 
-VECTOR_BITS = choose_vector_bits()
+try:
+    VECTOR_BITS = choose_vector_bits()
+except ValueError as _e:  # read at import, before any command's main: one line, not a traceback
+    raise SystemExit(f"error: environment variable {_e}") from None
 VECTOR_BYTES = VECTOR_BITS // 8
 # in-register table look-ups (vlookup64) compile to AVX-512 permutes only with 512-bit vectors
 # on a target that has them; elsewhere to one scalar load per lane (correct, slow: callers

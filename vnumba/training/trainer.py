@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from vnumba.io.dataset import SyntheticDataset, batch_plan
-from vnumba.io.models import Model, read_model_group, save_model, write_model_group
+from vnumba.io.models import Model, check_meta, read_model_group, save_model, write_model_group
 from vnumba.io.outputs import OutputLock, atomic_h5, atomic_write, check_outputs, remove_stale_temporaries
 from vnumba.vn.config import ModelConfig
 
@@ -158,6 +158,11 @@ def _script_normalization(text):
         norm = tomllib.loads(text).get("normalization", {})
     except tomllib.TOMLDecodeError:
         return None
+    except RecursionError:  # nesting thousands deep: not a script synth wrote
+        raise ValueError("the dataset's script attribute is nested too deeply to be a "
+                         "scenario script") from None
+    if not isinstance(norm, dict):
+        return None
     if norm.get("method", "reinhard") != "reinhard" or "target_mean" not in norm:
         return None
     out = []
@@ -188,6 +193,9 @@ def dataset_identity(ds) -> str:
     ident = {"n": ds.n, "shape": [ds.channels, ds.height, ds.width]}
     for k, v in sorted(ds.attrs.items()):
         ident[k] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+    # The stored arrays themselves: a file whose arrays were replaced, attributes unchanged,
+    # is other data, and --resume must not continue on it (issue 22).
+    ident["content"] = ds.content_hash()
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -318,7 +326,9 @@ def train(args: TrainOptions) -> Model:
                                            "--checkpoint": ckpt_path})
     for p in (out, log_path, ckpt_path):
         remove_stale_temporaries(p)
-    with OutputLock(out):
+    # Every output locked, the log and the checkpoint included: two runs sharing a --log
+    # would otherwise both finish and one run's log be lost.
+    with OutputLock(out), OutputLock(log_path), OutputLock(ckpt_path):
         return _train_locked(args, out, log_path, ckpt_path, dtype)
 
 
@@ -440,7 +450,9 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
     if crop is not None and (crop > ds.height or crop > ds.width):
         raise SystemExit(f"error: --crop {crop} is larger than the images ({ds.height}x{ds.width})")
     _check_memory(args, cfg, ds, crop, dtype)
-    _meta(ds, args, lr)  # the dataset's metadata is checked before any iteration runs
+    # The dataset's metadata is checked before any iteration runs, by the rules a model file
+    # is loaded with: a model that could not be loaded afterwards is never trained.
+    check_meta(_meta(ds, args, lr), f"{ds.path}: attributes")
     if args.arch == "unet":
         from vnumba.unet import network as unet
         side = crop or min(ds.height, ds.width)
@@ -520,11 +532,12 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
                   flush=True)
         if done % args.checkpoint_every == 0 or done == args.iters:
             mdl = Model(args.arch, cfg, trainer.params(), dict(meta, iterations=done))
-            # Log first: a crash between the two leaves a log ahead of the checkpoint,
-            # which a resume cuts back to the checkpoint's iteration (its own copy).
-            _rewrite_log(log_path, rows)
+            # Checkpoint first: when it cannot be written (a full disk) the previous run's
+            # log stays beside the previous checkpoint; a crash between the two leaves the
+            # log behind the checkpoint, which a resume rebuilds from the checkpoint's copy.
             _write_checkpoint(ckpt_path, mdl, trainer.optimizer_state(), done, elapsed, run_key,
                               rows)
+            _rewrite_log(log_path, rows)
             last_ckpt = done
     elapsed = elapsed0 + time.perf_counter() - t0
     meta.update(iterations=args.iters, train_seconds=round(elapsed, 2))
