@@ -56,11 +56,17 @@ def _cmd_generate(args) -> int:
     except OutputConflict as e:
         raise SystemExit(f"error: {e}")
     remove_stale_temporaries(args.output)  # left by a killed run (.NAME.<pid>.tmp)
+    from vnumba.executor import SchedulerError, get_executor
+    if args.scheduler and args.workers != 1:
+        raise SystemExit("error: give --workers or --scheduler, not both (--scheduler local:N "
+                         "runs N worker processes)")
     try:
-        with OutputLock(args.output):
-            out = write_dataset(args.output, script, args.n, args.seed, workers=args.workers,
-                                reference=reference, progress=not args.quiet)
-    except OutputConflict as e:
+        with OutputLock(args.output), get_executor(args.scheduler or f"processes:{args.workers}") as ex:
+            if not args.quiet and args.scheduler:
+                print(f"samples made on {ex.description}", file=sys.stderr, flush=True)
+            out = write_dataset(args.output, script, args.n, args.seed, reference=reference,
+                                progress=not args.quiet, executor=ex)
+    except (OutputConflict, SchedulerError) as e:
         raise SystemExit(f"error: {e}")
     except KeyboardInterrupt as e:
         from vnumba.cli import interrupted_status, interrupted_word
@@ -134,10 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", type=int, required=True, help="number of samples")
     g.add_argument("-o", "--output", required=True, type=Path, help="output .h5 file")
     g.add_argument("--seed", type=int, required=True, help="dataset seed (>= 0)")
-    g.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
+    g.add_argument("--workers", type=_int_in(1, 1024), default=1,
+                   help="worker processes (output does not depend on it)")
     g.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="override the script's image size")
+    g.add_argument("--scheduler", metavar="SPEC",
+                   help="where samples are made: local:N (a Dask LocalCluster of N worker "
+                        "processes) or a Dask scheduler address (tcp://host:8786); the output "
+                        "is the same bytes whatever runs it (docs/distributed.md)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
 

@@ -23,18 +23,16 @@ place when complete), so an interrupted run never leaves a file under the reques
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from vnumba.executor import Executor, get_executor
 from vnumba.io.dataset import DTYPE, SCHEMA_VERSION, DatasetError, check_sample, open_dataset_file, validate_file
 from vnumba.io.outputs import atomic_h5, check_h5_write
 
@@ -49,51 +47,10 @@ __all__ = ["SCHEMA_VERSION", "CHANNELS", "write_dataset", "read_sample", "datase
 CHANNELS = 3
 
 
-_W_SCRIPT: Script | None = None
-_W_REF: Any = None
-_W_SEED = 0
-
-
-def _init_worker(script, reference, seed):
-    global _W_SCRIPT, _W_REF, _W_SEED
-    _W_SCRIPT, _W_REF, _W_SEED = script, reference, seed
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this worker process exit when the generating process dies (also by ``kill -9``):
-    an orphaned worker would keep computing and keep the output's HDF5 file open.  Linux:
-    the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere:
-    a daemon thread that exits once the parent process id changes."""
-    import signal
-    import threading
-
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before the call above
-        os._exit(1)
-
-    def watch():
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def _init_pool_worker(parent_pid, script, reference, seed):
-    _die_with_parent(parent_pid)
-    _init_worker(script, reference, seed)
-
-
-def _make(i: int):
-    s = generate_sample(_W_SCRIPT, sample_rng(_W_SEED, i), _W_REF)
+def _make(shared, i: int):
+    """Task of the executor (vnumba.executor): sample ``i``, from its own seed alone."""
+    script, reference, seed = shared
+    s = generate_sample(script, sample_rng(seed, i), reference)
     return i, s.noisy, s.clean, s.mask
 
 
@@ -123,7 +80,7 @@ class _Progress:
 
 
 def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: Any = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, executor: Executor | None = None) -> Path:
     """Generate ``n`` samples of ``script`` and write them atomically to ``path``.
 
     Parameters
@@ -140,9 +97,13 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
         Worker processes (1 = generate in this process).  The output does not depend on it.
     reference : object, optional
         Passed to the generator (scenario 3's reference bundle); must be picklable when
-        ``workers > 1``.
+        the samples are made elsewhere (``workers > 1`` or an ``executor``).
     progress : bool
         Print a progress bar on stderr.
+    executor : vnumba.executor.Executor, optional
+        Where the samples are made (``--scheduler``: a Dask cluster); overrides ``workers``.
+        Only this process writes the file, in the samples' order, so its datasets are the
+        same bytes whatever runs the samples.
 
     Returns
     -------
@@ -158,6 +119,9 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
     if not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     n, seed, workers = int(n), int(seed), int(workers)
+    own = executor is None
+    if own:
+        executor = get_executor(f"processes:{workers}")
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output directory {path.parent} does not exist")
@@ -205,21 +169,15 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
             f.flush()  # the sample leaves HDF5's chunk cache, so that a full disk shows now
             check_h5_write(f)  # and stops the run here, not after every sample
 
-        if workers == 1:
-            _init_worker(script, reference, seed)
-            for i in range(n):
-                put(*_make(i))
-                bar.update(i + 1)
-        else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
-                                     initargs=(os.getpid(), script, reference, seed)) as ex:
-                chunk = max(1, min(8, n // (4 * workers)))
-                for done, res in enumerate(ex.map(_make, range(n), chunksize=chunk), 1):
-                    put(*res)
-                    bar.update(done)
+        for done, res in enumerate(executor.map(_make, range(n), shared=(script, reference, seed)), 1):
+            put(*res)  # in order, whatever order the workers finish in
+            bar.update(done)
 
-    atomic_h5(path, write)
+    try:
+        atomic_h5(path, write)
+    finally:
+        if own:
+            executor.close()
     return path
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Layer of each top-level part of ``vnumba`` (lower = more basic).
 LAYERS = {
-    "scenarios": 0, "ops": 0,
+    "scenarios": 0, "ops": 0, "executor": 0,
     "unet": 1,
     "vn": 2,
     "io": 3,
@@ -100,7 +100,7 @@ def test_vnumba_imports_point_down_the_layers_and_only_apps_import_synth():
 SYNTH_ALLOWED_MODULES = ("vnumba.analysis.interactions",)
 
 
-@pytest.mark.parametrize("allowed", [("ops", "io", "scenarios", "cli")])
+@pytest.mark.parametrize("allowed", [("ops", "io", "scenarios", "cli", "executor")])
 def test_synth_uses_only_the_operator_and_file_layers_of_vnumba(allowed):
     bad = []
     for path, name, package in _modules("synth"):

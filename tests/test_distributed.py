@@ -1,0 +1,115 @@
+"""The one seam through which work runs (vnumba.executor) and dataset generation on Dask
+(issue 23, first part): a ``LocalCluster`` of 2 worker processes started by the tests."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from vnumba.executor import Executor, SchedulerError, get_executor, parse_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+pytest.importorskip("distributed")
+
+
+@pytest.mark.parametrize("spec,expect", [
+    (None, ("inprocess", None)), ("", ("inprocess", None)), ("local:2", ("local", 2)),
+    ("processes:3", ("processes", 3)), ("tcp://10.0.0.5:8786", ("address", "tcp://10.0.0.5:8786")),
+])
+def test_scheduler_specs_are_parsed(spec, expect):
+    assert parse_scheduler(spec) == expect
+
+
+@pytest.mark.parametrize("spec", ["local:0", "local:x", "local:", "8786", "tcp://", "dask"])
+def test_bad_scheduler_specs_are_refused_naming_them(spec):
+    with pytest.raises(SchedulerError, match="--scheduler"):
+        parse_scheduler(spec)
+
+
+def _square_plus(shared, i):
+    return i * i + shared
+
+
+def test_in_process_and_pool_executors_keep_the_items_order():
+    with get_executor(None) as ex:
+        assert type(ex) is Executor
+        assert list(ex.map(_square_plus, range(5), shared=1)) == [1, 2, 5, 10, 17]
+    with get_executor("processes:2") as ex:
+        assert list(ex.map(_square_plus, range(9), shared=0)) == [i * i for i in range(9)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with get_executor("local:2") as ex:
+        yield ex
+
+
+def test_local_cluster_runs_two_single_threaded_workers_in_order(cluster):
+    assert cluster.workers == 2
+    assert list(cluster.map(_square_plus, range(20), shared=3)) == [i * i + 3 for i in range(20)]
+
+    def threads(shared, i):
+        import os
+        return os.environ.get("NUMBA_NUM_THREADS"), os.getpid()
+    got = list(cluster.map(threads, range(8)))
+    assert {g[0] for g in got} == {os.environ.get("NUMBA_NUM_THREADS", "1")}
+
+
+def test_a_task_whose_worker_dies_is_rerun_and_nothing_is_lost(cluster, tmp_path):
+    """Task 3 kills its worker process the first time it runs (a lost worker): Dask reruns it
+    on a worker that lives, and every result arrives once, in order."""
+    marker = str(tmp_path / "died")
+
+    def fragile(shared, i):
+        import os
+        if i == 3 and not os.path.exists(shared):
+            open(shared, "w").close()
+            os._exit(1)
+        return 10 * i
+    assert list(cluster.map(fragile, range(8), shared=marker)) == [10 * i for i in range(8)]
+    assert os.path.exists(marker)
+
+
+def _generate(tmp_path, name, *extra):
+    r = subprocess.run([PY, "-m", "synth", "generate", "scenario2", "-n", "5", "--seed", "7",
+                        "--size", "40", "40", "-q", "-o", name, *extra], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    return tmp_path / name
+
+
+def test_generation_on_a_local_cluster_is_the_same_bytes_as_in_process(tmp_path):
+    from vnumba.io.dataset import SyntheticDataset
+    a = _generate(tmp_path, "a.h5")
+    b = _generate(tmp_path, "b.h5", "--scheduler", "local:2")
+    with SyntheticDataset(a) as da, SyntheticDataset(b) as db:
+        assert da.content_hash() == db.content_hash()   # the stored chunks, byte for byte
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert dict(fa.attrs) .keys() == dict(fb.attrs).keys()
+        for k in fa.attrs:
+            assert str(fa.attrs[k]) == str(fb.attrs[k]), k
+
+
+def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s")
+    r = subprocess.run([PY, "-m", "synth", "generate", "scenario2", "-n", "2", "--seed", "0",
+                        "-q", "-o", "g.h5", "--scheduler", "tcp://127.0.0.1:9"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env=env)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "tcp://127.0.0.1:9" in lines[0] and "cannot reach" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_and_scheduler_together_are_refused(tmp_path):
+    r = subprocess.run([PY, "-m", "synth", "generate", "scenario2", "-n", "2", "--seed", "0",
+                        "-q", "-o", "g.h5", "--workers", "2", "--scheduler", "local:2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode != 0 and "--workers or --scheduler" in r.stderr
+    assert list(tmp_path.iterdir()) == []
