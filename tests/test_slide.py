@@ -641,3 +641,34 @@ def test_svs_slide_is_read_through_openslide_and_finds_the_same_nuclei(data, pai
     from scipy.spatial import cKDTree
     d, _ = cKDTree(b).query(a)
     assert (d * MPP0 < 1.0).mean() >= 0.8
+
+
+def test_blocks_on_a_local_dask_cluster_give_the_same_outputs(data, ref):
+    """--scheduler local:2: the blocks are tasks that read the slide from its path in 2 worker
+    processes; the outputs are those of the in-process run."""
+    pytest.importorskip("distributed")
+    out = _analyse(data, data["dir"] / "dask", "--tile", "128", "--scheduler", "local:2")
+    _same_as_reference(out, ref)
+
+
+def test_a_worker_lost_during_slide_analysis_changes_nothing(data, ref):
+    """The first block each worker runs kills its process once (a lost worker): Dask reruns
+    those blocks elsewhere; every block arrives once and the outputs equal the reference."""
+    pytest.importorskip("distributed")
+    import cloudpickle
+    import dask_helpers
+
+    from vnumba.analysis.wsi import SlideOptions
+    from vnumba.executor import get_executor
+    from vnumba.io.models import load_model
+    from vnumba.slide import analyse_slide
+
+    cloudpickle.register_pickle_by_value(dask_helpers)
+    out = data["dir"] / "dask_dies"
+    out.mkdir()
+    marker = data["dir"] / "a_worker_died"
+    model = dask_helpers.DiesOnce(load_model(data["model"]), marker)
+    with get_executor("local:2") as ex:
+        analyse_slide(data["s"], model, out, SlideOptions(tile=128), quiet=True, executor=ex)
+    assert marker.exists()
+    _same_as_reference(out, ref)

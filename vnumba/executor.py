@@ -78,6 +78,8 @@ class Executor:
     description = "in-process"
     #: Worker processes (1 in-process).
     workers = 1
+    #: True when tasks run in the calling process (callers may then pass live objects).
+    in_process = True
 
     def map(self, fn: Callable, items: Iterable, shared: Any = None) -> Iterator:
         """Yield ``fn(shared, item)`` for each item, in the items' order."""
@@ -139,6 +141,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class _PoolExecutor(Executor):
+    in_process = False
+
     def __init__(self, n: int):
         self.workers = n
         self.description = f"{n} local worker processes"
@@ -158,6 +162,8 @@ class _PoolExecutor(Executor):
 # ------------------------------------------------------------------ Dask
 class _DaskExecutor(Executor):
     """Tasks on a Dask cluster through a ``distributed.Client``."""
+
+    in_process = False
 
     def __init__(self, kind: str, arg):
         try:

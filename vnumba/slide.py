@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a killed run from its finished blocks")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the network runs (cuda: the numba.cuda kernels)")
+    p.add_argument("--scheduler", metavar="SPEC",
+                   help="where the tile blocks run: local:N (a Dask LocalCluster of N worker "
+                        "processes) or a Dask scheduler address (tcp://host:8786); workers read "
+                        "the slide from its path; the outputs equal an in-process run "
+                        "(docs/distributed.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -136,13 +141,26 @@ def main(argv=None) -> int:
     except OutputConflict as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from vnumba.executor import SchedulerError, get_executor
+    try:
+        executor = get_executor(args.scheduler)
+    except SchedulerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with executor:
+        if args.scheduler and not args.quiet:
+            print(f"tile blocks run on {executor.description}", file=sys.stderr, flush=True)
+        return _analyse_all(args, slides, model, opts, executor)
+
+
+def _analyse_all(args, slides, model, opts, executor) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0
     for i, path in enumerate(slides, 1):
         try:
             rep = analyse_slide(path, model, args.out, opts, radius_um=args.radius_um,
                                 resume=args.resume, quiet=args.quiet,
-                                label=f"[{i}/{len(slides)}] {path.name}")
+                                label=f"[{i}/{len(slides)}] {path.name}", executor=executor)
             rows.append(rep)
             if not args.quiet:
                 print(f"{path}: {rep['tumour_nuclei']} tumour, {rep['immune_cells']} immune, "
@@ -199,7 +217,7 @@ def _norm_stats(reader, plan, tissue, model, n_patches: int = 16, size: int = 25
 
 
 def analyse_slide(path: Path, model, out_dir: Path, opts, radius_um=None, resume=False,
-                  quiet=False, label="") -> dict:
+                  quiet=False, label="", executor=None) -> dict:
     """Analyse one slide and write its outputs (see the module docstring); returns the report."""
     from vnumba.analysis.inference import model_mask_classes
     from vnumba.analysis.tissue import read_overview, tissue_mask
@@ -222,7 +240,7 @@ def analyse_slide(path: Path, model, out_dir: Path, opts, radius_um=None, resume
         key = slide_key(path, plan, model, opts)
         bar.start(len(plan.blocks))
         state = run_blocks(plan, grid, model, opts, work, tissue=tissue, resume=resume, key=key,
-                           progress=bar.update)
+                           progress=bar.update, executor=executor)
         bar.close()
         names = model_mask_classes(model) or ("nucleus",)
         table = collect_nuclei(plan, work, state["done"], model_mask_classes(model))

@@ -486,8 +486,24 @@ def slide_key(path, plan: SlidePlan, model, opts: SlideOptions) -> str:
     return h.hexdigest()[:32]
 
 
+#: Readers a Dask worker has opened, by (slide path, --mpp): opened once per worker and kept.
+_WORKER_READERS: dict = {}
+
+
+def _remote_block(shared, k):
+    """Task of :func:`run_blocks` on another process (vnumba.executor): block ``k`` read by the
+    worker itself from the slide's path (never sent by the driver)."""
+    path, mpp, plan, norm, model, opts = shared
+    reader = _WORKER_READERS.get((path, mpp))
+    if reader is None:
+        from vnumba.io.slides import open_slide
+        reader = _WORKER_READERS[(path, mpp)] = open_slide(path, mpp=mpp)
+    return k, process_block(k, plan, ModelGridReader(reader, plan, norm), model, opts)
+
+
 def run_blocks(plan: SlidePlan, grid_reader: ModelGridReader, model, opts: SlideOptions,
-               work, tissue=None, resume: bool = False, key: str = "", progress=None) -> dict:
+               work, tissue=None, resume: bool = False, key: str = "", progress=None,
+               executor=None) -> dict:
     """Process every block with tissue, saving each result in ``work`` as it finishes.
 
     Parameters
@@ -501,6 +517,11 @@ def run_blocks(plan: SlidePlan, grid_reader: ModelGridReader, model, opts: Slide
         Keep the finished blocks of an earlier run with the same ``key``.
     progress : callable or None
         ``progress(done_blocks, total_blocks, skipped)`` after each block.
+    executor : vnumba.executor.Executor, optional
+        Where the blocks run (``--scheduler``).  Other than in-process, every block is a task
+        that reads its window from the slide's path (``grid_reader.reader.path``) on the
+        worker; this process writes the results in the blocks' order, so the outputs are the
+        same as in-process.
 
     Returns
     -------
@@ -533,33 +554,48 @@ def run_blocks(plan: SlidePlan, grid_reader: ModelGridReader, model, opts: Slide
     processed = skipped = reused = 0
     done = []
     total = len(plan.blocks)
+    # What each block needs, decided here (cheap): reuse, skip (no tissue) or process.
+    todo, step = [], {}
     for k, (block, _) in enumerate(plan.blocks):
-        f = work / f"block_{k}.npz"
-        if f.exists():
+        if (work / f"block_{k}.npz").exists():
+            step[k] = "reuse"
+            continue
+        er0, er1, ec0, ec1 = plan.extended(block)
+        has = True
+        if tissue is not None:
+            from vnumba.analysis.tissue import tile_tissue_fraction
+            fpx = plan.level0_per_model     # level-0 box of the extended block
+            x0 = plan.region[0] + int(ec0 * fpx)
+            y0 = plan.region[1] + int(er0 * fpx)
+            frac = tile_tissue_fraction(tissue, x0, y0,
+                                        max(1, int(round((ec1 - ec0) * fpx))),
+                                        max(1, int(round((er1 - er0) * fpx))))
+            has = frac >= opts.min_tissue and frac > 0
+        step[k] = "process" if has else "skip"
+        if has:
+            todo.append(k)
+    if executor is None or executor.in_process:
+        results = ((k, process_block(k, plan, grid_reader, model, opts)) for k in todo)
+    else:
+        src = grid_reader.reader
+        results = executor.map(_remote_block, todo, shared=(
+            str(src.path), src.given_mpp, plan, grid_reader.norm, model, opts))
+    results = iter(results)
+    for k in range(total):
+        if step[k] == "reuse":
             reused += 1
             done.append(k)
+        elif step[k] == "skip":
+            skipped += 1
         else:
-            er0, er1, ec0, ec1 = plan.extended(block)
-            has = True
-            if tissue is not None:
-                from vnumba.analysis.tissue import tile_tissue_fraction
-                fpx = plan.level0_per_model     # level-0 box of the extended block
-                x0 = plan.region[0] + int(ec0 * fpx)
-                y0 = plan.region[1] + int(er0 * fpx)
-                frac = tile_tissue_fraction(tissue, x0, y0,
-                                            max(1, int(round((ec1 - ec0) * fpx))),
-                                            max(1, int(round((er1 - er0) * fpx))))
-                has = frac >= opts.min_tissue and frac > 0
-            if not has:
-                skipped += 1
-            else:
-                res = process_block(k, plan, grid_reader, model, opts)
-                r0, r1, c0, c1 = block
-                probs[:, r0:r1, c0:c1] = res.probs
-                probs.flush()
-                res.save(f)
-                processed += 1
-                done.append(k)
+            kk, res = next(results)   # in the blocks' order, whoever computed them
+            assert kk == k
+            r0, r1, c0, c1 = plan.blocks[k][0]
+            probs[:, r0:r1, c0:c1] = res.probs
+            probs.flush()
+            res.save(work / f"block_{k}.npz")
+            processed += 1
+            done.append(k)
         if progress is not None:
             progress(k + 1, total, skipped)
     del probs

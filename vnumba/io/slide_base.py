@@ -73,6 +73,11 @@ class SlideReader(ABC):
         self._downsamples: tuple[float, ...] = ()
         self._metadata_mpp: float | None = None
 
+    @property
+    def given_mpp(self) -> float | None:
+        """The level-0 pixel size given when opening (``--mpp``), or None."""
+        return self._mpp_given
+
     # ------------------------------------------------------------------ set by subclasses
     def _init_levels(self, dimensions, metadata_mpp: float | None, downsamples=None) -> None:
         """Record the levels: ``dimensions`` as (width, height) per level, finest first;
