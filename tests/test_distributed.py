@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from vnumba.executor import Executor, SchedulerError, get_executor, parse_scheduler
@@ -112,4 +113,44 @@ def test_workers_and_scheduler_together_are_refused(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode != 0 and "--workers or --scheduler" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _train(tmp_path, name, executor, dtype):
+    from test_train import _toy_dataset
+
+    from vnumba.io.models import load_model
+    from vnumba.training.trainer import TrainOptions, train
+    data = tmp_path / "D.h5"
+    if not data.exists():
+        _toy_dataset(data, n=6)
+    opts = TrainOptions(data=str(data), steps=2, nf_u=4, nf_m=2, ks_u=5, ks_m=3, ks=3, iters=3,
+                        batch=3, crop=12, dtype=dtype, out=str(tmp_path / f"{name}.h5"),
+                        checkpoint_every=2, quiet=True)
+    train(opts, executor=executor)
+    import csv
+    with open(tmp_path / f"{name}.csv", newline="") as fh:
+        log = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+    return load_model(tmp_path / f"{name}.h5").params, log
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_data_parallel_training_gives_the_in_process_model_bit_for_bit(cluster, tmp_path, dtype):
+    """Each image of a batch a task on 2 workers, gradients summed by the driver in the images'
+    order from zero: the same floating-point sum as in-process training (which accumulates the
+    batch gradient image by image), in float64 and in float32."""
+    a, log_a = _train(tmp_path, "here", None, dtype)
+    b, log_b = _train(tmp_path, "dask", cluster, dtype)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert log_a == log_b
+
+
+def test_train_with_a_dataset_the_workers_cannot_read_is_one_line(tmp_path):
+    r = subprocess.run([PY, "-m", "vnumba.train", "missing.h5", "--scheduler", "local:1",
+                        "--iters", "1", "--out", "m.h5"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and "missing.h5" in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []

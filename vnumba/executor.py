@@ -176,11 +176,16 @@ class _DaskExecutor(Executor):
             env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
             if os.environ.get("NUMBA_CACHE_DIR"):
                 env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+            import logging
+            import warnings
+
             try:
-                self._cluster = distributed.LocalCluster(
-                    n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=None,
-                    env=env, silence_logs=50)
-                self._client = distributed.Client(self._cluster)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. "port 8787 in use": no dashboard asked
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=arg, threads_per_worker=1, processes=True, dashboard_address=":0",
+                        env=env, silence_logs=logging.ERROR)
+                    self._client = distributed.Client(self._cluster)
             except Exception as e:  # noqa: BLE001 - any failure to start is one line
                 self.close()
                 raise SchedulerError(f"--scheduler local:{arg}: cannot start a local cluster: "

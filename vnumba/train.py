@@ -55,6 +55,11 @@ def build_parser():
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from a trained variational network (a file or a shipped name, e.g. "
                         "scenario3): same architecture; mask channels matched by class name")
+    p.add_argument("--scheduler", metavar="SPEC", default=None,
+                   help="data-parallel training: local:N (a Dask LocalCluster of N worker "
+                        "processes) or a Dask scheduler address; each image of a batch is a task "
+                        "that reads its crop from the dataset's path; the model equals in-process "
+                        "training (docs/distributed.md)")
     p.add_argument("--quiet", action="store_true", help="print a progress line every 10 iterations only")
     return p
 
@@ -64,8 +69,17 @@ def main(argv=None):
     terminate_as_interrupt()
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # a training process reuses its arrays' pages (vnumba.ops.memory)
+    from vnumba.executor import get_executor
+    opts = vars(args)
+    scheduler = opts.pop("scheduler")
     try:
-        train(TrainOptions(**vars(args)))
+        if scheduler and (args.arch != "vn" or args.device != "cpu"):
+            raise ValueError("--scheduler trains the variational network on CPU workers "
+                             "(--arch vn --device cpu)")
+        with get_executor(scheduler) as executor:
+            if scheduler and not args.quiet:
+                print(f"gradients computed on {executor.description}", flush=True)
+            train(TrainOptions(**opts), executor=executor)
     except (OSError, ValueError) as e:  # OSError: unreadable input, read-only folder, full disk
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -297,13 +297,17 @@ def _read_log(path, upto):
         return [row for row in r if row and int(row[0]) <= upto]
 
 
-def train(args: TrainOptions) -> Model:
+def train(args: TrainOptions, executor=None) -> Model:
     """Run training as configured by ``args``; return the model.
 
     Parameters
     ----------
     args : TrainOptions
         (An ``argparse.Namespace`` with the same attributes works too.)
+    executor : vnumba.executor.Executor, optional
+        Where each iteration's gradients are computed (``--scheduler``; data-parallel,
+        :mod:`vnumba.training.parallel`); None or in-process: here.  The model does not
+        depend on it.
     """
     for name, v, lo in (("--iters", args.iters, 0), ("--batch", args.batch, 1),
                         ("--checkpoint-every", args.checkpoint_every, 1), ("--steps", args.steps, 1),
@@ -329,7 +333,7 @@ def train(args: TrainOptions) -> Model:
     # Every output locked, the log and the checkpoint included: two runs sharing a --log
     # would otherwise both finish and one run's log be lost.
     with OutputLock(out), OutputLock(log_path), OutputLock(ckpt_path):
-        return _train_locked(args, out, log_path, ckpt_path, dtype)
+        return _train_locked(args, out, log_path, ckpt_path, dtype, executor)
 
 
 def estimate_memory(args, cfg, channels: int, height: int, width: int, dtype) -> int:
@@ -435,7 +439,7 @@ def warm_start(params: dict, cfg, model, mask_classes) -> dict:
     return out
 
 
-def _train_locked(args, out, log_path, ckpt_path, dtype):
+def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
     from vnumba.vn.backend import get_backend
     from vnumba.vn.model import batch_metrics
 
@@ -511,16 +515,25 @@ def _train_locked(args, out, log_path, ckpt_path, dtype):
     print(f"training {args.arch} on {ds.path} ({ds.n} samples {ds.height}x{ds.width}, scenario "
           f"{scenario or '?'}): {n_params} parameters, {args.iters} iterations, batch {args.batch}, "
           f"crop {crop or 'none'}, lr {lr:g}, device {args.device}", flush=True)
+    parallel = executor is not None and not executor.in_process
+    if parallel:
+        from vnumba.training.parallel import batch_on_executor
     t0 = time.perf_counter()
     last_ckpt = start_it
     for it in range(start_it, args.iters):
         plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
-        u0, gu, gm = ds.batch(plan, dtype)
         lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
         _set_lr(trainer, lr_it)
-        loss, u_T, m_T = trainer.step(u0, gu, gm)
+        if parallel:
+            # Workers read their crops and return gradients; the sum is the in-process one.
+            loss, grads, met = batch_on_executor(executor, args.data, cfg, trainer.params(),
+                                                 plan, dtype)
+            trainer.update(loss, grads)
+        else:
+            u0, gu, gm = ds.batch(plan, dtype)
+            loss, u_T, m_T = trainer.step(u0, gu, gm)
+            met = batch_metrics(u_T, m_T, gu, gm)
         _check_weights(trainer.params(), done_it=it + 1)
-        met = batch_metrics(u_T, m_T, gu, gm)
         elapsed = elapsed0 + time.perf_counter() - t0
         done = it + 1
         rows.append([str(done), f"{loss:.8g}", f"{met['accuracy']:.6f}", f"{met['psnr']:.4f}",

@@ -50,10 +50,15 @@ class CPUTrainer:
     def step(self, u0, gu, gm):
         """Returns ``(loss, u_T, m_T)`` before the update; updates the parameters."""
         loss, grads, u_T, m_T = self._loss_and_grad(self._params, self.cfg, u0, gu, gm)
+        self.update(loss, grads)
+        return loss, u_T, m_T
+
+    def update(self, loss, grads):
+        """Adam and the projections with gradients computed elsewhere (the sum of the shards'
+        gradients of data-parallel training, :mod:`vnumba.training.parallel`)."""
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss}")
         self.opt.step(self._params, grads)
-        return loss, u_T, m_T
 
     def params(self):
         return self._params

@@ -378,7 +378,7 @@ def _run_steps(params, cfg, u0, m0, keep_states=True, record=False):
 
 def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
                   gu: np.ndarray, gm: np.ndarray, m0: np.ndarray | None = None,
-                  chunk: int = 1, store: str = "convs") -> tuple:
+                  chunk: int = 1, store: str = "convs", batch_size: int | None = None) -> tuple:
     """Training loss and its exact gradient for every parameter of every step.
 
     Parameters
@@ -403,6 +403,10 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
         sets, so a backward step only re-evaluates the pointwise functions: a quarter fewer
         multiply-adds per iteration, for ``N_t (nf_u + nf_m + 2 nf) H W`` more floats per
         chunk (≈ 260 MB for one 300×300 image and 10 steps).
+    batch_size : int, optional
+        The batch size the loss is normalised by (default ``N``): a shard of a larger batch
+        (data-parallel training, :mod:`vnumba.training.parallel`) gives exactly its share of
+        the batch's loss and gradient.
 
     Returns
     -------
@@ -434,6 +438,11 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     if store not in ("convs", "states"):
         raise ValueError(f"store must be 'convs' or 'states', got {store!r}")
     chunk = _check_chunk(chunk)
+    if batch_size is None:
+        batch_size = N
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < N:
+        raise ValueError(f"batch_size must be an integer >= the {N} images given, got {batch_size!r}")
     gu = np.ascontiguousarray(gu)
     gm = np.ascontiguousarray(gm)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
@@ -442,7 +451,7 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     loss = 0.0
     for s0 in range(0, N, chunk):
         sl = slice(s0, min(N, s0 + chunk))
-        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl], m0[sl], N, grads,
+        loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl], m0[sl], int(batch_size), grads,
                                      u_T[sl], m_T[sl], store)
     return float(loss), grads, u_T, m_T
 
