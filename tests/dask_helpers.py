@@ -25,3 +25,16 @@ class DiesOnce:
             open(self.marker, "w").close()
             os._exit(1)
         return self.model.apply(u0) if m0 is None else self.model.apply(u0, m0)
+
+
+def dying_once(orig, marker):
+    """A task function that ends its worker process the first time any worker runs it (the
+    file ``marker`` records that it happened), then behaves as ``orig``."""
+    marker = str(marker)
+
+    def task(shared, item):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return orig(shared, item)
+    return task

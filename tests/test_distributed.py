@@ -154,3 +154,21 @@ def test_train_with_a_dataset_the_workers_cannot_read_is_one_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode != 0 and len(lines) == 1 and "missing.h5" in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_lost_during_a_training_iteration_changes_nothing(cluster, tmp_path, monkeypatch):
+    """The first image task of the run ends its worker process: Dask reruns the task on a
+    worker that lives, the iteration completes, and the model is the in-process one."""
+    import cloudpickle
+    import dask_helpers
+
+    import vnumba.training.parallel as P
+    cloudpickle.register_pickle_by_value(dask_helpers)
+    a, log_a = _train(tmp_path, "here", None, "float64")
+    marker = tmp_path / "a_worker_died"
+    monkeypatch.setattr(P, "_image_task", dask_helpers.dying_once(P._image_task, marker))
+    b, log_b = _train(tmp_path, "dask", cluster, "float64")
+    assert marker.exists()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert log_a == log_b
