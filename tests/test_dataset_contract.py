@@ -114,8 +114,8 @@ def test_a_sample_synth_refuses_the_reader_refuses_too(tmp_path, monkeypatch, ba
     s = load_script("scenario2").with_size(16, 16)
     real = writer_mod._make
 
-    def spoil(i):
-        i, noisy, clean, mask = real(i)
+    def spoil(shared, i):
+        i, noisy, clean, mask = real(shared, i)
         if i == 1:
             noisy = noisy.copy()
             noisy[0, 0, 0] = np.nan if bad == "nan" else 1.5
@@ -129,7 +129,7 @@ def test_a_sample_synth_refuses_the_reader_refuses_too(tmp_path, monkeypatch, ba
     assert target.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
     # the same sample, stored without the writer's checks, is refused on reading
-    samples = [spoil(i)[1:] for i in range(3)]
+    samples = [spoil((s, None, 1), i)[1:] for i in range(3)]
     p = tmp_path / "unchecked.h5"
     write_dataset_arrays(p, *(np.stack([x[k] for x in samples]) for k in range(3)),
                          check_values=False)

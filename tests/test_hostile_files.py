@@ -352,7 +352,7 @@ def test_disk_filling_up_in_the_middle_of_a_dataset_is_one_error_and_nothing_rep
     made = []
     import synth.writer as W
     real_make = W._make
-    monkeypatch.setattr(W, "_make", lambda i: made.append(i) or real_make(i))
+    monkeypatch.setattr(W, "_make", lambda shared, i: made.append(i) or real_make(shared, i))
     monkeypatch.setattr(outputs._GuardedFile, "write", _fail_after(200_000))
     path = tmp_path / "d.h5"
     path.write_bytes(b"previous dataset")

@@ -125,10 +125,10 @@ def test_failure_mid_write_leaves_no_file_and_keeps_an_old_one(small, tmp_path, 
     target.write_bytes(b"old contents")
     real = writer_mod._make
 
-    def boom(i):
+    def boom(shared, i):
         if i == 2:
             raise RuntimeError("killed")
-        return real(i)
+        return real(shared, i)
 
     monkeypatch.setattr(writer_mod, "_make", boom)
     with pytest.raises(RuntimeError, match="killed"):
