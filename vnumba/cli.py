@@ -79,7 +79,24 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt`` and every atomic writer's cleanup runs (issue 22)."""
 
 
+_SIGTERM = {"raised": False}
+
+
 def _on_sigterm(signum, frame):
+    if _SIGTERM["raised"]:
+        return  # already unwinding: let the cleanup (temporaries, locks) finish
+    f = frame
+    while f is not None:
+        if f.f_code.co_name == "__del__":
+            # An exception raised inside a finalizer is printed and swallowed ("Exception
+            # ignored in ... __del__"), and the run would go on: deliver the signal again in a
+            # moment, when the finalizer has returned.
+            import os
+            import threading
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        f = f.f_back
+    _SIGTERM["raised"] = True
     raise Terminated()
 
 

@@ -130,17 +130,27 @@ def check_outputs(inputs: Mapping[str, object], outputs: Mapping[str, object],
                                      f"written in place of an input; choose another output folder")
     for k, p in outs.items():
         _check_written_path(k, p, folder_output=False)
+    # One identity per path (same_file's rule: the inode of an existing file, else the
+    # resolved path), so that n inputs and m outputs cost n + m look-ups, not n x m: predict
+    # over a folder of 300 images writes 2400 files.
+    by_id = {}
+    for j, q in ins.items():
+        by_id.setdefault(_identity(q), (j, q))
     for k, p in outs.items():
-        for j, q in ins.items():
-            if same_file(p, q):
-                raise OutputConflict(f"{_named(k, p)} is the same file as the {_named(j, q)}: it "
-                                     f"would be overwritten; choose another output path")
-    items = list(outs.items())
-    for i, (k, p) in enumerate(items):
-        for j, q in items[i + 1:]:
-            if same_file(p, q):
-                raise OutputConflict(f"{_named(k, p)} and {_named(j, q)} are the same file; give "
-                                     f"each output its own path")
+        hit = by_id.get(_identity(p))
+        if hit is not None:
+            j, q = hit
+            raise OutputConflict(f"{_named(k, p)} is the same file as the {_named(j, q)}: it "
+                                 f"would be overwritten; choose another output path")
+    seen = {}
+    for k, p in outs.items():
+        key = _identity(p)
+        if key in seen:
+            j, q = seen[key]
+            raise OutputConflict(f"{_named(j, q)} and {_named(k, p)} are the same file; give "
+                                 f"each output its own path")
+        seen[key] = (k, p)
+
 
 
 @contextmanager
