@@ -177,7 +177,8 @@ def _warm(shared, i):
     from vnumba.vn.config import ModelConfig
     from vnumba.vn.model import init_params, loss_and_grad
     cfg = ModelConfig()
-    p = init_params(cfg, np.random.default_rng(0))
+    # float32, as training runs (the kernels are compiled per dtype)
+    p = {k: np.asarray(v, np.float32) for k, v in init_params(cfg, np.random.default_rng(0)).items()}
     x = np.full((1, 3, 24, 24), 0.5, np.float32)
     loss_and_grad(p, cfg, x, x, np.zeros((1, 24, 24), np.float32))
     return i
