@@ -27,6 +27,17 @@ def _run(argv, cwd, timeout=300):
                           timeout=timeout, env=env)
 
 
+def one_line_refusal(name, r, expect):
+    """``r`` (a finished command) exited non-zero with exactly one line on stderr, no
+    traceback, naming every string of ``expect`` (shared by the bad-input suites)."""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode != 0, f"{name}: exit 0\n{r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1, f"{name}: {len(lines)} lines on stderr:\n{r.stderr}"
+    for e in expect:
+        assert e in lines[0], f"{name}: {e!r} not named in: {lines[0]}"
+
+
 def _snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -205,12 +216,7 @@ def test_bad_input_fails_in_one_line_and_keeps_every_file(work, name):
     argv, expect = CASES[name]
     before = _snapshot(work)
     r = _run(argv, work)
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert r.returncode != 0, f"{name}: exit 0\n{r.stderr}"
-    assert "Traceback" not in r.stderr, r.stderr
-    assert len(lines) == 1, f"{name}: {len(lines)} lines on stderr:\n{r.stderr}"
-    for e in expect:
-        assert e in lines[0], f"{name}: {e!r} not named in: {lines[0]}"
+    one_line_refusal(name, r, expect)
     after = _snapshot(work)
     assert after == before, (f"{name}: files changed: "
                              f"{sorted(set(before.items()) ^ set(after.items()))}")

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 from predict_helpers import save_tiny_model
-from test_cli_failures import PY, ROOT, _run
+from test_cli_failures import PY, ROOT, _run, one_line_refusal
 from test_cli_safety_more import _state
 from test_train import TINY, _toy_dataset
 
@@ -162,21 +162,12 @@ ENV_CASES = {
 }
 
 
-def _one_line_refusal(name, r, expect):
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert r.returncode != 0, f"{name}: exit 0\n{r.stderr}"
-    assert "Traceback" not in r.stderr, r.stderr
-    assert len(lines) == 1, f"{name}: {len(lines)} lines on stderr:\n{r.stderr}"
-    for e in expect:
-        assert e in lines[0], f"{name}: {e!r} not named in: {lines[0]}"
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_file_is_refused_in_one_line_and_nothing_changes(hw, name):
     argv, expect = CASES[name]
     before = _state(hw)
     r = _run(argv, hw)
-    _one_line_refusal(name, r, expect)
+    one_line_refusal(name, r, expect)
     assert _state(hw) == before
 
 
@@ -188,7 +179,7 @@ def test_bad_environment_variable_is_refused_in_one_line(hw, name):
                  ["vnumba.train", "D.h5", *TR[1:]]):
         r = subprocess.run([PY, "-m", *argv], cwd=hw, capture_output=True, text=True,
                            timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
-        _one_line_refusal(f"{name} {argv[0]}", r, expect)
+        one_line_refusal(f"{name} {argv[0]}", r, expect)
     assert _state(hw) == before
 
 
@@ -197,7 +188,7 @@ def test_a_folder_whose_only_annotation_is_not_a_zip_is_one_line_naming_it(hw, t
     before = _state(tmp_path / "ev")
     r = _run(["vnumba.evaluate", "ev", "--model", str(hw / "m.h5"), "--mpp", "0.5", "--out", "eo",
               "--no-overlays", "-q"], tmp_path)
-    _one_line_refusal("evaluate garbage labels", r, ["a_labels.npz", "no image could be evaluated"])
+    one_line_refusal("evaluate garbage labels", r, ["a_labels.npz", "no image could be evaluated"])
     assert _state(tmp_path / "ev") == before
 
 
@@ -244,7 +235,7 @@ def test_a_log_held_by_another_training_is_refused(hw, tmp_path):
         before = _state(tmp_path)
         r = _run(["vnumba.train", "D.h5", *TR[1:-2], "--out", "other.h5", "--log", "log.csv"],
                  tmp_path)
-        _one_line_refusal("shared --log", r, ["log.csv", str(holder.pid)])
+        one_line_refusal("shared --log", r, ["log.csv", str(holder.pid)])
         assert _state(tmp_path) == before
     finally:
         holder.kill()
@@ -262,7 +253,7 @@ def test_resume_refuses_a_dataset_whose_arrays_were_replaced(hw, tmp_path):
         f["u0"][...] = u[::-1]
     before = _state(tmp_path)
     r = _run(base + ["--iters", "2", "--resume"], tmp_path)
-    _one_line_refusal("resume on replaced arrays", r, ["dataset content differs"])
+    one_line_refusal("resume on replaced arrays", r, ["dataset content differs"])
     assert _state(tmp_path) == before
 
 
