@@ -97,7 +97,21 @@ def _on_sigterm(signum, frame):
             return
         f = f.f_back
     _SIGTERM["raised"] = True
+    _quiet_finalizers()
     raise Terminated()
+
+
+def _quiet_finalizers() -> None:
+    """Once a run is being stopped, say nothing about finalizers that fail.
+
+    The signal may arrive inside a library object's ``__init__`` (seen: imageio's Pillow
+    plugin), whose ``__del__`` then fails on the half-built object as the stack unwinds and
+    Python prints "Exception ignored in ..." with a traceback after the one line. The run ends
+    anyway and its cleanup does not rely on those finalizers, so their failures are dropped.
+    """
+    import sys
+
+    sys.unraisablehook = lambda unraisable: None
 
 
 def terminate_as_interrupt() -> None:
@@ -137,6 +151,7 @@ def interruptible(main):
         try:
             return main(argv)
         except KeyboardInterrupt as e:
+            _quiet_finalizers()
             print(f"{interrupted_word(e)}; the outputs finished before it are complete, nothing "
                   f"half-written was left", file=sys.stderr)
             return interrupted_status(e)
