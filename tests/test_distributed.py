@@ -107,6 +107,63 @@ def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("stub,words", [
+    ("raise ModuleNotFoundError(\"No module named 'vnumba'\")", "cannot import vnumba"),
+    ("__version__ = '0.0.0+other'", "has vnumba 0.0.0+other"),
+])
+def test_a_worker_without_the_package_is_one_line_and_nothing_is_written(tmp_path, stub, words):
+    """A scheduler and one worker started as a user would (``dask scheduler``, ``dask
+    worker``), the worker seeing a ``vnumba`` that fails to import or is another version."""
+    import time
+
+    import distributed
+    dask_cli = Path(PY).parent / "dask"
+    if not dask_cli.exists():
+        pytest.skip("the dask command is not installed next to this Python")
+    (tmp_path / "stub" / "vnumba").mkdir(parents=True)
+    (tmp_path / "stub" / "vnumba" / "__init__.py").write_text(stub + "\n")
+    work = tmp_path / "w"
+    work.mkdir()
+    sf = tmp_path / "scheduler.json"
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    procs = [subprocess.Popen([str(dask_cli), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sf)], env=base,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        t0 = time.monotonic()
+        while not sf.exists() and time.monotonic() - t0 < 120:
+            time.sleep(0.2)
+        procs.append(subprocess.Popen(
+            [str(dask_cli), "worker", "--scheduler-file", str(sf), "--nthreads", "1", "--no-nanny",
+             "--no-dashboard"], env=dict(base, PYTHONPATH=str(tmp_path / "stub")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with distributed.Client(scheduler_file=str(sf), timeout=120) as c:
+            c.wait_for_workers(1, timeout=120)
+            address = c.scheduler.address
+        r = subprocess.run([PY, "-m", "synth", "generate", "scenario2", "-n", "2", "--seed", "0",
+                            "-q", "-o", "g.h5", "--scheduler", address], cwd=work,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+            p.wait(timeout=60)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert words in lines[0] and address in lines[0], lines[0]
+    assert list(work.iterdir()) == []
+
+
+def test_a_scheduler_without_workers_is_refused_after_the_wait(monkeypatch):
+    import distributed
+
+    import vnumba.executor as E
+    monkeypatch.setattr(E, "FIRST_WORKER_TIMEOUT_S", 2.0)
+    with distributed.LocalCluster(n_workers=0, dashboard_address=":0", processes=False) as lc:
+        with pytest.raises(SchedulerError, match="no worker joined the scheduler within 2 s"):
+            get_executor(lc.scheduler_address)
+
+
 def test_workers_and_scheduler_together_are_refused(tmp_path):
     r = subprocess.run([PY, "-m", "synth", "generate", "scenario2", "-n", "2", "--seed", "0",
                         "-q", "-o", "g.h5", "--workers", "2", "--scheduler", "local:2"],

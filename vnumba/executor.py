@@ -43,6 +43,10 @@ WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_TH
               "MKL_NUM_THREADS": "1"}
 
 
+#: Seconds to wait for the first worker of a scheduler that has none yet.
+FIRST_WORKER_TIMEOUT_S = 120.0
+
+
 class SchedulerError(ValueError):
     """A ``--scheduler`` that cannot be used (bad spec, unreachable address, Dask missing)."""
 
@@ -201,8 +205,21 @@ class _DaskExecutor(Executor):
                                      f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") \
                     from None
             self.description = f"Dask scheduler {arg}"
+        if not self._client.scheduler_info().get("workers"):
+            # A scheduler whose workers are still queued (a batch system): wait for the first
+            # rather than submit into nothing; tasks then also reach workers joining later.
+            try:
+                self._client.wait_for_workers(1, timeout=FIRST_WORKER_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - TimeoutError (asyncio's or the builtin)
+                self.close()
+                raise SchedulerError(f"--scheduler {arg}: no worker joined the scheduler within "
+                                     f"{FIRST_WORKER_TIMEOUT_S:g} s") from None
         self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
-        self._check_workers()
+        try:
+            self._check_workers()
+        except SchedulerError:
+            self.close()
+            raise
 
     def _check_workers(self):
         """Every worker must import this package (the tasks are its functions)."""
