@@ -1,7 +1,10 @@
-"""Command line: ``python -m synth {generate,show-scenario,list,stats,preview,slide} ...``.
+"""Command line: ``python -m synth {generate,show-scenario,list,stats,preview,reference,
+layout-stats,slide} ...``.
 
 SCRIPT arguments are a path to a TOML scenario script or the name of a shipped script
-(``scenario1``, ``scenario2``, ``scenario3``).
+(``scenario1``, ``scenario2``, ``scenario3``).  The library modules take typed arguments; this
+module turns the command line into their calls (``synth reference``:
+:mod:`synth.reference`; ``synth layout-stats``: :mod:`synth.layouts`).
 
 Other modules add subcommands: every module named in :data:`CLI_PLUGINS` that exists and
 defines ``add_cli(subparsers)`` is asked to add its subparsers (each with
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -22,18 +26,22 @@ check_environment()
 
 from vnumba.cli import (  # noqa: E402
     ArgumentParser,
-    _int_in,
-    _pixel_size,
+    int_in,
     interrupted_status,
     interrupted_word,
+    non_negative,
+    pixel_size,
+    positive_float,
+    positive_int,
     terminate_as_interrupt,
 )
 
+from . import layouts, reference  # noqa: E402
 from .preview import PREVIEW_MAX_ROWS  # noqa: E402
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path  # noqa: E402
 
-#: Optional modules that contribute subcommands (e.g. ``synth reference`` from scenario 3).
-CLI_PLUGINS = ("synth.reference", "synth.scenario3", "synth.layouts", "synth.slide")
+#: Optional modules that contribute subcommands (e.g. ``synth slide``).
+CLI_PLUGINS = ("synth.scenario3", "synth.slide")
 
 
 def _cmd_generate(args) -> int:
@@ -129,6 +137,71 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_reference(args) -> int:
+    from vnumba.io.outputs import check_outputs
+    try:
+        # Before any work: the bundle must not replace an input image, its labels or the
+        # reference image.
+        inputs = {}
+        for q in reference.find_labelled_images(args.paths):
+            inputs[f"image {q}"] = q
+            inputs[f"labels {reference.labels_path_for(q)}"] = reference.labels_path_for(q)
+        inputs["--ref-image"] = args.ref_image
+        check_outputs(inputs, {"--output": args.output})
+        cfg = reference.ExtractionConfig(patch_size=args.patch_size,
+                                         max_patches_per_cell=args.max_patches_per_cell,
+                                         n_cohorts=args.cohorts, seed=args.seed)
+        mpp = float("nan") if args.mpp is None else args.mpp
+        bundle = reference.build_reference(args.paths, ref_image=args.ref_image, mpp=mpp,
+                                           config=cfg, progress=lambda m: print(m, file=sys.stderr))
+        reference.save_reference(bundle, args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"synth reference: error: {exc}", file=sys.stderr)
+        return 2
+    print(bundle.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_layout_stats(args) -> int:
+    from vnumba.io.outputs import atomic_write_text, check_outputs
+
+    progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        # Before any work: the statistics must not replace one of the layouts read.
+        check_outputs({f"layout {q}": q for q in layouts.find_layouts(args.folder)},
+                      {"--output": args.output})
+        stats = layouts.layout_statistics(args.folder, mpp=args.mpp, window=args.window,
+                                          progress=progress, gap_um=args.gap_um, near_um=args.near_um,
+                                          density_radius_um=args.density_radius_um,
+                                          max_hole_um2=args.max_hole_um2,
+                                          nest_radius_um=args.nest_radius_um,
+                                          nest_min_tumour=args.nest_min_tumour,
+                                          border_um=args.border_um)
+        atomic_write_text(args.output, json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
+    except (ValueError, OSError) as exc:
+        print(f"synth layout-stats: error: {layouts.one_line(exc)}", file=sys.stderr)
+        return 2
+    s = stats["source"]
+    print(f"wrote {args.output} ({s['n_rois']} ROIs, {s['n_nuclei']} nuclei)")
+    return 0
+
+
+def _add_defaulted(p, defaults, options) -> None:
+    """Options whose help ends in their default, taken from the library's ``defaults``:
+    rows ``(flag, type, help, field of defaults[, dest])``."""
+    for flag, typ, what, name, *dest in options:
+        v = getattr(defaults, name)
+        p.add_argument(flag, type=typ, default=v, dest=(dest or [name])[0], help=f"{what} (default {v})")
+
+
+def _subcommand(sub, name, module, help, run):
+    """A subcommand described by the first paragraph of its library module's docstring."""
+    p = sub.add_parser(name, help=help, description=module.__doc__.split("\n\n")[0])
+    p.set_defaults(func=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="synth", description="Synthetic training data from scenario scripts "
                                 "(Effland et al. 2019).")
@@ -140,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", type=int, required=True, help="number of samples")
     g.add_argument("-o", "--output", required=True, type=Path, help="output .h5 file")
     g.add_argument("--seed", type=int, required=True, help="dataset seed (>= 0)")
-    g.add_argument("--workers", type=_int_in(1, 1024), default=1,
+    g.add_argument("--workers", type=int_in(1, 1024), default=1,
                    help="worker processes (output does not depend on it)")
     g.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -170,15 +243,55 @@ def build_parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("preview", help="figure of layers, noisy, clean and mask (like Fig. 2)")
     pv.add_argument("script", metavar="SCRIPT")
     pv.add_argument("-o", "--output", required=True, type=Path, help="output PNG")
-    pv.add_argument("--n", type=_int_in(1, PREVIEW_MAX_ROWS), default=3,
+    pv.add_argument("--n", type=int_in(1, PREVIEW_MAX_ROWS), default=3,
                     help=f"number of samples (rows), 1 to {PREVIEW_MAX_ROWS}")
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--reference", type=Path, default=None, help="reference bundle (scenario 3)")
     pv.add_argument("--real", type=Path, default=None,
                     help="a real RGB image shown as crops at the script's scale in a last row")
-    pv.add_argument("--real-mpp", type=_pixel_size, default=None,
+    pv.add_argument("--real-mpp", type=pixel_size, default=None,
                     help="pixel size of --real in um (default: the script's)")
     pv.set_defaults(func=_cmd_preview)
+
+    rf = _subcommand(sub, "reference", reference,
+                     "build the scenario-3 reference bundle from annotated H&E images", _cmd_reference)
+    rf.add_argument("paths", nargs="+", metavar="PATH",
+                    help="annotated H&E images (NAME.png with NAME_labels.npz beside) or folders")
+    rf.add_argument("-o", "--output", required=True, help="reference bundle to write (HDF5)")
+    rf.add_argument("--ref-image", default=None,
+                    help="image to Reinhard-normalise to (default: the first input image)")
+    rf.add_argument("--mpp", type=pixel_size, default=None,
+                    help="pixel size of the inputs in µm (recorded; the generator rescales "
+                         "patches when its script's mpp differs; default: unknown). PUMA at 40x: "
+                         "about 0.24")
+    _add_defaulted(rf, reference.ExtractionConfig(), [
+        ("--patch-size", int, "side of the square texture patches in pixels", "patch_size"),
+        ("--max-patches-per-cell", int, "texture patches taken from one cell at most",
+         "max_patches_per_cell"),
+        ("--cohorts", int, "colour cohorts per texture set", "n_cohorts", "cohorts"),
+        ("--seed", int, "seed of the choice of patches within cells", "seed")])
+
+    ly = _subcommand(sub, "layout-stats", layouts,
+                     "size, shape and clustering statistics of annotated nucleus layouts",
+                     _cmd_layout_stats)
+    ly.add_argument("folder", metavar="FOLDER", help="folder of layout .npz files")
+    ly.add_argument("-o", "--output", required=True, type=Path, help="statistics JSON to write")
+    _add_defaulted(ly, layouts.LayoutParams(), [
+        ("--mpp", pixel_size, "pixel size of the layouts in µm", "mpp"),
+        ("--window", positive_int, "window side in pixels", "window"),
+        ("--gap", positive_float, "largest gap in µm linking immune nuclei", "gap_um"),
+        ("--near", positive_float, "'near a tumour nucleus' in µm", "near_um"),
+        ("--density-radius", positive_float, "radius in µm of the local tumour density",
+         "density_radius_um"),
+        ("--max-hole", non_negative, "holes up to this many µm² belong to an aggregate's area",
+         "max_hole_um2"),
+        ("--nest-radius", positive_float, "radius in µm of a tumour nest neighbourhood",
+         "nest_radius_um"),
+        ("--nest-min-tumour", positive_int, "tumour nuclei within the nest radius that make a nest",
+         "nest_min_tumour"),
+        ("--border", positive_float, "gap in µm at which an immune nucleus is at the tumour border",
+         "border_um")])
+    ly.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     for mod in CLI_PLUGINS:
         try:

@@ -54,12 +54,9 @@ window statistics all windows.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
-import json
 import math
-import sys
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,7 +67,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from vnumba.cli import ArgumentParser, _non_negative, _pixel_size, _positive_float, _positive_int
+from vnumba.ops.fields import NonNegativeFloat, PositiveFloat, PositiveInt, check_bounds
 
 __all__ = [
     "FORMAT",
@@ -86,9 +83,7 @@ __all__ = [
     "analyse_roi",
     "layout_statistics",
     "roi_statistics",
-    "add_subparser",
-    "add_cli",
-    "main",
+    "one_line",
 ]
 
 FORMAT = "vnumba-layout-stats"
@@ -140,31 +135,18 @@ class LayoutParams:
         tumour border* (directly adjacent to a tumour nucleus).
     """
 
-    mpp: float = 0.24
-    window: int = 300
-    gap_um: float = 3.0
-    near_um: float = 20.0
-    density_radius_um: float = 25.0
-    max_hole_um2: float = 300.0
-    nest_radius_um: float = 15.0
-    nest_min_tumour: int = 3
-    border_um: float = 2.0
+    mpp: PositiveFloat = 0.24
+    window: PositiveInt = 300
+    gap_um: PositiveFloat = 3.0
+    near_um: PositiveFloat = 20.0
+    density_radius_um: PositiveFloat = 25.0
+    max_hole_um2: NonNegativeFloat = 300.0
+    nest_radius_um: PositiveFloat = 15.0
+    nest_min_tumour: PositiveInt = 3
+    border_um: PositiveFloat = 2.0
 
     def __post_init__(self):
-        if isinstance(self.nest_min_tumour, bool) or not isinstance(
-                self.nest_min_tumour, (int, np.integer)) or self.nest_min_tumour < 1:
-            raise ValueError(f"nest_min_tumour must be a positive integer, "
-                             f"got {self.nest_min_tumour!r}")
-        for name in ("mpp", "gap_um", "near_um", "density_radius_um", "nest_radius_um",
-                     "border_um"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-        if not (isinstance(self.max_hole_um2, (int, float)) and self.max_hole_um2 >= 0):
-            raise ValueError(f"max_hole_um2 must be >= 0, got {self.max_hole_um2!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer)) \
-                or self.window < 1:
-            raise ValueError(f"window must be a positive integer, got {self.window!r}")
+        check_bounds(self)
 
     @property
     def gap_px(self) -> float:
@@ -190,7 +172,8 @@ class RoiLayout:
     fine_class: np.ndarray
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type when it has none)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -222,9 +205,9 @@ def read_layout(path) -> RoiLayout:
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: not a readable npz file ({_one_line(exc)})") from exc
+        raise ValueError(f"{path}: not a readable npz file ({one_line(exc)})") from exc
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable npz file ({_one_line(exc)})") from exc
+        raise ValueError(f"{path}: not a readable npz file ({one_line(exc)})") from exc
     if inst.ndim != 2 or inst.size == 0 or not np.issubdtype(inst.dtype, np.integer):
         raise ValueError(f"{path}: malformed layout, instances must be a non-empty 2-D integer "
                          f"array, got {inst.dtype} {inst.shape}")
@@ -1013,88 +996,3 @@ _DEFINITIONS = {
                "aggregate_ge20_inside = >= 20 centroids of one aggregate in the window, "
                "_touching = some centroid of an aggregate of >= 20 in the window",
 }
-
-
-# ----------------------------------------------------------------------------------------
-# Command line
-
-
-def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    d = LayoutParams()
-    p.add_argument("folder", metavar="FOLDER", help="folder of layout .npz files")
-    p.add_argument("-o", "--output", required=True, type=Path, help="statistics JSON to write")
-    p.add_argument("--mpp", type=_pixel_size, default=d.mpp,
-                   help=f"pixel size of the layouts in µm (default {d.mpp})")
-    p.add_argument("--window", type=_positive_int, default=d.window,
-                   help=f"window side in pixels (default {d.window})")
-    p.add_argument("--gap", type=_positive_float, default=d.gap_um, dest="gap_um",
-                   help=f"largest gap in µm linking immune nuclei (default {d.gap_um})")
-    p.add_argument("--near", type=_positive_float, default=d.near_um, dest="near_um",
-                   help=f"'near a tumour nucleus' in µm (default {d.near_um})")
-    p.add_argument("--density-radius", type=_positive_float, default=d.density_radius_um,
-                   dest="density_radius_um",
-                   help=f"radius in µm of the local tumour density "
-                        f"(default {d.density_radius_um})")
-    p.add_argument("--max-hole", type=_non_negative, default=d.max_hole_um2, dest="max_hole_um2",
-                   help=f"holes up to this many µm² belong to an aggregate's area "
-                        f"(default {d.max_hole_um2})")
-    p.add_argument("--nest-radius", type=_positive_float, default=d.nest_radius_um, dest="nest_radius_um",
-                   help=f"radius in µm of a tumour nest neighbourhood (default {d.nest_radius_um})")
-    p.add_argument("--nest-min-tumour", type=_positive_int, default=d.nest_min_tumour,
-                   dest="nest_min_tumour",
-                   help=f"tumour nuclei within the nest radius that make a nest "
-                        f"(default {d.nest_min_tumour})")
-    p.add_argument("--border", type=_positive_float, default=d.border_um, dest="border_um",
-                   help=f"gap in µm at which an immune nucleus is at the tumour border "
-                        f"(default {d.border_um})")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    return p
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``layout-stats`` subcommand on an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
-        "layout-stats", help="size, shape and clustering statistics of annotated nucleus layouts",
-        description=__doc__.split("\n\n")[0])
-    _configure_parser(p)
-    p.set_defaults(func=_run)
-    return p
-
-
-#: Hook read by ``synth.__main__`` (its CLI_PLUGINS) to add ``synth layout-stats``.
-add_cli = add_subparser
-
-
-def _run(args) -> int:
-    from vnumba.io.outputs import atomic_write_text, check_outputs
-
-    progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    try:
-        # Before any work: the statistics must not replace one of the layouts read.
-        check_outputs({f"layout {q}": q for q in find_layouts(args.folder)},
-                      {"--output": args.output})
-        stats = layout_statistics(args.folder, mpp=args.mpp, window=args.window,
-                                  progress=progress, gap_um=args.gap_um, near_um=args.near_um,
-                                  density_radius_um=args.density_radius_um,
-                                  max_hole_um2=args.max_hole_um2,
-                                  nest_radius_um=args.nest_radius_um,
-                                  nest_min_tumour=args.nest_min_tumour,
-                                  border_um=args.border_um)
-        atomic_write_text(args.output, json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
-    except (ValueError, OSError) as exc:
-        print(f"synth layout-stats: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    s = stats["source"]
-    print(f"wrote {args.output} ({s['n_rois']} ROIs, {s['n_nuclei']} nuclei)")
-    return 0
-
-
-def main(argv=None) -> int:
-    """``python -m synth layout-stats ...`` (also runnable as ``python -m synth.layouts``)."""
-    p = _configure_parser(ArgumentParser(
-        prog="synth layout-stats", description=__doc__.split("\n\n")[0]))
-    return _run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

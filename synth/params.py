@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from vnumba.ops.fields import bounded, numbers_in
 
 __all__ = ["ScriptError", "param", "ParseContext", "parse_dataclass", "ScenarioSection",
            "Normalization"]
@@ -26,16 +28,9 @@ class ScriptError(ValueError):
         super().__init__(f"{file}: {key}: {reason}")
 
 
-def param(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None,
-          doc: str = "", default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with bounds that :func:`parse_dataclass` enforces.
-
-    Bounds apply to a number, or to every number inside a (nested) tuple.
-    """
-    md = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=md)
-    return field(default=default, metadata=md)
+#: A dataclass field with bounds that :func:`parse_dataclass` enforces: the bounded fields of
+#: :mod:`vnumba.ops.fields` (bounds apply to a number or to every number inside a tuple).
+param = bounded
 
 
 class ParseContext:
@@ -135,14 +130,6 @@ def _convert(value, tp, ctx: ParseContext, key: str):
     ctx.error(key, f"must be {_tname(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _numbers(v):
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        yield v
-    elif isinstance(v, tuple):
-        for x in v:
-            yield from _numbers(x)
-
-
 _HINTS: dict[type, dict] = {}
 
 
@@ -173,16 +160,11 @@ def parse_dataclass(cls, value, ctx: ParseContext, key: str):
         sub = f"{key}.{name}" if key else name
         if name in value:
             v = _convert(value[name], hints[name], ctx, sub)
-            md = f.metadata
-            for x in _numbers(v):
-                if md.get("ge") is not None and not x >= md["ge"]:
-                    ctx.error(sub, f"must be >= {md['ge']}, got {x!r}")
-                if md.get("gt") is not None and not x > md["gt"]:
-                    ctx.error(sub, f"must be > {md['gt']}, got {x!r}")
-                if md.get("le") is not None and not x <= md["le"]:
-                    ctx.error(sub, f"must be <= {md['le']}, got {x!r}")
-                if md.get("lt") is not None and not x < md["lt"]:
-                    ctx.error(sub, f"must be < {md['lt']}, got {x!r}")
+            bounds = f.metadata.get("bounds")
+            for x in numbers_in(v) if bounds is not None else ():
+                reason = bounds.violation(x)
+                if reason:
+                    ctx.error(sub, reason)
             kwargs[name] = v
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             ctx.error(sub, "required key is missing")

@@ -39,20 +39,18 @@ bounding box ``(row0, col0, row1, col1)`` (end-exclusive) in the source image.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from vnumba.cli import ArgumentParser, _pixel_size
 from vnumba.io.labels import labels_header, read_labels
 from vnumba.io.outputs import check_distinct
+from vnumba.ops.fields import NonNegativeInt, PositiveFloat, PositiveInt, bounded, check_bounds
 
 __all__ = [
     "FORMAT",
@@ -71,9 +69,6 @@ __all__ = [
     "build_reference",
     "save_reference",
     "load_reference",
-    "add_subparser",
-    "add_cli",
-    "main",
 ]
 
 #: Value of the ``format`` attribute of a reference bundle (guards against foreign files).
@@ -134,33 +129,21 @@ class ExtractionConfig:
         Seed of the (deterministic) choice of texture patches within a cell.
     """
 
-    patch_size: int = 8
-    max_patches_per_cell: int = 4
-    n_cohorts: int = 3
-    min_nucleus_area: int = 40
-    min_lookalike_area: int = 30
-    cytoplasm_width: float = 12.0
-    background_min_lightness: float = 70.0
+    patch_size: PositiveInt = 8
+    max_patches_per_cell: PositiveInt = 4
+    n_cohorts: PositiveInt = 3
+    min_nucleus_area: PositiveInt = 40
+    min_lookalike_area: PositiveInt = 30
+    cytoplasm_width: PositiveFloat = 12.0
+    background_min_lightness: float = bounded(70.0, ge=0, le=100)
     vessel_hue: tuple = (-20.0, 60.0)
-    vessel_min_chroma: float = 20.0
+    vessel_min_chroma: PositiveFloat = 20.0
     stroma_hue: tuple = (-30.0, -20.0)
-    min_colour_pixels: int = 1000
-    seed: int = 0
+    min_colour_pixels: PositiveInt = 1000
+    seed: NonNegativeInt = 0
 
     def __post_init__(self):
-        for name in ("patch_size", "max_patches_per_cell", "n_cohorts", "min_nucleus_area",
-                     "min_lookalike_area", "min_colour_pixels"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ExtractionConfig.{name} must be a positive int, got {v!r}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"ExtractionConfig.seed must be a non-negative int, got {self.seed!r}")
-        for name in ("cytoplasm_width", "vessel_min_chroma"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v <= 0:
-                raise ValueError(f"ExtractionConfig.{name} must be a positive number, got {v!r}")
-        if not 0 <= self.background_min_lightness <= 100:
-            raise ValueError("ExtractionConfig.background_min_lightness must be in [0, 100]")
+        check_bounds(self)
         for name in ("vessel_hue", "stroma_hue"):
             v = tuple(getattr(self, name))
             if len(v) != 2 or not (-180 <= v[0] < v[1] <= 180):
@@ -973,84 +956,3 @@ def load_reference(path) -> ReferenceBundle:
         except (ValueError, TypeError, OSError) as exc:
             raise ValueError(f"{path}: malformed reference bundle ({exc})") from exc
     return bundle
-
-
-# ----------------------------------------------------------------------------------------
-# Command line
-
-
-def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    d = ExtractionConfig()
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="annotated H&E images (NAME.png with NAME_labels.npz beside) or folders")
-    p.add_argument("-o", "--output", required=True, help="reference bundle to write (HDF5)")
-    p.add_argument("--ref-image", default=None,
-                   help="image to Reinhard-normalise to (default: the first input image)")
-    p.add_argument("--mpp", type=_pixel_size, default=None,
-                   help="pixel size of the inputs in µm (recorded; the generator rescales "
-                        "patches when its script's mpp differs; default: unknown). PUMA at 40x: "
-                        "about 0.24")
-    p.add_argument("--patch-size", type=int, default=d.patch_size,
-                   help=f"side of the square texture patches in pixels (default {d.patch_size})")
-    p.add_argument("--max-patches-per-cell", type=int, default=d.max_patches_per_cell,
-                   help=f"texture patches taken from one cell at most "
-                        f"(default {d.max_patches_per_cell})")
-    p.add_argument("--cohorts", type=int, default=d.n_cohorts,
-                   help=f"colour cohorts per texture set (default {d.n_cohorts})")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the choice of patches within cells (default 0)")
-    return p
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``reference`` subcommand on an argparse ``subparsers`` object.
-
-    The subcommand's handler is stored as ``func`` (call it with the parsed namespace).
-    """
-    p = subparsers.add_parser(
-        "reference", help="build the scenario-3 reference bundle from annotated H&E images",
-        description=__doc__.split("\n\n")[0])
-    _configure_parser(p)
-    p.set_defaults(func=_run)
-    return p
-
-
-#: Hook read by ``synth.__main__`` (its CLI_PLUGINS) to add ``synth reference``.
-add_cli = add_subparser
-
-
-def _run(args) -> int:
-    from vnumba.io.outputs import check_outputs
-    try:
-        # Before any work: the bundle must not replace an input image, its labels or the
-        # reference image.
-        inputs = {}
-        for q in find_labelled_images(args.paths):
-            inputs[f"image {q}"] = q
-            inputs[f"labels {labels_path_for(q)}"] = labels_path_for(q)
-        inputs["--ref-image"] = args.ref_image
-        check_outputs(inputs, {"--output": args.output})
-        cfg = ExtractionConfig(patch_size=args.patch_size,
-                               max_patches_per_cell=args.max_patches_per_cell,
-                               n_cohorts=args.cohorts, seed=args.seed)
-        mpp = float("nan") if args.mpp is None else args.mpp
-        bundle = build_reference(args.paths, ref_image=args.ref_image, mpp=mpp,
-                                 config=cfg, progress=lambda m: print(m, file=sys.stderr))
-        save_reference(bundle, args.output)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"synth reference: error: {exc}", file=sys.stderr)
-        return 2
-    print(bundle.summary())
-    print(f"wrote {args.output}")
-    return 0
-
-
-def main(argv=None) -> int:
-    """``python -m synth reference ...`` (also runnable as ``python -m synth.reference``)."""
-    p = _configure_parser(ArgumentParser(
-        prog="synth reference", description=__doc__.split("\n\n")[0]))
-    return _run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

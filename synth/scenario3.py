@@ -55,7 +55,14 @@ from .reference import ReferenceBundle, load_reference
 
 if TYPE_CHECKING:  # annotations only: synth.script imports this module
     from .script import Script
-from .tme import _rotated_alpha, _rotated_rgb, _rotation, density_jitter, ellipse_box, rotate_patch
+from .tme import (
+    _rotated_alpha,
+    _rotated_rgb,
+    _rotation,
+    density_jitter,
+    ellipse_box,  # noqa: F401 (the pixel rule of place_immune_cells' ellipses)
+    rotate_patch,
+)
 
 __all__ = [
     "LAYER_NAMES", "SpeedSpec", "ReferenceSpec", "RegionsSpec", "ConnectiveSpec", "NucleiSpec",
@@ -746,7 +753,6 @@ def place_immune_cells(rng: np.random.Generator, shape, spec: ImmuneSpec, count:
     H, W = (int(v) for v in shape)
     n = int(rng.integers(spec.count[0], spec.count[1] + 1)) if count is None else int(count)
     labels = np.zeros((H, W), np.int32)
-    covered = np.zeros((H, W), bool)
     n_cl = int(rng.integers(spec.clusters[0], spec.clusters[1] + 1))
     cl = np.column_stack([rng.uniform(0, H, n_cl), rng.uniform(0, W, n_cl)])
     params = []
@@ -757,24 +763,12 @@ def place_immune_cells(rng: np.random.Generator, shape, spec: ImmuneSpec, count:
             cy, cx = cl[int(rng.integers(n_cl))] + spec.cluster_sigma * rng.standard_normal(2)
         else:
             cy, cx = rng.uniform(0, H), rng.uniform(0, W)
-        a = float(rng.uniform(*spec.semi_axis))
-        b = a * float(rng.uniform(*spec.axis_ratio))
-        th = float(rng.uniform(0.0, np.pi))
-        if not (0 <= cy < H and 0 <= cx < W):
+        fit = tme.fit_ellipse(rng, cy, cx, spec.semi_axis, spec.axis_ratio, labels, spec.max_overlap)
+        if fit is None:
             continue
-        box = ellipse_box(cy, cx, a, b, th, H, W)
-        if box is None:
-            continue
-        y0, x0, m = box
-        area = m.sum()
-        if area == 0:
-            continue
-        win = covered[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
-        if np.count_nonzero(win & m) > spec.max_overlap * area:
-            continue
-        win |= m
-        labels[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = len(params) + 1
-        params.append((cy, cx, a, b, th))
+        sl, m, p = fit
+        labels[sl][m] = len(params) + 1
+        params.append(p)
     return labels, np.asarray(params, np.float64).reshape(-1, 5)
 
 

@@ -23,9 +23,10 @@ Validation is complete and strict: an unknown key, a wrong type or an impossible
 
 Scenario-kind registry
 ----------------------
-Each generator module declares the schema of its own sections and registers itself::
+Each generator module declares the schema of its own sections and registers itself in
+:mod:`synth.kinds` (below the generator modules, so that registering imports nothing above)::
 
-    from synth.script import register_scenario
+    from synth.kinds import register_scenario
     register_scenario("scenario3", sections={"cells": CellsSpec, "reference": RefSpec},
                       generate=generate_scenario3, required=("cells",), validate=check)
 

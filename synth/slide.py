@@ -82,7 +82,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from vnumba.cli import _pixel_size, _positive_int
+from vnumba.cli import pixel_size, positive_int
 
 from . import GENERATOR_VERSION, __version__
 from .degrade import DegradeSpec, stain_variation
@@ -736,10 +736,10 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
                    help="the slide: NAME.ome.tif or NAME.svs")
     p.add_argument("--scenario", default="scenario3", metavar="SCRIPT",
                    help="scenario-3 script, shipped name or path (default scenario3)")
-    p.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
+    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                    default=list(DEFAULT_SIZE), help="level-0 size in px (default 8192 8192)")
     p.add_argument("--seed", type=int, default=0, help="slide seed (default 0)")
-    p.add_argument("--mpp", type=_pixel_size, default=DEFAULT_MPP,
+    p.add_argument("--mpp", type=pixel_size, default=DEFAULT_MPP,
                    help=f"um per pixel of level 0 (default {DEFAULT_MPP})")
     p.add_argument("--reference", type=Path, default=None,
                    help="scenario-3 reference bundle (default: the script's [reference].path)")
@@ -748,7 +748,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("ome", "svs"), default=None,
                    help="ome: OME-TIFF, zlib (lossless); svs: Aperio-style JPEG tiles "
                         "(default: svs for a .svs output, else ome)")
-    p.add_argument("--sample-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
+    p.add_argument("--sample-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                    help="generator tile size in the script's px (default: the script's size)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)

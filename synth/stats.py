@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from vnumba.cli import _pixel_size
+from vnumba.cli import pixel_size
 from vnumba.io.outputs import atomic_write_text, check_distinct, check_outputs
 
 from .color import lab_stats, reinhard_normalize, rgb_to_lab
@@ -362,7 +362,7 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
                    help="annotated H&E PNGs (NAME.png with NAME_labels.npz beside it) or folders")
     p.add_argument("--script", required=True, help="scenario script to update (path or shipped name)")
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the updated script")
-    p.add_argument("--image-mpp", type=_pixel_size, required=True, help="micrometres per pixel of the images")
+    p.add_argument("--image-mpp", type=pixel_size, required=True, help="micrometres per pixel of the images")
     p.add_argument("--reference", type=Path, default=None,
                    help="reference image for Reinhard normalisation (default: the script's "
                    "[normalization] target, which must then be 'reinhard')")

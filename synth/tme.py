@@ -32,7 +32,7 @@ from .fmm import travel_time
 from .noise import gaussian_random_field
 
 __all__ = ["rotate_patch", "ellipse_box", "grow_region", "density_jitter", "paste_patches",
-           "pack_ellipses", "oriented_ellipses", "discs", "granules", "smooth_angle_field"]
+           "pack_ellipses", "fit_ellipse", "oriented_ellipses", "discs", "granules", "smooth_angle_field"]
 
 
 def ellipse_box(cy, cx, a, b, th, H, W):
@@ -360,24 +360,47 @@ def pack_ellipses(rng: np.random.Generator, shape, centres, semi_axis, axis_rati
     for cy, cx in np.asarray(centres, np.float64).reshape(-1, 2):
         if max_count is not None and len(params) >= max_count:
             break
-        a = float(rng.uniform(*semi_axis))
-        b = a * float(rng.uniform(*axis_ratio))
-        th = float(rng.uniform(0.0, np.pi))
-        if not (0 <= cy < H and 0 <= cx < W):
+        fit = fit_ellipse(rng, cy, cx, semi_axis, axis_ratio, labels, max_overlap, avoid, max_avoid)
+        if fit is None:
             continue
-        box = ellipse_box(cy, cx, a, b, th, H, W)
-        if box is None:
-            continue
-        y0, x0, m = box
-        area = int(m.sum())
-        sl = (slice(y0, y0 + m.shape[0]), slice(x0, x0 + m.shape[1]))
-        if area == 0 or np.count_nonzero(labels[sl][m]) > max_overlap * area:
-            continue
-        if avoid is not None and np.count_nonzero(avoid[sl][m]) > max_avoid * area:
-            continue
+        sl, m, p = fit
         labels[sl][m] = id_offset + len(params) + 1
-        params.append((cy, cx, a, b, th))
+        params.append(p)
     return labels, np.asarray(params, np.float64).reshape(-1, 5)
+
+
+def fit_ellipse(rng: np.random.Generator, cy, cx, semi_axis, axis_ratio, labels, max_overlap: float,
+                avoid=None, max_avoid: float = 0.0):
+    """One candidate ellipse centred at ``(cy, cx)``: the step of :func:`pack_ellipses` and
+    :func:`synth.scenario3.place_immune_cells`.
+
+    Draws ``a`` uniform in ``semi_axis``, ``b = a * r`` with ``r`` uniform in ``axis_ratio`` and
+    a uniform inclination (always, so that the random stream does not depend on the outcome).
+
+    Returns
+    -------
+    tuple or None
+        ``(slices, mask, (cy, cx, a, b, theta))`` of an ellipse centred on the image that covers
+        a pixel, at most ``max_overlap`` of them already labelled (non-zero in ``labels``) and at
+        most ``max_avoid`` on ``avoid``; None otherwise.
+    """
+    H, W = labels.shape
+    a = float(rng.uniform(*semi_axis))
+    b = a * float(rng.uniform(*axis_ratio))
+    th = float(rng.uniform(0.0, np.pi))
+    if not (0 <= cy < H and 0 <= cx < W):
+        return None
+    box = ellipse_box(cy, cx, a, b, th, H, W)
+    if box is None:
+        return None
+    y0, x0, m = box
+    area = int(m.sum())
+    sl = (slice(y0, y0 + m.shape[0]), slice(x0, x0 + m.shape[1]))
+    if area == 0 or np.count_nonzero(labels[sl][m]) > max_overlap * area:
+        return None
+    if avoid is not None and np.count_nonzero(avoid[sl][m]) > max_avoid * area:
+        return None
+    return sl, m, (cy, cx, a, b, th)
 
 
 def discs(rng: np.random.Generator, region: np.ndarray, fill: float, radius, axis_ratio=(0.8, 1.0),

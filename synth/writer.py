@@ -3,8 +3,9 @@
 The contract — ``schema_version``, the datasets ``u0`` / ``gu`` / ``gm``, their shapes, dtype
 and value range, the channel rule and the required attributes — is defined once, in
 :mod:`vnumba.io.dataset`; this module imports it (:data:`SCHEMA_VERSION`,
-:class:`DatasetError`) and checks every file it writes with the same function the training
-reader uses (:func:`vnumba.io.dataset.validate_file`), and every sample with
+:class:`DatasetError`), creates its files with :func:`vnumba.io.dataset.create_datasets`
+(which checks them with the function the training reader uses,
+:func:`vnumba.io.dataset.validate_file`), and checks every sample with
 :func:`vnumba.io.dataset.check_sample`.  The files synth writes have C = :data:`CHANNELS` = 3
 (every scenario renders three channels: three-colour fluorescence for scenario 1, RGB H&E
 for scenarios 2 and 3); the contract itself allows any C >= 1.
@@ -22,7 +23,6 @@ place when complete), so an interrupted run never leaves a file under the reques
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -33,7 +33,14 @@ import h5py
 import numpy as np
 
 from vnumba.executor import Executor, get_executor
-from vnumba.io.dataset import DTYPE, SCHEMA_VERSION, DatasetError, check_sample, open_dataset_file, validate_file
+from vnumba.io.dataset import (
+    SCHEMA_VERSION,
+    DatasetError,
+    check_sample,
+    create_datasets,
+    open_dataset_file,
+    validate_file,
+)
 from vnumba.io.outputs import atomic_h5, check_h5_write
 
 from . import GENERATOR_VERSION
@@ -140,26 +147,15 @@ def write_dataset(path, script, n: int, seed: int, workers: int = 1, reference: 
         # lzf is fast enough for the writing process to keep up with the workers; the
         # byte shuffle only pays off for the noisy image (measured: the flat-coloured
         # target and the mask compress better and faster without it)
-        u0 = f.create_dataset("u0", (n, C, H, W), DTYPE, chunks=(1, C, H, W),
-                              compression="lzf", shuffle=True)
-        gu = f.create_dataset("gu", (n, C, H, W), DTYPE, chunks=(1, C, H, W),
-                              compression="lzf")
         classes = script.mask_classes
         mshape = (len(classes), H, W) if classes else (H, W)
-        gm = f.create_dataset("gm", (n,) + mshape, DTYPE, chunks=(1,) + mshape,
-                              compression="lzf")
-        if classes:
-            f.attrs["mask_classes"] = json.dumps(list(classes))
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["scenario"] = script.scenario
-        f.attrs["name"] = script.name
-        f.attrs["script"] = script.text
-        f.attrs["seed"] = seed
-        f.attrs["generator_version"] = GENERATOR_VERSION
-        f.attrs["mpp"] = float(script.mpp)
-        f.attrs["n"] = n
-        f.attrs["size"] = np.array([H, W], dtype=np.int64)
-        validate_file(f, path)  # the reader's own check, before any sample is made
+        extra = {"mask_classes": list(classes)} if classes else {}
+        # the reader's own check (validate_file) runs here, before any sample is made
+        u0, gu, gm = create_datasets(
+            f, path, [(n, C, H, W), (n, C, H, W), (n,) + mshape], compression="lzf",
+            shuffle=("u0",), scenario=script.scenario, name=script.name, script=script.text,
+            seed=seed, generator_version=GENERATOR_VERSION, mpp=float(script.mpp), n=n,
+            size=np.array([H, W], dtype=np.int64), **extra)
 
         def put(i, noisy, clean, mask):
             check_sample(path, i, noisy, clean, mask, shape=(C, H, W))

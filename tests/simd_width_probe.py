@@ -2,10 +2,13 @@
 whose environment may set VNUMBA_SIMD_BITS: computes every CPU kernel that uses explicit
 vectors, on rows of every awkward width, and a whole small network (forward pass and the
 exact gradient of the training loss), and saves the results with the lane counts the
-compiled kernels report into OUT (.npz)."""
+compiled kernels report and, per kernel of vnumba.ops.fused that ran, how often Numba loaded it
+from its on-disk cache and how often it compiled it (``cache:NAME`` = [hits, misses]) into OUT
+(.npz)."""
 import sys
 
 import numpy as np
+from numba.core.registry import CPUDispatcher
 
 from vnumba.ops import fused, simd
 from vnumba.ops.conv import corr_valid, corr_valid_adjoint, corr_valid_kernel_grad
@@ -55,6 +58,10 @@ def main(path):
     out["net/loss"] = np.asarray(loss)
     for name, g in grads.items():
         out[f"net/grad/{name}"] = g
+    for name, disp in vars(fused).items():
+        if isinstance(disp, CPUDispatcher) and (disp.stats.cache_hits or disp.stats.cache_misses):
+            st = disp.stats
+            out[f"cache:{name}"] = np.array([sum(st.cache_hits.values()), sum(st.cache_misses.values())])
     np.savez(path, **out)
 
 

@@ -22,7 +22,7 @@ LAYERS = {
     "analysis": 4, "training": 4,
     # app layer: the command-line entry points and the public API
     "__init__": 5, "cli": 5, "train": 5, "predict": 5, "evaluate": 5, "figures": 5,
-    "objclass": 5, "slide": 5,
+    "objclass": 5, "objfilter": 5, "slide": 5,
 }
 APP = 5
 

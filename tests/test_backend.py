@@ -16,6 +16,13 @@ def test_unknown_backend_is_rejected():
         get_backend("tpu")
 
 
+def _python(code):
+    """Run ``code`` in a fresh interpreter; its stripped stdout (it must exit 0)."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def test_cuda_without_a_gpu_raises_a_clear_error_not_a_crash():
     code = (
         "import os; os.environ.pop('NUMBA_ENABLE_CUDASIM', None)\n"
@@ -25,9 +32,7 @@ def test_cuda_without_a_gpu_raises_a_clear_error_not_a_crash():
         "    print('AVAILABLE', b.name)\n"
         "except BackendUnavailable as e:\n"
         "    print('UNAVAILABLE', e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    out = r.stdout.strip()
+    out = _python(code)
     if out.startswith("AVAILABLE"):
         pytest.skip("a GPU is present on this machine")
     assert out.startswith("UNAVAILABLE") and ("GPU" in out or "cuda" in out), out
@@ -40,6 +45,5 @@ def test_cpu_training_path_does_not_import_cuda():
             "from vnumba.training import trainer\n"
             "backend.get_backend('cpu')\n"
             "print([m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda', 'vnumba.vn.gpu'))])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]", r.stdout
+    out = _python(code)
+    assert out == "[]", out

@@ -7,35 +7,16 @@ traceback, and every file of the folder byte-identical afterwards with none adde
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import assert_refused_leaving_folder, one_line_refusal
+from cli_helpers import run_module as _run
 from test_train import TINY, _toy_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
 T = ["vnumba.train", "D.h5", *TINY, "--iters", "2", "--batch", "2", "--crop", "12", "--quiet"]
-
-
-def _run(argv, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([PY, "-m", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def one_line_refusal(name, r, expect):
-    """``r`` (a finished command) exited non-zero with exactly one line on stderr, no
-    traceback, naming every string of ``expect`` (shared by the bad-input suites)."""
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert r.returncode != 0, f"{name}: exit 0\n{r.stderr}"
-    assert "Traceback" not in r.stderr, r.stderr
-    assert len(lines) == 1, f"{name}: {len(lines)} lines on stderr:\n{r.stderr}"
-    for e in expect:
-        assert e in lines[0], f"{name}: {e!r} not named in: {lines[0]}"
 
 
 def _snapshot(folder: Path) -> dict:
@@ -214,12 +195,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_fails_in_one_line_and_keeps_every_file(work, name):
     argv, expect = CASES[name]
-    before = _snapshot(work)
-    r = _run(argv, work)
-    one_line_refusal(name, r, expect)
-    after = _snapshot(work)
-    assert after == before, (f"{name}: files changed: "
-                             f"{sorted(set(before.items()) ^ set(after.items()))}")
+    assert_refused_leaving_folder(name, argv, expect, work, state=_snapshot)
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
@@ -234,9 +210,7 @@ def test_a_read_only_output_folder_is_named_in_one_line(work, argv):
         r = _run(argv, work)
     finally:
         os.chmod(ro, 0o755)
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
-    assert "ro" in lines[0]
+    one_line_refusal("a read-only --out folder", r, ["ro"])
 
 
 def test_library_entry_points_validate_their_arguments(tmp_path):
@@ -263,9 +237,4 @@ def test_library_entry_points_validate_their_arguments(tmp_path):
                                   G[:2] + ["scenario2"] + G[2:] + ["-o", "/proc/x.h5"]])
 def test_an_unwritable_output_location_is_named_in_one_line(work, argv):
     # /proc refuses new files even to root, so this runs where read-only folders cannot
-    before = _snapshot(work)
-    r = _run(argv, work)
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
-    assert "/proc/" in lines[0]
-    assert _snapshot(work) == before
+    assert_refused_leaving_folder("an --out in /proc", argv, ["/proc/"], work, state=_snapshot)

@@ -6,35 +6,19 @@ reports in one line naming the culprit.  Each case runs in one shared folder of 
 checks: non-zero exit status, exactly one line on stderr naming the culprit, no traceback, and
 every entry of the folder (files, folders, links) unchanged, with none added or removed.
 """
-import hashlib
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_refused_leaving_folder
+from cli_helpers import folder_state as _state
+from cli_helpers import run_module as _run
 from predict_helpers import save_tiny_model
-from test_cli_failures import _run, one_line_refusal
 from test_layouts import layout_a, layout_b
 from test_reference import cohort_image, write_labelled
 from test_synth_stats import _write_annotated
 from test_train import _toy_dataset
-
-
-def _state(folder: Path) -> dict:
-    """Every entry below ``folder``: files by content hash, links by target, folders."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(folder))
-            if p.is_symlink():
-                out[rel] = "link -> " + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "folder"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +154,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_in_one_line_and_leaves_the_folder_as_it_was(work, name):
     argv, expect = CASES[name]
-    before = _state(work)
-    r = _run(argv, work)
-    one_line_refusal(name, r, expect)
-    after = _state(work)
-    assert after == before, (f"{name}: folder changed: "
-                             f"{sorted(set(before.items()) ^ set(after.items()))}")
+    assert_refused_leaving_folder(name, argv, expect, work)
 
 
 def test_preview_help_states_the_limit_of_n(work):

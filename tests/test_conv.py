@@ -2,6 +2,7 @@
 import naive
 import numpy as np
 import pytest
+from helpers import corr_data, dot_test
 
 from vnumba.ops import conv
 
@@ -14,10 +15,7 @@ SHAPES = [  # N, C, O, H, W, ks
 
 @pytest.mark.parametrize("N,C,O,H,W,ks", SHAPES)
 def test_corr_valid_and_adjoint_and_kernel_grad_match_numpy_reference(N, C, O, H, W, ks):
-    rng = np.random.default_rng(0)
-    xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
-    k = rng.standard_normal((O, C, ks, ks))
-    y = rng.standard_normal((N, O, H, W))
+    xp, k, y = corr_data(np.random.default_rng(0), N, C, O, H, W, ks)
     np.testing.assert_allclose(conv.corr_valid(xp, k), naive.corr_valid(xp, k), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(conv.corr_valid_adjoint(y, k), naive.corr_valid_adjoint(y, k), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(conv.corr_valid_kernel_grad(y, xp, ks), naive.corr_valid_kernel_grad(y, xp, ks),
@@ -34,29 +32,21 @@ def test_symmetric_padding_and_its_adjoint_match_numpy(r):
     np.testing.assert_allclose(conv.pad_symmetric_adjoint(z, r), naive.pad_symmetric_adjoint(z, r), rtol=1e-13)
 
 
-def _dot_test(A, AT, xshape, yshape, rng):
-    x = rng.standard_normal(xshape)
-    y = rng.standard_normal(yshape)
-    lhs = np.vdot(A(x), y)
-    rhs = np.vdot(x, AT(y))
-    assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), abs(rhs), 1.0), (lhs, rhs)
-
-
 @pytest.mark.parametrize("N,C,O,H,W,ks", SHAPES)
 def test_dot_product_every_operator_pair(N, C, O, H, W, ks):
     rng = np.random.default_rng(2)
     k = rng.standard_normal((O, C, ks, ks))
     r = ks // 2
-    _dot_test(lambda x: conv.pad_symmetric(x, r), lambda y: conv.pad_symmetric_adjoint(y, r),
-              (N, C, H, W), (N, C, H + 2 * r, W + 2 * r), rng)
-    _dot_test(lambda x: conv.corr_valid(x, k), lambda y: conv.corr_valid_adjoint(y, k),
-              (N, C, H + ks - 1, W + ks - 1), (N, O, H, W), rng)
-    _dot_test(lambda x: conv.conv_forward(x, k), lambda y: conv.conv_adjoint(y, k),
-              (N, C, H, W), (N, O, H, W), rng)
+    dot_test(lambda x: conv.pad_symmetric(x, r), lambda y: conv.pad_symmetric_adjoint(y, r),
+             (N, C, H, W), (N, C, H + 2 * r, W + 2 * r), rng)
+    dot_test(lambda x: conv.corr_valid(x, k), lambda y: conv.corr_valid_adjoint(y, k),
+             (N, C, H + ks - 1, W + ks - 1), (N, O, H, W), rng)
+    dot_test(lambda x: conv.conv_forward(x, k), lambda y: conv.conv_adjoint(y, k),
+             (N, C, H, W), (N, O, H, W), rng)
     # the kernel gradient is the adjoint of k -> conv_forward(x, k) for fixed x
     x = rng.standard_normal((N, C, H, W))
-    _dot_test(lambda kk: conv.conv_forward(x, kk), lambda y: conv.conv_kernel_grad(y, x, ks),
-              (O, C, ks, ks), (N, O, H, W), rng)
+    dot_test(lambda kk: conv.conv_forward(x, kk), lambda y: conv.conv_kernel_grad(y, x, ks),
+             (O, C, ks, ks), (N, O, H, W), rng)
 
 
 def test_float32_kernels_agree_with_float64():

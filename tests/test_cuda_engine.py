@@ -4,9 +4,11 @@ training iterations (loss and exact gradient, Adam, projection) giving the same 
 and optimiser state as vnumba.vn.model + vnumba.ops.optim.Adam + vnumba.ops.projections."""
 import dataclasses
 
-import cudasim
+import helpers
 import numpy as np
 import pytest
+from helpers import close as _close
+from helpers import network_batch, network_params
 
 from vnumba.ops.optim import Adam
 from vnumba.ops.projections import project_params
@@ -18,41 +20,16 @@ from vnumba.vn.config import PARAM_NAMES, ModelConfig
 CFG = ModelConfig(n_steps=2, nf_u=2, nf_m=1, ks_u=5, ks_m=3, ks=3, n_w=11, rbf_radius=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    undo = cudasim.use_simulator()
-    yield
-    undo()
-
-
-@pytest.fixture(scope="module")
-def engine():
-    from vnumba.vn.gpu import engine
-    return engine
+pytestmark = pytest.mark.usefixtures("cuda_simulator")
 
 
 def _params(rng, cfg=CFG):
-    p = model.init_params(cfg, rng, np.float32)
     # Perturbed functions, so that the checks are not near-identity (as test_model_grad).
-    for k in ("wu", "wm"):
-        p[k] = (p[k] + 0.2 * rng.standard_normal(p[k].shape)).astype(np.float32)
-    p["w"] = (0.2 * p["w"] + 0.05 * rng.standard_normal(p["w"].shape)).astype(np.float32)
-    return p
+    return network_params(cfg, rng, np.float32)
 
 
-def _batch(rng, N=2, H=6, W=7, C=3):
-    u0 = (0.3 + 0.4 * rng.random((N, C, H, W))).astype(np.float32)
-    gu = (0.3 + 0.4 * rng.random((N, C, H, W))).astype(np.float32)
-    gm = rng.random((N, H, W)).astype(np.float32)
-    m0 = (0.4 + 0.2 * rng.random((N, H, W))).astype(np.float32)
-    return u0, gu, gm, m0
-
-
-def _close(got, ref, rtol=1e-4):
-    got = np.asarray(got, np.float64)
-    ref = np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max()), 1e-30)
-    assert float(np.abs(got - ref).max()) <= rtol * scale, (np.abs(got - ref).max(), scale)
+def _batch(rng, N=2, H=6, W=7):
+    return network_batch(rng, N, H, W, dtype=np.float32)
 
 
 def test_is_available_reports_the_simulator(engine):
@@ -60,33 +37,11 @@ def test_is_available_reports_the_simulator(engine):
     assert ok and "simulator" in reason
 
 
-def test_one_step_forward_matches_cpu(engine):
-    rng = np.random.default_rng(0)
-    p = model.step_params(_params(rng), 1)
-    u0, _, _, m = _batch(rng)
-    u = (0.2 + 0.6 * rng.random(u0.shape)).astype(np.float32)
-    un, mn = engine.step_forward(p, CFG, u, m, u0)
-    uc, mc = model.step_forward(p, CFG, u, m, u0)
-    np.testing.assert_allclose(un, uc, atol=1e-6)
-    np.testing.assert_allclose(mn, mc, atol=1e-6)
+@pytest.mark.parametrize("seed,t", [(0, 1), (1, 0)])
+def test_one_step_forward_backward_hessian_vector_product_and_gradients_match_cpu(seed, t, engine):
+    p, u0, u, m, ubar, mbar = helpers.device_one_step(CFG, seed, t, H=6, W=7)
+    _, (uc, _), _ = helpers.assert_step_matches_cpu(engine, CFG, p, u0, u, m, ubar, mbar)
     assert np.abs(uc - u).max() > 1e-3  # the step does move the state
-
-
-def test_one_step_backward_hessian_vector_product_and_gradients_match_cpu(engine):
-    rng = np.random.default_rng(1)
-    p = model.step_params(_params(rng), 0)
-    u0, _, _, m = _batch(rng)
-    u = (0.2 + 0.6 * rng.random(u0.shape)).astype(np.float32)
-    ubar = rng.standard_normal(u.shape).astype(np.float32)
-    mbar = rng.standard_normal(m.shape).astype(np.float32)
-    ui, mi, g = engine.step_backward(p, CFG, u, m, u0, ubar, mbar)
-    uic, mic, gc = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
-    _close(ui, uic)
-    _close(mi, mic)
-    assert set(g) == set(gc)
-    for k in gc:
-        assert g[k].shape == np.shape(gc[k]), k
-        _close(g[k], gc[k])
 
 
 @pytest.mark.parametrize("with_m0", [False, True])
@@ -133,32 +88,8 @@ def test_engine_loss_is_the_one_loss_definition_of_its_outputs(engine):
 def test_training_iterations_give_the_parameters_and_adam_state_of_the_cpu_path(engine):
     # Ku without the zero-mean constraint (scenario 1), Km and K with: both projections run.
     cfg = dataclasses.replace(CFG, zero_mean_u=False)
-    rng = np.random.default_rng(4)
-    p = _params(rng, cfg)
-    batches = [_batch(rng, N=1)[:3] for _ in range(2)]
-    lr = 1e-3
-    cpu = {k: v.copy() for k, v in p.items()}
-    opt = Adam(lr, project=lambda q: project_params(q, cfg))
-    tr = engine.CudaTrainer(cfg, p, lr)
-    for b in batches:
-        lc, gc, uc, mc = model.loss_and_grad(cpu, cfg, *b)
-        opt.step(cpu, gc)
-        loss, u, m = tr.step(*b)
-        assert abs(loss - lc) <= 1e-6 * lc
-        np.testing.assert_allclose(u, uc, atol=2e-6)
-        np.testing.assert_allclose(m, mc, atol=2e-6)
-    got = tr.params()
-    for k in PARAM_NAMES:
-        assert got[k].dtype == np.float32
-        np.testing.assert_allclose(got[k], cpu[k], atol=1e-6, err_msg=k)
-        # every group moved (by about lr, less where the projection pulls back) well beyond
-        # the tolerance, so the comparison bites
-        assert np.abs(cpu[k] - p[k]).max() > 2e-5, k
-    st, stc = tr.optimizer_state(), opt.state_dict()
-    assert sorted(st) == sorted(stc) and int(st["t"]) == int(stc["t"]) == 2
-    for k in stc:
-        if k != "t":
-            _close(st[k], stc[k], 1e-3)
+    p, _, got = helpers.assert_training_matches_cpu(engine, cfg, 4, H=6, W=7)
+    assert all(got[k].dtype == np.float32 for k in PARAM_NAMES)
     # the input dict is not modified
     assert all(np.array_equal(p[k], _params(np.random.default_rng(4), cfg)[k]) for k in PARAM_NAMES)
 
@@ -185,14 +116,7 @@ def test_engine_rejects_bad_input_with_clear_errors(engine):
     rng = np.random.default_rng(6)
     p = _params(rng)
     u0, gu, gm, _ = _batch(rng)
-    with pytest.raises(ValueError, match="channels"):
-        engine.forward(p, CFG, u0[:, :2].copy())
-    bad = u0.copy()
-    bad[0, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        engine.forward(p, CFG, bad)
-    with pytest.raises(ValueError, match="shape"):
-        engine.forward({**p, "K": p["K"][:, :1]}, CFG, u0)
+    helpers.assert_forward_refuses_bad_input(engine.forward, p, CFG, u0)
     with pytest.raises(KeyError, match="missing"):
         engine.forward({k: v for k, v in p.items() if k != "w"}, CFG, u0)
     with pytest.raises(ValueError, match="smaller than"):

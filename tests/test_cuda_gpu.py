@@ -8,11 +8,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import close as _close
+from helpers import network_batch, network_params, train_side_by_side
 
 from vnumba.ops import conv as cpu_conv
 from vnumba.ops import projections as cpu_proj
-from vnumba.ops.optim import Adam
-from vnumba.ops.projections import project_params
 from vnumba.ops.rbf import RBFGrid
 from vnumba.ops.rbf import rbf_apply as cpu_rbf_apply
 from vnumba.ops.rbf import rbf_weight_grad as cpu_rbf_wgrad
@@ -35,11 +35,6 @@ def _gpu():
         pytest.skip(f"no usable GPU: {reason}")
 
 
-def _close(got, ref, rtol):
-    got = np.asarray(got, np.float64)
-    ref = np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max()), 1e-30)
-    assert float(np.abs(got - ref).max()) <= rtol * scale, (np.abs(got - ref).max(), scale)
 
 
 @pytest.mark.parametrize("O,C,ks", [(20, 3, 11), (3, 20, 11), (4, 1, 5), (1, 4, 5), (24, 24, 5)])
@@ -73,19 +68,11 @@ def test_rbf_functions_weight_gradients_and_projections_match_cpu():
 
 def _params(cfg, seed):
     rng = np.random.default_rng(seed)
-    p = model.init_params(cfg, rng, np.float32)
-    for k in ("wu", "wm"):
-        p[k] = (p[k] + 0.2 * rng.standard_normal(p[k].shape)).astype(np.float32)
-    p["w"] = (0.2 * p["w"] + 0.05 * rng.standard_normal(p["w"].shape)).astype(np.float32)
-    return p, rng
+    return network_params(cfg, rng, np.float32), rng
 
 
 def _batch(rng, N, H, W, n_mask=None):
-    u0 = (0.3 + 0.4 * rng.random((N, 3, H, W))).astype(np.float32)
-    gu = (0.3 + 0.4 * rng.random((N, 3, H, W))).astype(np.float32)
-    mshape = (N, H, W) if n_mask is None else (N, n_mask, H, W)
-    gm = rng.random(mshape).astype(np.float32)
-    return u0, gu, gm
+    return network_batch(rng, N, H, W, Cm=n_mask, dtype=np.float32, with_m0=False)
 
 
 def test_benchmark_sized_forward_matches_cpu():
@@ -116,13 +103,8 @@ def test_paper_sized_training_iterations_match_cpu():
     cfg = dataclasses.replace(PAPER, n_steps=2)
     p, rng = _params(cfg, 4)
     batches = [_batch(rng, 2, 40, 40) for _ in range(3)]
-    cpu = {k: v.copy() for k, v in p.items()}
-    opt = Adam(1e-4, project=lambda q: project_params(q, cfg))
-    tr = engine.CudaTrainer(cfg, p, 1e-4)
-    for b in batches:
-        lc, gc, _, _ = model.loss_and_grad(cpu, cfg, *b)
-        opt.step(cpu, gc)
-        loss, _, _ = tr.step(*b)
+    cpu, _, tr, steps = train_side_by_side(engine, cfg, p, 1e-4, batches)
+    for (loss, _, _), (lc, _, _) in steps:
         assert abs(loss - lc) <= 1e-5 * lc
     got = tr.params()
     for k in PARAM_NAMES:
@@ -145,13 +127,8 @@ def test_paper_sized_multiclass_loss_gradient_and_training_match_cpu():
     for k in PARAM_NAMES:
         _close(g[k], gc[k], 1e-3)
     batches = [_batch(rng, 2, 40, 40, n_mask=3) for _ in range(2)]
-    cpu = {k: v.copy() for k, v in p.items()}
-    opt = Adam(1e-4, project=lambda q: project_params(q, cfg))
-    tr = engine.CudaTrainer(cfg, p, 1e-4)
-    for b in batches:
-        lc, gc, _, _ = model.loss_and_grad(cpu, cfg, *b)
-        opt.step(cpu, gc)
-        loss, _, m = tr.step(*b)
+    cpu, _, tr, steps = train_side_by_side(engine, cfg, p, 1e-4, batches)
+    for (loss, _, m), (lc, _, _) in steps:
         assert abs(loss - lc) <= 1e-5 * lc and m.shape == (2, 3, 40, 40)
     got = tr.params()
     for k in PARAM_NAMES:

@@ -1,10 +1,10 @@
 """CUDA kernels under the CUDA simulator: every kernel family against the NumPy references
 (tests/naive.py) and the CPU kernels, in float32 tolerance, with the simulator's default
 tiles and with tiles smaller than the images (partial and multiple tiles per launch)."""
-import cudasim
 import naive
 import numpy as np
 import pytest
+from helpers import close
 
 from vnumba.ops import conv as cpu_conv
 from vnumba.ops import projections as cpu_proj
@@ -14,12 +14,7 @@ from vnumba.ops.rbf import rbf_apply as cpu_rbf_apply
 from vnumba.ops.rbf import rbf_weight_grad as cpu_rbf_wgrad
 from vnumba.vn.config import ModelConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    undo = cudasim.use_simulator()
-    yield
-    undo()
+pytestmark = pytest.mark.usefixtures("cuda_simulator")
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +35,7 @@ TILINGS = ("default", "small")
 
 
 def _close(got, ref, tol=2e-6):
-    # float32 results against float64 references: error relative to the largest value.
-    scale = max(float(np.abs(ref).max()), 1e-30)
-    err = float(np.abs(np.asarray(got, np.float64) - ref).max())
-    assert err <= tol * scale, (err, scale)
+    close(got, ref, tol)  # float32 results against float64 references
 
 
 SHAPES = [  # N, C, O, H, W, ks
@@ -158,29 +150,21 @@ def _filters(rng):
     return k.astype(np.float32)
 
 
-def test_l1_ball_projection_matches_cpu_and_definition(ops):
-    k = _filters(np.random.default_rng(4))
-    got = ops.project_l1_ball(k, 1.0)
-    cpu = cpu_proj.project_l1_ball(k.astype(np.float64).copy(), 1.0)
+@pytest.mark.parametrize("name,seed,zero_mean", [("l1_ball", 4, False), ("zero_mean_l1_ball", 5, True)])
+def test_l1_ball_projections_match_cpu_and_definition(name, seed, zero_mean, ops):
+    """project_l1_ball and project_zero_mean_l1_ball against the CPU and the definition."""
+    k = _filters(np.random.default_rng(seed))
+    got = getattr(ops, f"project_{name}")(k, 1.0)
+    cpu = getattr(cpu_proj, f"project_{name}")(k.astype(np.float64).copy(), 1.0)
     _close(got, cpu, 1e-6)
+    definition = naive.gpu_project_zero_mean_l1_ball if zero_mean else naive.project_l1_ball
     for f in range(k.shape[0]):
-        _close(got[f], naive.project_l1_ball(k[f].ravel(), 1.0).reshape(k.shape[1:]), 1e-6)
+        _close(got[f], definition(k[f].ravel(), 1.0).reshape(k.shape[1:]), 1e-6)
+        if zero_mean:
+            assert abs(float(got[f].astype(np.float64).sum())) <= 1e-6
         assert np.abs(got[f]).sum() <= 1.0 + 1e-5
-
-
-def test_zero_mean_l1_ball_projection_matches_cpu_and_definition(ops):
-    k = _filters(np.random.default_rng(5))
-    got = ops.project_zero_mean_l1_ball(k, 1.0)
-    cpu = cpu_proj.project_zero_mean_l1_ball(k.astype(np.float64).copy(), 1.0)
-    _close(got, cpu, 1e-6)
-    for f in range(k.shape[0]):
-        ref = naive.gpu_project_zero_mean_l1_ball(k[f].ravel(), 1.0).reshape(k.shape[1:])
-        _close(got[f], ref, 1e-6)
-        assert abs(float(got[f].astype(np.float64).sum())) <= 1e-6
-        assert np.abs(got[f]).sum() <= 1.0 + 1e-5
-    # A feasible filter is a fixed point.
-    again = ops.project_zero_mean_l1_ball(got, 1.0)
-    np.testing.assert_allclose(again, got, atol=1e-7)
+    if zero_mean:  # a feasible filter is a fixed point
+        np.testing.assert_allclose(ops.project_zero_mean_l1_ball(got, 1.0), got, atol=1e-7)
 
 
 def test_adam_update_matches_optimiser_and_definition(ops):

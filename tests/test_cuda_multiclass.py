@@ -7,14 +7,13 @@ every parameter gradient, training iterations (Adam and the projection of the C_
 4-d form.  Float32 tolerances as tests/test_cuda_engine.py (the device computes in float32)."""
 import dataclasses
 
-import cudasim
 import naive
 import numpy as np
 import pytest
+from helpers import assert_step_matches_cpu, assert_training_matches_cpu, device_one_step, network_batch, network_params
+from helpers import close as _close
 
 from vnumba.ops.loss import loss_value_and_output_grad
-from vnumba.ops.optim import Adam
-from vnumba.ops.projections import project_params
 from vnumba.vn import model
 from vnumba.vn.config import PARAM_NAMES, ModelConfig
 
@@ -24,81 +23,38 @@ CFG = ModelConfig(n_steps=2, n_mask=3, nf_u=3, nf_m=2, ks_u=5, ks_m=3, ks=3, n_w
 H, W = 9, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    undo = cudasim.use_simulator()
-    yield
-    undo()
-
-
-@pytest.fixture(scope="module")
-def engine():
-    from vnumba.vn.gpu import engine
-    return engine
+pytestmark = pytest.mark.usefixtures("cuda_simulator")
 
 
 def _params(rng, cfg=CFG):
-    p = model.init_params(cfg, rng, np.float32)
     # Perturbed functions, so that the checks are not near-identity (as test_cuda_engine).
-    for k in ("wu", "wm"):
-        p[k] = (p[k] + 0.2 * rng.standard_normal(p[k].shape)).astype(np.float32)
-    p["w"] = (0.2 * p["w"] + 0.05 * rng.standard_normal(p["w"].shape)).astype(np.float32)
-    return p
+    return network_params(cfg, rng, np.float32)
 
 
 def _batch(rng, N=2, Cm=3):
-    u0 = (0.3 + 0.4 * rng.random((N, 3, H, W))).astype(np.float32)
-    gu = (0.3 + 0.4 * rng.random((N, 3, H, W))).astype(np.float32)
-    gm = rng.random((N, Cm, H, W)).astype(np.float32)
-    m0 = (0.4 + 0.2 * rng.random((N, Cm, H, W))).astype(np.float32)
-    return u0, gu, gm, m0
+    return network_batch(rng, N, H, W, Cm=Cm, dtype=np.float32)
 
 
-def _close(got, ref, rtol=1e-4):
-    got = np.asarray(got, np.float64)
-    ref = np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max()), 1e-30)
-    assert float(np.abs(got - ref).max()) <= rtol * scale, (np.abs(got - ref).max(), scale)
+def _case(seed, with_m0):
+    """Parameters and a batch drawn from ``seed``; the start mask only ``with_m0``."""
+    rng = np.random.default_rng(seed)
+    p = _params(rng)
+    u0, gu, gm, m0 = _batch(rng)
+    return p, u0, gu, gm, (m0 if with_m0 else None)
 
 
-def test_one_step_forward_matches_cpu(engine):
-    rng = np.random.default_rng(0)
-    p = model.step_params(_params(rng), 1)
-    u0, _, _, m = _batch(rng)
-    u = (0.2 + 0.6 * rng.random(u0.shape)).astype(np.float32)
-    un, mn = engine.step_forward(p, CFG, u, m, u0)
-    uc, mc = model.step_forward(p, CFG, u, m, u0)
-    assert mn.shape == m.shape == (2, 3, H, W)
-    np.testing.assert_allclose(un, uc, atol=1e-6)
-    np.testing.assert_allclose(mn, mc, atol=1e-6)
+@pytest.mark.parametrize("seed,t", [(0, 1), (1, 0)])
+def test_one_step_forward_backward_hessian_vector_product_and_gradients_match_cpu(seed, t, engine):
+    p, u0, u, m, ubar, mbar = device_one_step(CFG, seed, t, H=H, W=W, Cm=3)
+    mn, (_, mc), (mi, g) = assert_step_matches_cpu(engine, CFG, p, u0, u, m, ubar, mbar)
+    assert mn.shape == mi.shape == m.shape == (2, 3, H, W)
     assert np.abs(mc - m).max() > 1e-3  # the step does move the class maps
-
-
-def test_one_step_backward_hessian_vector_product_and_gradients_match_cpu(engine):
-    rng = np.random.default_rng(1)
-    p = model.step_params(_params(rng), 0)
-    u0, _, _, m = _batch(rng)
-    u = (0.2 + 0.6 * rng.random(u0.shape)).astype(np.float32)
-    ubar = rng.standard_normal(u.shape).astype(np.float32)
-    mbar = rng.standard_normal(m.shape).astype(np.float32)
-    ui, mi, g = engine.step_backward(p, CFG, u, m, u0, ubar, mbar)
-    uic, mic, gc = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
-    assert mi.shape == m.shape
-    _close(ui, uic)
-    _close(mi, mic)
-    assert set(g) == set(gc)
-    for k in gc:
-        assert g[k].shape == np.shape(gc[k]), k
-        _close(g[k], gc[k])
     assert g["Km"].shape == (CFG.nf_m, 3, CFG.ks_m, CFG.ks_m)
 
 
 @pytest.mark.parametrize("with_m0", [False, True])
 def test_unrolled_forward_matches_cpu(with_m0, engine):
-    rng = np.random.default_rng(2)
-    p = _params(rng)
-    u0, _, _, m0 = _batch(rng)
-    m0 = m0 if with_m0 else None
+    p, u0, _, _, m0 = _case(2, with_m0)
     u, m = engine.forward(p, CFG, u0, m0)
     uc, mc = model.forward(p, CFG, u0, m0)
     assert m.shape == mc.shape == (2, 3, H, W) and m.dtype == np.float32
@@ -117,10 +73,7 @@ def test_unrolled_forward_matches_cpu(with_m0, engine):
 
 @pytest.mark.parametrize("with_m0", [False, True])
 def test_loss_and_every_parameter_gradient_match_cpu(with_m0, engine):
-    rng = np.random.default_rng(3)
-    p = _params(rng)
-    u0, gu, gm, m0 = _batch(rng)
-    m0 = m0 if with_m0 else None
+    p, u0, gu, gm, m0 = _case(3, with_m0)
     loss, g, u, m = engine.loss_and_grad(p, CFG, u0, gu, gm, m0)
     lc, gc, uc, mc = model.loss_and_grad(p, CFG, u0, gu, gm, m0)
     assert abs(loss - lc) <= 1e-6 * lc
@@ -166,34 +119,12 @@ def test_training_iterations_give_the_parameters_and_adam_state_of_the_cpu_path(
     # Ku without zero mean, Km (filters over all three class channels) and K with: both
     # projections run on filters of C_m·ks_m² entries.
     cfg = dataclasses.replace(CFG, zero_mean_u=False)
-    rng = np.random.default_rng(5)
-    p = _params(rng, cfg)
-    batches = [_batch(rng, N=1)[:3] for _ in range(2)]
-    lr = 1e-3
-    cpu = {k: v.copy() for k, v in p.items()}
-    opt = Adam(lr, project=lambda q: project_params(q, cfg))
-    tr = engine.CudaTrainer(cfg, p, lr)
-    for b in batches:
-        lc, gc, uc, mc = model.loss_and_grad(cpu, cfg, *b)
-        opt.step(cpu, gc)
-        loss, u, m = tr.step(*b)
-        assert abs(loss - lc) <= 1e-6 * lc
-        assert m.shape == (1, 3, H, W)
-        np.testing.assert_allclose(u, uc, atol=2e-6)
-        np.testing.assert_allclose(m, mc, atol=2e-6)
-    got = tr.params()
-    for k in PARAM_NAMES:
-        np.testing.assert_allclose(got[k], cpu[k], atol=1e-6, err_msg=k)
-        assert np.abs(cpu[k] - p[k]).max() > 2e-5, k
+    _, steps, got = assert_training_matches_cpu(engine, cfg, 5, H=H, W=W, Cm=3)
+    assert all(m.shape == (1, 3, H, W) for (_, _, m), _ in steps)
     # the zero-mean l1 projection acted on whole C_m-channel filters
     km = got["Km"].astype(np.float64).reshape(cfg.n_steps * cfg.nf_m, -1)
     assert np.abs(km.sum(axis=1)).max() < 1e-5
     assert np.abs(km).sum(axis=1).max() <= cfg.l1_radius + 1e-5
-    st, stc = tr.optimizer_state(), opt.state_dict()
-    assert sorted(st) == sorted(stc) and int(st["t"]) == 2
-    for k in stc:
-        if k != "t":
-            _close(st[k], stc[k], 1e-3)
 
 
 def test_one_channel_model_keeps_both_mask_forms(engine):

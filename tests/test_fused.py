@@ -10,40 +10,17 @@ from fractions import Fraction
 import naive
 import numpy as np
 import pytest
+from helpers import corr_data
 from numba import njit
 
 from vnumba.ops import fused, simd
 from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
-from vnumba.ops.simd import (
-    lanes,
-    sfloor,
-    sfma,
-    vadd,
-    vbcast,
-    vcells,
-    vdiv,
-    vfloor,
-    vfma,
-    vload,
-    vload_head,
-    vlookup64,
-    vneg,
-    vsplat,
-    vstore,
-    vstore_index,
-    vsub,
-    vsum,
-    vwhere_between,
-)
 from vnumba.vn.config import ModelConfig
 
 
 @pytest.mark.parametrize("N,C,O,H,W,ks", [(1, 3, 5, 7, 9, 5), (2, 2, 3, 6, 5, 3), (1, 1, 8, 5, 6, 1)])
 def test_tiled_correlation_and_flipped_adjoint_match_reference(N, C, O, H, W, ks):
-    rng = np.random.default_rng(10)
-    xp = rng.standard_normal((N, C, H + ks - 1, W + ks - 1))
-    k = rng.standard_normal((O, C, ks, ks))
-    y = rng.standard_normal((N, O, H, W))
+    xp, k, y = corr_data(np.random.default_rng(10), N, C, O, H, W, ks)
     np.testing.assert_allclose(fused.corr_valid_fast(xp, k), naive.corr_valid(xp, k), rtol=1e-12, atol=1e-12)
     # the flip identity itself, in NumPy, then the kernel that relies on it
     np.testing.assert_allclose(naive.corr_valid_adjoint_by_flip(y, k), naive.corr_valid_adjoint(y, k),
@@ -125,13 +102,13 @@ def test_filter_packing_is_tap_major_with_repeated_last_channel():
 @njit
 def _simd_ops(a, b, c, out):
     """out[0] = a*b + c (vectors), out[1] = splat of a[1], out[2] = splat of 0.5 (first
-    lanes(a) values of each row), scalar fma of the first elements in out[3, 0]."""
-    L = lanes(a)
-    vstore(out[0], 0, vfma(vload(a, 0), vload(b, 0), vload(c, 0)))
-    vstore(out[0], L, vfma(vload(a, L), vload(b, L), vload(c, L)))
-    vstore(out[1], 0, vbcast(a, 1))
-    vstore(out[2], 0, vsplat(out[3, 1]))
-    out[3, 0] = sfma(a[0], b[0], c[0])
+    simd.lanes(a) values of each row), scalar fma of the first elements in out[3, 0]."""
+    L = simd.lanes(a)
+    simd.vstore(out[0], 0, simd.vfma(simd.vload(a, 0), simd.vload(b, 0), simd.vload(c, 0)))
+    simd.vstore(out[0], L, simd.vfma(simd.vload(a, L), simd.vload(b, L), simd.vload(c, L)))
+    simd.vstore(out[1], 0, simd.vbcast(a, 1))
+    simd.vstore(out[2], 0, simd.vsplat(out[3, 1]))
+    out[3, 0] = simd.sfma(a[0], b[0], c[0])
     return L
 
 
@@ -222,23 +199,23 @@ def test_float32_kernel_gradient_of_a_long_sum_stays_accurate():
 
 @njit
 def _vector_tail_and_sum(row, i, n):
-    v = vload_head(row, i, n)
-    out = np.zeros(lanes(row), row.dtype)
-    vstore(out, 0, v)
-    return out, vsum(v)
+    v = simd.vload_head(row, i, n)
+    out = np.zeros(simd.lanes(row), row.dtype)
+    simd.vstore(out, 0, v)
+    return out, simd.vsum(v)
 
 
 @njit
 def _pointwise_ops(x, y, lo, hi, out, idx):
-    a = vload(x, 0)
-    b = vload(y, 0)
-    vstore(out[0], 0, vadd(a, b))
-    vstore(out[1], 0, vsub(a, b))
-    vstore(out[2], 0, vdiv(a, b))
-    vstore(out[3], 0, vfloor(a))
-    vstore(out[4], 0, vwhere_between(a, lo, hi, a, b))
-    vstore_index(idx, 0, vfloor(a), np.int32(7))
-    out[5, 0] = sfloor(x[1])
+    a = simd.vload(x, 0)
+    b = simd.vload(y, 0)
+    simd.vstore(out[0], 0, simd.vadd(a, b))
+    simd.vstore(out[1], 0, simd.vsub(a, b))
+    simd.vstore(out[2], 0, simd.vdiv(a, b))
+    simd.vstore(out[3], 0, simd.vfloor(a))
+    simd.vstore(out[4], 0, simd.vwhere_between(a, lo, hi, a, b))
+    simd.vstore_index(idx, 0, simd.vfloor(a), np.int32(7))
+    out[5, 0] = simd.sfloor(x[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -391,10 +368,10 @@ def test_float32_rbf_and_weight_gradient_match_float64_reference():
 @njit
 def _lookup_ops(tab, base, jb, off, x, out, neg):
     """out[q] = tab[base + jb[q] - off] (in-register look-up, a vector at a time), neg = -x."""
-    L = lanes(tab)
+    L = simd.lanes(tab)
     for q in range(0, jb.shape[0], L):
-        vstore(out, q, vlookup64(tab, base, vcells(jb, q, off, tab)))
-    vstore(neg, 0, vneg(vload(x, 0)))
+        simd.vstore(out, q, simd.vlookup64(tab, base, simd.vcells(jb, q, off, tab)))
+    simd.vstore(neg, 0, simd.vneg(simd.vload(x, 0)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

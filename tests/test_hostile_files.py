@@ -19,9 +19,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import PY, ROOT, assert_refused_leaving_folder, one_line_refusal
+from cli_helpers import folder_state as _state
+from cli_helpers import run_module as _run
 from predict_helpers import save_tiny_model
-from test_cli_failures import PY, ROOT, _run, one_line_refusal
-from test_cli_safety_more import _state
 from test_train import TINY, _toy_dataset
 
 
@@ -165,10 +166,7 @@ ENV_CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_file_is_refused_in_one_line_and_nothing_changes(hw, name):
     argv, expect = CASES[name]
-    before = _state(hw)
-    r = _run(argv, hw)
-    one_line_refusal(name, r, expect)
-    assert _state(hw) == before
+    assert_refused_leaving_folder(name, argv, expect, hw)
 
 
 @pytest.mark.parametrize("name", list(ENV_CASES))
@@ -177,8 +175,7 @@ def test_bad_environment_variable_is_refused_in_one_line(hw, name):
     before = _state(hw)
     for argv in (P + ["x.png"], ["synth", "generate", "scenario2", "-n", "1", "-q", "-o", "g.h5"],
                  ["vnumba.train", "D.h5", *TR[1:]]):
-        r = subprocess.run([PY, "-m", *argv], cwd=hw, capture_output=True, text=True,
-                           timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
+        r = _run(argv, hw, env=env)
         one_line_refusal(f"{name} {argv[0]}", r, expect)
     assert _state(hw) == before
 

@@ -2,8 +2,10 @@
 finite-difference checks in float64 of one step (input gradient = v − Hv, each parameter
 group) and of the whole unrolled loss, the loss (3) summed over the mask channels, and the
 one-channel network as the special case ``C_m = 1`` of the multi-channel code."""
+import helpers
 import numpy as np
 import pytest
+from helpers import network_batch, network_params, one_step
 
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.vn import model
@@ -13,27 +15,11 @@ CFG = ModelConfig(n_steps=2, n_mask=3, nf_u=3, nf_m=2, ks_u=5, ks_m=3, ks=3, rbf
 
 
 def _params(rng, cfg=CFG):
-    p = model.init_params(cfg, rng, np.float64)
-    for k in ("wu", "wm"):
-        p[k] = p[k] + 0.2 * rng.standard_normal(p[k].shape)
-    p["w"] = 0.2 * p["w"] + 0.05 * rng.standard_normal(p["w"].shape)
-    return p
+    return network_params(cfg, rng)
 
 
-def _data(rng, N=2, H=9, W=8, C=3, Cm=3):
-    u0 = 0.3 + 0.4 * rng.random((N, C, H, W))
-    gu = 0.3 + 0.4 * rng.random((N, C, H, W))
-    gm = rng.random((N, Cm, H, W))
-    m0 = 0.4 + 0.2 * rng.random((N, Cm, H, W))  # off the clip's kinks
-    return u0, gu, gm, m0
-
-
-def _rel(a, b):
-    return abs(a - b) / max(abs(a), abs(b), 1e-30)
-
-
-def _interior(states, margin=1e-3):
-    return all(np.all((x > margin) & (x < 1 - margin)) for st in states for x in st)
+def _data(rng, N=2, H=9, W=8, Cm=3):
+    return network_batch(rng, N, H, W, Cm=Cm)  # m0 off the clip's kinks
 
 
 def test_mask_filters_read_every_class_channel():
@@ -60,68 +46,24 @@ def test_forward_keeps_one_map_per_class_and_they_interact():
 
 
 def test_one_step_input_gradient_with_class_channels_is_v_minus_hessian_vector_product():
-    rng = np.random.default_rng(1)
-    p = model.step_params(_params(rng), 0)
-    u0, _, _, m = _data(rng)
-    u = 0.3 + 0.4 * rng.random(u0.shape)
-    ubar, mbar = rng.standard_normal(u.shape), rng.standard_normal(m.shape)
-    ui, mi, _ = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
+    rng, p, u0, u, m, ubar, mbar = one_step(CFG, 1, 0, Cm=3)
+    mi = helpers.assert_step_input_gradient(p, CFG, u, m, u0, ubar, mbar, rng)
     assert mi.shape == m.shape
-
-    def J(uu, mm):
-        a, b = model.step_forward(p, CFG, uu, mm, u0)
-        return np.sum(a * ubar) + np.sum(b * mbar)
-
-    for _ in range(3):
-        du, dm = rng.standard_normal(u.shape), rng.standard_normal(m.shape)
-        eps = 1e-6
-        fd = (J(u + eps * du, m + eps * dm) - J(u - eps * du, m - eps * dm)) / (2 * eps)
-        an = np.sum(ui * du) + np.sum(mi * dm)
-        assert _rel(fd, an) < 1e-6, (fd, an)
 
 
 @pytest.mark.parametrize("name", PARAM_NAMES)
 def test_one_step_parameter_gradient_with_class_channels_matches_finite_differences(name):
-    rng = np.random.default_rng(3)
-    p = model.step_params(_params(rng), 1)
-    u0, _, _, m = _data(rng)
-    u = 0.3 + 0.4 * rng.random(u0.shape)
-    ubar, mbar = rng.standard_normal(u.shape), rng.standard_normal(m.shape)
-    _, _, g = model.step_backward(p, CFG, u, m, u0, ubar, mbar)
-
-    def J(pp):
-        a, b = model.step_forward(pp, CFG, u, m, u0)
-        return np.sum(a * ubar) + np.sum(b * mbar)
-
-    d = rng.standard_normal(np.shape(p[name]))
-    eps = 1e-6
-    pp, pm = dict(p), dict(p)
-    pp[name] = p[name] + eps * d
-    pm[name] = p[name] - eps * d
-    fd = (J(pp) - J(pm)) / (2 * eps)
-    an = float(np.sum(g[name] * d))
-    assert _rel(fd, an) < 1e-6, (fd, an)
+    rng, p, u0, u, m, ubar, mbar = one_step(CFG, 3, 1, Cm=3)
+    helpers.assert_step_param_gradient(p, CFG, u, m, u0, ubar, mbar, name, rng)
 
 
 @pytest.mark.parametrize("name", PARAM_NAMES)
 def test_whole_unrolled_multiclass_loss_gradient_matches_finite_differences(name):
     rng = np.random.default_rng(4)
     p = _params(rng)
-    u0, gu, gm, m0 = _data(rng)
-    loss, grads, _, m_T = model.loss_and_grad(p, CFG, u0, gu, gm, m0)
-    assert loss > 0 and m_T.shape == gm.shape
-    d = rng.standard_normal(p[name].shape)
-    eps = 1e-6
-    vals = []
-    for s in (1, -1):
-        q = dict(p)
-        q[name] = p[name] + s * eps * d
-        _, _, states = model.forward(q, CFG, u0, m0, return_states=True)
-        assert _interior(states)
-        vals.append(model.loss_and_grad(q, CFG, u0, gu, gm, m0)[0])
-    fd = (vals[0] - vals[1]) / (2 * eps)
-    an = float(np.sum(grads[name] * d))
-    assert _rel(fd, an) < 1e-6, (name, fd, an)
+    batch = _data(rng)
+    m_T = helpers.assert_unrolled_loss_gradient(p, CFG, batch, name, rng)
+    assert m_T.shape == batch[2].shape
 
 
 def test_multiclass_loss_sums_the_mask_term_over_the_channels():

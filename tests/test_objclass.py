@@ -1,5 +1,5 @@
-"""Object-level classification after the mask (vnumba.objclass): features, the logistic fit,
-the stored filter and its use in evaluation."""
+"""Object-level classification after the mask (vnumba.objfilter, earlier vnumba.objclass): features,
+the logistic fit, the stored filter and its use in evaluation."""
 import json
 
 import numpy as np

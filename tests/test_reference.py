@@ -8,6 +8,7 @@ import pytest
 from skimage.color import rgb2lab
 
 from synth import reference as R
+from synth.__main__ import main as synth_main
 
 BG = (235, 225, 238)          # bright: the "background" colour rule (L* >= 70) takes it
 NUC = (80, 40, 130)           # tumour nucleus
@@ -360,13 +361,13 @@ def test_load_reference_errors(tmp_path, count_path):
 def test_cli_builds_a_bundle_and_reports_errors(tmp_path, cohort_path, capsys):
     path, rgb, inst, group = cohort_path
     out = tmp_path / "cli.h5"
-    rc = R.main([str(path.parent), "-o", str(out), "--patch-size", "4",
-                 "--max-patches-per-cell", "1", "--mpp", "0.5"])
+    rc = synth_main(["reference", str(path.parent), "-o", str(out), "--patch-size", "4",
+                     "--max-patches-per-cell", "1", "--mpp", "0.5"])
     assert rc == 0 and out.is_file()
     b = R.load_reference(out)
     assert b.mpp == 0.5 and b.patch_size == 4 and len(b.textures["immune"]) == 9
     assert "wrote" in capsys.readouterr().out
-    rc = R.main([str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.h5")])
+    rc = synth_main(["reference", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.h5")])
     assert rc == 2 and "missing.png" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
 

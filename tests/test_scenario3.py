@@ -5,13 +5,14 @@ import naive
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from synth_helpers import assert_deterministic_per_seed, scenario3_script
 from test_reference import COHORT_CFG, cohort_image, write_labelled
 
 from synth import reference as R
 from synth import scenario3 as S3
 from synth.generator import generate_sample, sample_rng
 from synth.layers import Layer
-from synth.script import ScriptError, load_script, parse_script_text
+from synth.script import ScriptError, load_script
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,8 @@ def small_bundle(tmp_path_factory):
 
 
 def small_script(**replace):
-    """The shipped script at 64x64 with denser, smaller objects for quick tests."""
-    s = load_script("scenario3").with_size(64, 64)
-    text = s.text
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return parse_script_text(text, s.path)
+    """The shipped script at 64x64 for quick tests, sections edited by text replacement."""
+    return scenario3_script(64, **replace)
 
 
 def _boundary_pixels(m):
@@ -314,12 +310,7 @@ def test_generated_mask_equals_visible_nucleus_pixels(small_bundle):
 
 def test_generation_is_deterministic_per_seed(small_bundle):
     s = small_script()
-    a = generate_sample(s, sample_rng(5, 3), small_bundle)
-    b = generate_sample(s, sample_rng(5, 3), small_bundle)
-    c = generate_sample(s, sample_rng(5, 4), small_bundle)
-    for x in ("noisy", "clean", "mask"):
-        np.testing.assert_array_equal(getattr(a, x), getattr(b, x))
-    assert not np.array_equal(a.noisy, c.noisy)
+    a, _ = assert_deterministic_per_seed(s, small_bundle, 5, 3)
     # a loaded bundle object and its path give the same pixels
     d = generate_sample(s, sample_rng(5, 3), R.load_reference(small_bundle))
     np.testing.assert_array_equal(a.noisy, d.noisy)
@@ -364,13 +355,36 @@ def test_prepare_reference_rescales_patches_to_the_script_pixel_size(small_bundl
     ("vessel = 1", "vessel = 11", "regions.vessel: must be < count"),
     ("count = [50, 110]", "count = [110, 50]", "tumour_nuclei.count: range must be"),
     ("growth_time = 20.0", "growth_time = -1.0", "tumour_cells.growth_time: must be > 0"),
-    ('colors = ["stroma"]', 'colors = ["nuclei"]', "reference.colors[0]: must be one of"),
+    ('colors = ["stroma"]', 'colors = ["nuclei"]', r"reference\.colors\[0\]: must be one of"),
     ('tumour_nuclei = [{ kind = "blur"', 'nuclei = [{ kind = "blur"',
      "filters.nuclei: unknown layer"),
     ('target = "tumour_nuclei"', 'target = "immune_cells"', "mask.target: must be one of"),
+    # the border sections: infiltrate, the aggregates' band and margin, small tumour nuclei
+    ("per_tumour = [0.0, 0.18]", "per_tumour = [0.18, 0.0]", "infiltrate.per_tumour: range must"),
+    ("per_tumour = [0.0, 0.18]", "per_tumour = [-1.0, 0.18]", "infiltrate.per_tumour.*>= 0"),
+    ("tumour_gap = 2.0", "tumour_gap = 2.0\nhalo = 1", "infiltrate.halo: unknown key"),
+    ("max_tumour_overlap = 0.05", "max_tumour_overlap = 1.5",
+     "infiltrate.max_tumour_overlap: must be <= 1"),
+    ("abut = 0.39", "abut = 2", "aggregates.abut: must be <= 1"),
+    ("band = [4.0, 10.0]", "band = [10.0, 4.0]", "aggregates.band: range must"),
+    ("margin = [6.0, 20.0]", "margin = [-1.0, 20.0]", "aggregates.margin.*>= 0"),
+    ("small_fraction = 0.08", "small_fraction = 1.2", "tumour_nuclei.small_fraction: must be <= 1"),
+    ("small_area = [35.0, 75.0]", "small_area = [75.0, 35.0]", "tumour_nuclei.small_area: range"),
+    ("small_density = [0.65, 0.85]", "small_density = [0.65, 1.5]",
+     "tumour_nuclei.small_density.*<= 1"),
+    # the look-alike sections: aggregates, degrade, immune and vessel cells, pigment
+    ("packing = [0.6, 0.85]", "packing = [0.85, 0.6]", "aggregates.packing: range must be"),
+    ("exclude_tumour = true", "exclude_tumour = true\nsize = 3", "aggregates.size: unknown key"),
+    ("probability = 0.5\ncount = [1, 2]", "probability = 1.5\ncount = [1, 2]", "aggregates.probability: must be <= 1"),
+    ("jpeg_probability = 0.5", "jpeg_probability = -1", "degrade.jpeg_probability: must be >= 0"),
+    ("blur = [0.0, 1.0]", "blur = [1.0, 0.0]", "degrade.blur: range must be"),
+    ("real_fraction = 0.7", "real_fraction = 2", "immune_cells.real_fraction: must be <= 1"),
+    ("fill = [0.0, 0.7]", "fill = 0.5", "vessel_cells.fill"),
+    ("grain = 0.7", "grain = \"fine\"", "pigment.grain"),
 ])
 def test_script_validation_names_the_key(old, new, key):
-    with pytest.raises(ScriptError, match=key.replace("[", r"\[").replace("]", r"\]")):
+    """A scenario3 script with one bad value or key is refused naming the key (a regex)."""
+    with pytest.raises(ScriptError, match=key):
         small_script(**{old: new})
 
 

@@ -2,6 +2,8 @@
 sections: geometry, determinism per seed, the mask never covering a look-alike."""
 import numpy as np
 import pytest
+from synth_helpers import assert_deterministic_per_seed
+from synth_helpers import scenario3_script as script
 from test_reference import COHORT_CFG, cohort_image, write_labelled
 
 from synth import degrade as D
@@ -9,7 +11,6 @@ from synth import reference as R
 from synth import scenario3 as S3
 from synth import tme
 from synth.generator import generate_sample, sample_rng
-from synth.script import ScriptError, load_script, parse_script_text
 
 LOOKALIKES = ("vessel_cells", "stroma", "infiltrate", "aggregates", "immune_cells", "pigment",
               "debris")
@@ -31,14 +32,6 @@ def bundle(tmp_path_factory):
     return R.save_reference(b, d / "bundle.h5")
 
 
-def script(size=96, **replace):
-    """The shipped script at ``size`` px, sections edited by text replacement."""
-    s = load_script("scenario3").with_size(size, size)
-    text = s.text
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return parse_script_text(text, s.path)
 
 
 ALL_ON = {"probability = 0.5\ncount = [1, 2]": "probability = 1.0\ncount = [1, 2]",          # aggregates
@@ -281,12 +274,7 @@ def test_aggregates_are_packed_and_hold_no_tumour_nucleus_centre(bundle):
 
 def test_generation_with_every_layer_is_deterministic_per_seed(bundle):
     s = script(80, **ALL_ON)
-    a = generate_sample(s, sample_rng(9, 1), bundle)
-    b = generate_sample(s, sample_rng(9, 1), bundle)
-    c = generate_sample(s, sample_rng(9, 2), bundle)
-    for x in ("noisy", "clean", "mask"):
-        np.testing.assert_array_equal(getattr(a, x), getattr(b, x))
-    assert not np.array_equal(a.noisy, c.noisy)
+    a, _ = assert_deterministic_per_seed(s, bundle, 9, 1)
     assert a.noisy.shape == (3, 80, 80) and a.mask.shape == (3, 80, 80)
     # the input is a degraded version of the target, not a copy of it
     assert np.abs(a.noisy - a.clean).mean() > 0.005
@@ -307,16 +295,3 @@ def test_scale_jitter_resamples_images_mask_and_layers_together(bundle):
     assert np.count_nonzero(m ^ vis) <= 0.1 * max(np.count_nonzero(m), 1)
 
 
-@pytest.mark.parametrize("old,new,key", [
-    ("packing = [0.6, 0.85]", "packing = [0.85, 0.6]", "aggregates.packing: range must be"),
-    ("exclude_tumour = true", "exclude_tumour = true\nsize = 3", "aggregates.size: unknown key"),
-    ("probability = 0.5\ncount = [1, 2]", "probability = 1.5\ncount = [1, 2]", "aggregates.probability: must be <= 1"),
-    ("jpeg_probability = 0.5", "jpeg_probability = -1", "degrade.jpeg_probability: must be >= 0"),
-    ("blur = [0.0, 1.0]", "blur = [1.0, 0.0]", "degrade.blur: range must be"),
-    ("real_fraction = 0.7", "real_fraction = 2", "immune_cells.real_fraction: must be <= 1"),
-    ("fill = [0.0, 0.7]", "fill = 0.5", "vessel_cells.fill"),
-    ("grain = 0.7", "grain = \"fine\"", "pigment.grain"),
-])
-def test_lookalike_sections_are_validated_naming_the_key(old, new, key):
-    with pytest.raises(ScriptError, match=key):
-        script(64, **{old: new})

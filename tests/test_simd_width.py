@@ -1,6 +1,7 @@
 """The kernels' vector width follows the CPU (vnumba.ops.simd), can be forced with
 VNUMBA_SIMD_BITS, never leaks between widths through Numba's on-disk cache, and does not
 change a single bit of any result (issue 15)."""
+import ast
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vnumba.ops import fused, simd
+from vnumba.ops import simd
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("simd_width_probe.py")
@@ -48,26 +49,70 @@ def test_numba_cpu_features_decide_the_target(monkeypatch):
     assert simd.choose_vector_bits(environ={}) == 256
 
 
-def test_every_kernel_caches_under_its_width():
-    from numba.core.registry import CPUDispatcher
-    kernels = [v for v in vars(fused).values() if isinstance(v, CPUDispatcher)]
-    assert len(kernels) >= 20
-    for disp in kernels:
-        assert isinstance(disp._cache, simd._WidthKeyedCache), disp.py_func.__name__
-    disp = fused._corr_valid_tiled
-    key = disp._cache._index_key(disp.signatures[0] if disp.signatures else (), disp.targetctx.codegen())
-    assert key[-1] == ("vnumba-simd-bits", simd.VECTOR_BITS)
+_CACHE_PROBE = ("import numpy as np\n"
+                "from vnumba.ops import fused, simd\n"
+                "fused.vector_lanes(np.zeros(1, np.float32))\n"
+                "st = fused.vector_lanes.stats\n"
+                "print(simd.VECTOR_BITS, sum(st.cache_hits.values()), sum(st.cache_misses.values()))\n")
+
+
+def _cache_run(cache_dir, bits):
+    """One fused kernel in a fresh process at ``bits``: (cache loads, compilations)."""
+    env = {k: v for k, v in os.environ.items() if k != simd.ENV_VAR}
+    env.update({"NUMBA_CACHE_DIR": str(cache_dir), simd.ENV_VAR: str(bits)})
+    r = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got_bits, hits, misses = map(int, r.stdout.split())
+    assert got_bits == bits
+    return hits, misses
+
+
+def test_a_second_process_loads_a_kernel_of_its_own_width_from_the_cache_and_none_of_another(tmp_path):
+    cache = tmp_path / "numba-cache"
+    assert _cache_run(cache, 128) == (0, 1)  # an empty cache: compiled
+    assert _cache_run(cache, 128) == (1, 0)  # the same width: loaded, not compiled
+    assert _cache_run(cache, 256) == (0, 1)  # another width: its own code, not the 128-bit one
+    assert _cache_run(cache, 256) == (1, 0)
+    assert _cache_run(cache, 128) == (1, 0)  # both widths stay in the cache side by side
     with pytest.raises(TypeError, match="always caches"):
         simd.jit(cache=False)
 
 
-def test_only_the_fused_kernels_use_explicit_vectors():
-    # a kernel elsewhere would be cached without the width (numba.njit(cache=True))
-    import re
-    imports = re.compile(r"^\s*(from vnumba\.ops\.simd import|from vnumba\.ops import .*\bsimd\b"
-                         r"|import vnumba\.ops\.simd)", re.M)
-    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "vnumba").rglob("*.py") if imports.search(p.read_text())]
-    assert users == ["vnumba/ops/fused.py"]
+def _simd_use_and_numba_jits(tree):
+    """Whether a module's syntax tree imports vnumba.ops.simd, and the places where it takes
+    ``njit`` / ``jit`` from numba itself."""
+    uses, jits = False, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names = {a.name for a in node.names}
+            if node.module == "vnumba.ops.simd" or (node.module == "vnumba.ops" and "simd" in names):
+                uses = True
+            if node.module and node.module.split(".")[0] == "numba" and names & {"njit", "jit"}:
+                jits.append(f"line {node.lineno}: from {node.module} import {', '.join(sorted(names))}")
+        elif isinstance(node, ast.Import):
+            uses |= any(a.name == "vnumba.ops.simd" for a in node.names)
+        elif (isinstance(node, ast.Attribute) and node.attr in ("njit", "jit")
+              and isinstance(node.value, ast.Name) and node.value.id == "numba"):
+            jits.append(f"line {node.lineno}: numba.{node.attr}")
+    return uses, jits
+
+
+def test_kernels_on_explicit_vectors_are_compiled_only_by_the_width_keyed_jit():
+    # a kernel on vectors compiled by numba.njit(cache=True) would be cached without the width
+    users, bad = [], []
+    for path in sorted((ROOT / "vnumba").rglob("*.py")):
+        if path.name == "simd.py" and path.parent.name == "ops":
+            continue  # simd.jit itself is built on numba.njit
+        uses, jits = _simd_use_and_numba_jits(ast.parse(path.read_text(encoding="utf-8")))
+        if uses:
+            users.append(path.relative_to(ROOT).as_posix())
+            bad += [f"{path.relative_to(ROOT).as_posix()} {j}" for j in jits]
+    assert users, "no module of vnumba uses vnumba.ops.simd"
+    assert not bad, "modules on explicit vectors must compile with simd.jit:\n" + "\n".join(bad)
+    # the check itself sees a violation
+    assert _simd_use_and_numba_jits(ast.parse("from vnumba.ops import simd\nfrom numba import njit\n")) == \
+        (True, ["line 2: from numba import njit"])
 
 
 def _probe(tmp_path, bits):
@@ -97,6 +142,18 @@ def test_results_are_bit_identical_at_every_vector_width(tmp_path):
             runs[bits] = _probe(tmp_path, bits)
     runs["native again"] = _probe(tmp_path, None)
     assert len(runs) >= 3  # at least one width other than the host's
+    # every fused kernel: compiled in the first run (an empty cache) and at every forced width
+    # (never loaded from another width's entries), loaded without compiling in the native rerun
+    # (a kernel appears where it was loaded or compiled; one called only from loaded kernels
+    # does not appear)
+    for name, run in runs.items():
+        counts = {k: run[k].tolist() for k in run if k.startswith("cache:")}
+        assert len(counts) >= 5, (name, sorted(counts))
+        for k, (hits, misses) in counts.items():
+            if name == "native again":
+                assert hits > 0 and misses == 0, (name, k, hits, misses)
+            else:
+                assert hits == 0 and misses > 0, (name, k, hits, misses)
     for name, run in runs.items():
         bits = native if isinstance(name, str) else name
         assert int(run["bits"]) == bits

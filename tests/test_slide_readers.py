@@ -96,20 +96,22 @@ def assert_one_line_naming(exc: pytest.ExceptionInfo, path, *words):
         assert wd.lower() in msg.lower(), msg
 
 
+def _pyramid_file(tmp_path_factory, folder, name, image, write):
+    """A three-level pyramid of ``image`` written by ``write`` to a new folder: (path, levels)."""
+    path = tmp_path_factory.mktemp(folder) / name
+    levels = pyramid(image, 3)
+    write(path, levels)
+    return path, levels
+
+
 @pytest.fixture(scope="module")
 def svs(tmp_path_factory):
-    path = tmp_path_factory.mktemp("svs") / "slide.svs"
-    levels = pyramid(smooth_rgb(1024), 3)
-    write_svs(path, levels)
-    return path, levels
+    return _pyramid_file(tmp_path_factory, "svs", "slide.svs", smooth_rgb(1024), write_svs)
 
 
 @pytest.fixture(scope="module")
 def ome(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ome") / "slide.ome.tif"
-    levels = pyramid(noisy_rgb(512), 3)
-    write_ome(path, levels)
-    return path, levels
+    return _pyramid_file(tmp_path_factory, "ome", "slide.ome.tif", noisy_rgb(512), write_ome)
 
 
 # ----------------------------------------------------------------------------- (a) SVS

@@ -45,7 +45,11 @@ def test_short_training_lowers_the_loss_and_writes_log_and_model(tmp_path):
     assert rc == 0
     rows = _read_log(out.with_suffix(".csv"))
     assert [int(r["iter"]) for r in rows] == list(range(1, 81))
-    assert set(["iter", "loss", "accuracy", "psnr", "seconds"]) <= set(rows[0])
+    assert tuple(rows[0]) == trainer.LOG_COLUMNS
+    # the figures read the log by the same column definition
+    from vnumba.analysis.plots import read_training_log
+    curves = read_training_log(out.with_suffix(".csv"))
+    np.testing.assert_array_equal(curves["iter"], np.arange(1, 81))
     first = np.mean([float(r["loss"]) for r in rows[:3]])
     last = np.mean([float(r["loss"]) for r in rows[-3:]])
     assert last < 0.5 * first, (first, last)
@@ -258,3 +262,36 @@ def test_dataset_links_groups_and_non_string_attrs_are_refused(tmp_path):
         f.attrs["scenario"] = 3
     with pytest.raises(DatasetError, match="'scenario' must be a string"):
         SyntheticDataset(good)
+
+
+def test_the_library_raises_typed_errors_and_the_command_line_names_the_options(tmp_path, capsys):
+    data = _toy_dataset(tmp_path / "toy.h5", n=2, size=12)
+    opts = trainer.TrainOptions(data=str(data), iters=-1, out=str(tmp_path / "m.h5"))
+    with pytest.raises(trainer.TrainingConfigError) as e:
+        trainer.train(opts)
+    assert isinstance(e.value, ValueError) and (e.value.field, e.value.value) == ("iters", -1)
+    assert str(e.value) == "iters must be >= 0, got -1" and "--" not in str(e.value)
+    with pytest.raises(SystemExit, match="^error: --checkpoint-every must be >= 1, got 0$") as e:
+        train.main([str(data), "--checkpoint-every", "0", "--out", str(tmp_path / "m.h5")])
+    assert e.value.code == 2 and capsys.readouterr().err == "error: --checkpoint-every must be >= 1, got 0\n"
+    with pytest.raises(SystemExit, match=r"^error: --init starts a variational network \(--arch vn\) only$"):
+        train.main([str(data), "--arch", "unet", "--unet-width", "4", "--batch", "1", "--iters", "1",
+                     "--init", "scenario2", "--out", str(tmp_path / "m.h5")])
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_a_run_too_large_for_the_machine_names_the_options_that_size_it(tmp_path, monkeypatch):
+    data = _toy_dataset(tmp_path / "toy.h5", n=2, size=12)
+    monkeypatch.setattr(trainer, "_physical_memory", lambda: 1)
+    with pytest.raises(SystemExit, match=r"GiB \(--unet-width 4, --batch 2, 12x12 px\); the machine has"):
+        train.main([str(data), "--arch", "unet", "--unet-width", "4", "--batch", "2", "--iters", "1",
+                    "--out", str(tmp_path / "m.h5")])
+    with pytest.raises(SystemExit, match=r"GiB \(--steps 2, --nf-u 4, --nf-m 2, --batch 1, 12x12 px\)"):
+        train.main([str(data), *TINY, "--batch", "1", "--iters", "1", "--out", str(tmp_path / "m.h5")])
+
+
+def test_the_command_line_defaults_are_the_train_options_defaults():
+    defaults = trainer.option_defaults()
+    parsed = vars(train.build_parser().parse_args(["D.h5"]))
+    parsed.pop("scheduler")
+    assert parsed == {"data": "D.h5", **defaults}

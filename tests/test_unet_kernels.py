@@ -4,6 +4,7 @@ backward pass (float64), and argument checking."""
 import naive
 import numpy as np
 import pytest
+from helpers import dot_test
 
 from vnumba.unet import kernels as uk
 
@@ -11,14 +12,6 @@ from vnumba.unet import kernels as uk
 def _fd(f, x, d, eps=1e-6):
     """Central difference of the scalar function f at x along d."""
     return (f(x + eps * d) - f(x - eps * d)) / (2 * eps)
-
-
-def _dot_test(A, AT, xshape, yshape, rng):
-    x = rng.standard_normal(xshape)
-    y = rng.standard_normal(yshape)
-    lhs = np.vdot(A(x), y)
-    rhs = np.vdot(x, AT(y))
-    np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -66,8 +59,8 @@ def test_conv2d_input_adjoint_passes_dot_product_test(N, C, O, H, W, ks):
     rng = np.random.default_rng(4)
     w = rng.standard_normal((O, C, ks, ks))
     zero = np.zeros(O)
-    _dot_test(lambda x: uk.conv2d(x, w, zero), lambda y: uk.conv2d_input_adjoint(y, w),
-              (N, C, H, W), (N, O, H, W), rng)
+    dot_test(lambda x: uk.conv2d(x, w, zero), lambda y: uk.conv2d_input_adjoint(y, w),
+             (N, C, H, W), (N, O, H, W), rng)
 
 
 @pytest.mark.parametrize("N,C,O,H,W,ks", CONV_CASES)
@@ -163,7 +156,7 @@ def test_upsample2_and_adjoint_match_reference():
 
 
 def test_upsample2_adjoint_passes_dot_product_test():
-    _dot_test(uk.upsample2, uk.upsample2_adjoint, (2, 3, 4, 5), (2, 3, 8, 10), np.random.default_rng(11))
+    dot_test(uk.upsample2, uk.upsample2_adjoint, (2, 3, 4, 5), (2, 3, 8, 10), np.random.default_rng(11))
 
 
 # ----------------------------------------------------------------------------- concatenation
@@ -188,6 +181,29 @@ def _head_data(rng, N=2, C=3, H=5, W=6):
     return z, u0
 
 
+def _off_the_clip_kinks(z, u0):
+    """Move the image logits whose ``u0 + z`` lies within 1e-3 of the clip's kinks at 0 and 1
+    away from them (so central differences do not straddle a kink)."""
+    v = u0 + z[:, :3]
+    z[:, :3][np.abs(v) < 1e-3] += 0.01
+    z[:, :3][np.abs(v - 1) < 1e-3] += 0.01
+
+
+def _head_backward_and_fd(z, u0, ubar, mbar, rng):
+    """The head's backward pass for output gradients (ubar, mbar), checked against the
+    reference, with its directional derivative along a random ``d`` and the central
+    difference of ``<ubar, u> + <mbar, m>`` along it."""
+    dz = uk.output_head_backward(ubar, mbar, z, u0)
+    np.testing.assert_allclose(dz, naive.unet_output_head_backward(ubar, mbar, z, u0), rtol=1e-12, atol=1e-15)
+
+    def J(t):
+        u, m = uk.output_head(t, u0)
+        return np.vdot(ubar, u) + np.vdot(mbar, m)
+
+    d = rng.standard_normal(z.shape)
+    return dz, np.vdot(dz, d), _fd(J, z, d)
+
+
 def test_output_head_matches_reference_and_handles_large_logits():
     z, u0 = _head_data(np.random.default_rng(13))
     z[0, 3, 0, 0], z[0, 3, 0, 1] = 800.0, -800.0
@@ -202,9 +218,7 @@ def test_output_head_with_class_channels_matches_reference_and_finite_difference
     rng = np.random.default_rng(15)
     u0 = rng.uniform(0.0, 1.0, (2, 3, 5, 6))
     z = rng.normal(0.0, 0.6, (2, 6, 5, 6))
-    v = u0 + z[:, :3]
-    z[:, :3][np.abs(v) < 1e-3] += 0.01
-    z[:, :3][np.abs(v - 1) < 1e-3] += 0.01
+    _off_the_clip_kinks(z, u0)
     u, m = uk.output_head(z, u0)
     ru, rm = naive.unet_output_head(z, u0)
     assert m.shape == (2, 3, 5, 6)
@@ -212,38 +226,20 @@ def test_output_head_with_class_channels_matches_reference_and_finite_difference
     np.testing.assert_allclose(m, rm, rtol=1e-13, atol=1e-15)
     ubar = rng.standard_normal(u0.shape)
     mbar = rng.standard_normal(m.shape)
-    dz = uk.output_head_backward(ubar, mbar, z, u0)
-    np.testing.assert_allclose(dz, naive.unet_output_head_backward(ubar, mbar, z, u0), rtol=1e-12, atol=1e-15)
-
-    def J(t):
-        a, b = uk.output_head(t, u0)
-        return np.vdot(ubar, a) + np.vdot(mbar, b)
-
-    d = rng.standard_normal(z.shape)
-    fd = _fd(J, z, d)
-    assert abs(np.vdot(dz, d) - fd) <= 1e-6 * abs(fd)
+    _, an, fd = _head_backward_and_fd(z, u0, ubar, mbar, rng)
+    assert abs(an - fd) <= 1e-6 * abs(fd)
 
 
 def test_output_head_backward_matches_reference_and_finite_differences():
     rng = np.random.default_rng(14)
     z, u0 = _head_data(rng)
     z[:, 3] /= 20.0
-    v = u0 + z[:, :3]
-    z[:, :3][np.abs(v) < 1e-3] += 0.01  # keep the clip's kinks away from the difference step
-    z[:, :3][np.abs(v - 1) < 1e-3] += 0.01
+    _off_the_clip_kinks(z, u0)  # keep the clip's kinks away from the difference step
     ubar = rng.standard_normal(u0.shape)
     mbar = rng.standard_normal((2, 5, 6))
-    dz = uk.output_head_backward(ubar, mbar, z, u0)
-    np.testing.assert_allclose(dz, naive.unet_output_head_backward(ubar, mbar, z, u0), rtol=1e-12, atol=1e-15)
+    dz, an, fd = _head_backward_and_fd(z, u0, ubar, mbar, rng)
     assert np.any(dz[:, :3] == 0) and np.any(dz[:, :3] != 0)  # the data hits both sides of the clip
-
-    def J(t):
-        u, m = uk.output_head(t, u0)
-        return np.vdot(ubar, u) + np.vdot(mbar, m)
-
-    d = rng.standard_normal(z.shape)
-    fd = _fd(J, z, d)
-    assert abs(np.vdot(dz, d) - fd) <= 1e-6 * abs(fd)
+    assert abs(an - fd) <= 1e-6 * abs(fd)
 
 
 # ----------------------------------------------------------------------------- argument checks

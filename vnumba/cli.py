@@ -25,7 +25,7 @@ def _integer(s) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
 
 
-def _positive_float(s):
+def positive_float(s):
     v = _number(s)
     if not (np.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
@@ -76,7 +76,7 @@ def check_environment() -> None:
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM (:func:`terminate_as_interrupt`): a ``kill``, a
     batch system's time limit or ``docker stop`` unwinds like Ctrl-C, so every ``except
-    KeyboardInterrupt`` and every atomic writer's cleanup runs (issue 22)."""
+    KeyboardInterrupt`` and every atomic writer's cleanup runs."""
 
 
 _SIGTERM = {"raised": False}
@@ -168,7 +168,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _pixel_size(s):
+def pixel_size(s):
     v = _number(s)
     if not (np.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]):
         raise argparse.ArgumentTypeError(f"a pixel size in um/px must lie in "
@@ -176,28 +176,28 @@ def _pixel_size(s):
     return v
 
 
-def _non_negative(s):
+def non_negative(s):
     v = _number(s)
     if not (np.isfinite(v) and v >= 0):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
     return v
 
 
-def _count(s):
+def non_negative_int(s):
     v = _integer(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return v
 
 
-def _positive_int(s):
+def positive_int(s):
     v = _integer(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
     return v
 
 
-def _int_in(lo: int, hi: int):
+def int_in(lo: int, hi: int):
     """Argument type: an integer in ``[lo, hi]`` (its help should state the bounds)."""
     def parse(s):
         v = _integer(s)
@@ -208,7 +208,7 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
-def _unit_float(s):
+def unit_float(s):
     v = _number(s)
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {s}")
@@ -219,11 +219,12 @@ def add_extraction_options(p) -> None:
     """``--split-um``, ``--min-area-um2`` and their pixel overrides ``--split-h``, ``--min-area``
     (one definition for predict and evaluate)."""
     from vnumba.analysis.objects import MIN_AREA_UM2, SPLIT_UM
-    p.add_argument("--split-um", type=_non_negative, default=SPLIT_UM,
+    p.add_argument("--split-um", type=non_negative, default=SPLIT_UM,
                    help=f"watershed split depth for touching objects in um ({SPLIT_UM})")
-    p.add_argument("--min-area-um2", type=_non_negative, default=MIN_AREA_UM2,
+    p.add_argument("--min-area-um2", type=non_negative, default=MIN_AREA_UM2,
                    help=f"drop objects smaller than this many um^2 ({MIN_AREA_UM2})")
-    p.add_argument("--split-h", type=_non_negative, default=None,
+    p.add_argument("--split-h", type=non_negative, default=None,
                    help="split depth in pixels of the image (overrides --split-um)")
-    p.add_argument("--min-area", type=_count, default=None,
+    p.add_argument("--min-area", type=non_negative_int, default=None,
                    help="minimum object area in pixels of the image (overrides --min-area-um2)")
+

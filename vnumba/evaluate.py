@@ -10,20 +10,20 @@ from vnumba.analysis.classeval import BORDER_UM, CLASS_MATCH_UM
 from vnumba.analysis.evaluation import (
     ALL_BACKGROUND,
     MATCH_RADIUS,
-    _classes_line,
-    _n_images,
-    _summary_line,
+    classes_line,
+    n_images_text,
     run_evaluation,
+    summary_line,
 )
 from vnumba.analysis.inference import load_model_arg, model_mask_classes
 from vnumba.cli import (
     ArgumentParser,
-    _pixel_size,
-    _positive_float,
-    _positive_int,
-    _unit_float,
     add_extraction_options,
     interruptible,
+    pixel_size,
+    positive_float,
+    positive_int,
+    unit_float,
 )
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
@@ -68,19 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("scenario", "nuclei"), default="scenario",
                    help="'scenario': the model's scenario target class (default); 'nuclei': "
                         "all annotated nuclei")
-    p.add_argument("--mpp", type=_pixel_size, help="pixel size of all images in µm/px (default: "
+    p.add_argument("--mpp", type=pixel_size, help="pixel size of all images in µm/px (default: "
                                              "manifest.csv magnification, else unknown)")
-    p.add_argument("--threshold", type=_unit_float, default=0.5, help="mask threshold (0.5)")
+    p.add_argument("--threshold", type=unit_float, default=0.5, help="mask threshold (0.5)")
     add_extraction_options(p)
-    p.add_argument("--radius", type=_positive_float, default=MATCH_RADIUS,
+    p.add_argument("--radius", type=positive_float, default=MATCH_RADIUS,
                    help=f"centroid matching distance in pixels ({MATCH_RADIUS:g})")
-    p.add_argument("--class-radius-um", type=_positive_float, default=CLASS_MATCH_UM,
+    p.add_argument("--class-radius-um", type=positive_float, default=CLASS_MATCH_UM,
                    help="per-class scores: centroid matching distance in µm "
                         f"({CLASS_MATCH_UM:g}; 16 px at 40x)")
-    p.add_argument("--border-um", type=_positive_float, default=BORDER_UM,
+    p.add_argument("--border-um", type=positive_float, default=BORDER_UM,
                    help="per-class scores: an immune nucleus within this distance (µm, centroid "
                         f"to centroid) of a tumour nucleus is at the tumour border ({BORDER_UM:g})")
-    p.add_argument("--tile", type=_positive_int, default=512, help="prediction tile (512)")
+    p.add_argument("--tile", type=positive_int, default=512, help="prediction tile (512)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
                                     overlays=not args.no_overlays, say=say,
                                     script_rules={target: script_rule(target)},
                                     class_match_um=args.class_radius_um,
-                                    border_um=args.border_um)
+                                    border_um=args.border_um,
+                                    warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -149,13 +150,13 @@ def main(argv=None) -> int:
     bg = report["all_background"]
     for f, by_method in report["per_folder"].items():
         for name, r in list(by_method.items()) + [(ALL_BACKGROUND, bg["per_folder"][f])]:
-            say(f"folder {f} {name}: {_summary_line(r)} ({_n_images(r)})")
+            say(f"folder {f} {name}: {summary_line(r)} ({n_images_text(r)})")
             if "classified" in r:
-                say(f"folder {f} {name} classes: {_classes_line(r)}")
+                say(f"folder {f} {name} classes: {classes_line(r)}")
     for name, r in list(report["overall"].items()) + [(ALL_BACKGROUND, bg["overall"])]:
-        say(f"overall {name}: {_summary_line(r)} ({_n_images(r)})")
+        say(f"overall {name}: {summary_line(r)} ({n_images_text(r)})")
         if "classified" in r:
-            say(f"overall {name} classes: {_classes_line(r)}")
+            say(f"overall {name} classes: {classes_line(r)}")
     written = ", ".join(["report.json"] + report["figures"])
     say(f"wrote {args.out / 'report.md'} and {written}")
     return 0

@@ -1,7 +1,7 @@
 """The one seam through which work runs: in this process, a local process pool, or Dask.
 
-Every job that can run in parallel (dataset generation today; whole-slide analysis and
-data-parallel training are to follow, issue 23) hands its tasks to an :class:`Executor` made
+Every job that can run in parallel (dataset generation, whole-slide analysis, data-parallel
+training) hands its tasks to an :class:`Executor` made
 here by :func:`get_executor` from the command line's ``--scheduler`` (and ``synth generate
 --workers``); no other module creates pools, clusters or clients.
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from vnumba.analysis.inference import load_model_arg, predict_image
 from vnumba.analysis.plots import plot_panels, plot_training_curves
-from vnumba.cli import ArgumentParser, _count, _pixel_size, _positive_int, interruptible
+from vnumba.cli import ArgumentParser, interruptible, non_negative_int, pixel_size, positive_int
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("logs", nargs="+", metavar="LOG.csv", help="training log(s)")
     c.add_argument("-o", "--out", required=True, type=Path, help="output PNG")
     c.add_argument("--labels", nargs="+", help="legend entries, one per log")
-    c.add_argument("--smooth", type=_positive_int, help="moving-average width (1 = raw only)")
+    c.add_argument("--smooth", type=positive_int, help="moving-average width (1 = raw only)")
     q = sub.add_parser("panels", help="input / reconstruction / mask panels (Fig. 4/5)")
     q.add_argument("images", nargs="*", metavar="IMAGE", help="real images to predict on")
     q.add_argument("--model", help="model file or shipped name (default: shipped --scenario)")
@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--synthetic", type=Path, help="synthetic dataset (HDF5) to show samples of")
     q.add_argument("--index", type=_index_list, default=[0],
                    help="comma-separated sample indices of --synthetic (default 0)")
-    q.add_argument("--crop", type=_count, nargs=4, metavar=("ROW", "COL", "H", "W"),
+    q.add_argument("--crop", type=non_negative_int, nargs=4, metavar=("ROW", "COL", "H", "W"),
                    help="show only this crop of every real image (ROW, COL >= 0; H, W >= 1; "
                         "inside the image)")
-    q.add_argument("--mpp", type=_pixel_size, help="pixel size of the real images (µm/px)")
+    q.add_argument("--mpp", type=pixel_size, help="pixel size of the real images (µm/px)")
     q.add_argument("-o", "--out", required=True, type=Path, help="output PNG")
     return p
 

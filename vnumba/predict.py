@@ -20,7 +20,7 @@ from vnumba.analysis.inference import (
     predict_image,
     write_prediction,
 )
-from vnumba.cli import ArgumentParser, _pixel_size, _positive_int, _unit_float, add_extraction_options, interruptible
+from vnumba.cli import ArgumentParser, add_extraction_options, interruptible, pixel_size, positive_int, unit_float
 from vnumba.io.images import read_image
 from vnumba.ops.memory import keep_freed_memory
 from vnumba.scenarios import NAMES as SCENARIO_NAMES
@@ -40,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=SCENARIO_NAMES,
                    help="which shipped model to use when --model is omitted (default scenario3)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--mpp", type=_pixel_size,
+    p.add_argument("--mpp", type=pixel_size,
                    help="pixel size of the inputs in µm/px (overrides TIFF metadata); with the "
                         "model's own pixel size it sets the resampling")
-    p.add_argument("--tile", type=_positive_int, default=DEFAULT_TILE,
+    p.add_argument("--tile", type=positive_int, default=DEFAULT_TILE,
                    help=f"output block edge per tile in pixels (default {DEFAULT_TILE}); "
                         "the result does not depend on it, memory and speed do")
-    p.add_argument("--threshold", type=_unit_float, default=0.5,
+    p.add_argument("--threshold", type=unit_float, default=0.5,
                    help="mask probability above which a pixel belongs to an object (0.5)")
     add_extraction_options(p)
     p.add_argument("--scale", choices=("dtype", "percentile"), default="dtype",
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "channel's 0.5-99.5th percentiles (dim 16-bit fluorescence)")
     p.add_argument("--no-object-filter", action="store_true",
                    help="keep every object of the mask even when the model carries an object "
-                        "classifier (vnumba.objclass)")
+                        "filter (python -m vnumba.objfilter)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
 

@@ -115,7 +115,7 @@ def class_order(name: str):
 
 @dataclass(frozen=True)
 class MaskClass:
-    """A class of nuclei that a multi-class model's mask channels mark (issue 20).
+    """A class of nuclei that a multi-class model's mask channels mark.
 
     Attributes
     ----------

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vnumba.cli import ArgumentParser, _pixel_size, _positive_float, interruptible
+from vnumba.cli import ArgumentParser, interruptible, pixel_size, positive_float
 
 #: Suffixes taken from a folder given as SLIDE.
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".tif", ".tiff",
@@ -46,12 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--model", default="scenario3",
                    help="model file (.h5) or shipped name (default scenario3, three classes)")
-    p.add_argument("--mpp", type=_pixel_size,
+    p.add_argument("--mpp", type=pixel_size,
                    help="µm/px of level 0, overriding the slide's metadata (required when it "
                         "has none)")
     p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
                    help="analyse only this level-0 box (pixels)")
-    p.add_argument("--radius-um", type=_positive_float, default=None,
+    p.add_argument("--radius-um", type=positive_float, default=None,
                    help="neighbourhood radius for immune cells near tumour nuclei, µm (default: "
                         "the article's, see vnumba.analysis.interactions)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,

@@ -12,47 +12,77 @@ import sys
 
 from vnumba.cli import ArgumentParser, check_environment, interrupted_status, interrupted_word, terminate_as_interrupt
 from vnumba.ops.memory import keep_freed_memory
-from vnumba.training.trainer import ADAM_EPS, TrainOptions, train
-from vnumba.vn.backend import BackendUnavailable
+from vnumba.training.trainer import TrainingConfigError, TrainOptions, option_defaults, train
+from vnumba.vn.backend import BACKENDS, BackendUnavailable
+from vnumba.vn.networks import NETWORKS, get_network
+
+
+def option_flag(field: str) -> str:
+    """The command-line option of a :class:`TrainOptions` field (``adam_eps`` -> ``--adam-eps``)."""
+    return "--" + field.replace("_", "-")
+
+
+class OptionRefused(SystemExit):
+    """Exit status 2 for a refused option, whose one line :func:`main` has printed; the line is
+    also the exception's text, so that a caller of :func:`main` sees which option it was."""
+
+    def __init__(self, line: str):
+        super().__init__(2)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def _short(x: float) -> str:
+    """``1e-4`` for 0.0001 (a step size in the help)."""
+    m, e = f"{x:.0e}".split("e")
+    return f"{m}e{int(e)}"
 
 
 def build_parser():
+    d = option_defaults()  # one set of defaults: TrainOptions's
+    lr_vn, lr_unet = get_network("vn").default_lr, get_network("unet").default_lr
     p = ArgumentParser(
         prog="python -m vnumba.train",
         description="Train a coupled variational network on a synthetic HDF5 dataset "
                     "(datasets u0, gu, gm; see README).")
     p.add_argument("data", help="training dataset (HDF5, written by `python -m synth generate`)")
-    p.add_argument("--arch", choices=("vn", "unet"), default="vn",
+    p.add_argument("--arch", choices=NETWORKS, default=d["arch"],
                    help="vn: coupled variational network (default); unet: the article's U-Net baseline")
-    p.add_argument("--steps", type=int, default=10, help="unrolled steps N_t (default 10)")
-    p.add_argument("--iters", type=int, default=1500, help="Adam iterations (default 1500)")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="Adam step size (default 1e-4; the article uses 5e-5 for scenario 3 and the U-Net)")
-    p.add_argument("--adam-eps", type=float, default=ADAM_EPS,
-                   help=f"Adam's eps (default {ADAM_EPS:g}: the loss is a mean over pixels, so "
+    p.add_argument("--steps", type=int, default=d["steps"], help=f"unrolled steps N_t (default {d['steps']})")
+    p.add_argument("--iters", type=int, default=d["iters"], help=f"Adam iterations (default {d['iters']})")
+    p.add_argument("--batch", type=int, default=d["batch"], help=f"batch size (default {d['batch']})")
+    p.add_argument("--lr", type=float, default=d["lr"],
+                   help=f"Adam step size (default {_short(lr_vn)}; the article uses {_short(lr_unet)} for "
+                        f"scenario 3 and the U-Net)")
+    p.add_argument("--adam-eps", type=float, default=d["adam_eps"],
+                   help=f"Adam's eps (default {d['adam_eps']:g}: the loss is a mean over pixels, so "
                         "gradients are ~1e-8 and the usual 1e-8 would damp Adam's steps)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d["lr_schedule"],
                    help="constant step size, or a cosine decay from --lr to --lr/20 over --iters")
-    p.add_argument("--crop", type=int, default=None,
+    p.add_argument("--crop", type=int, default=d["crop"],
                    help="train on random square crops of this size (default: whole images)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch draws")
-    p.add_argument("--out", default="model.h5", help="trained model file (default model.h5)")
-    p.add_argument("--log", default=None, help="CSV log (default: OUT with suffix .csv)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT with suffix .ckpt.h5)")
-    p.add_argument("--checkpoint-every", type=int, default=25, help="iterations between checkpoints")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the initialisation and batch draws")
+    p.add_argument("--out", default=d["out"], help=f"trained model file (default {d['out']})")
+    p.add_argument("--log", default=d["log"], help="CSV log (default: OUT with suffix .csv)")
+    p.add_argument("--checkpoint", default=d["checkpoint"],
+                   help="checkpoint file (default: OUT with suffix .ckpt.h5)")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"],
+                   help="iterations between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if one exists")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--nf-u", type=int, default=20, help="image features (default 20)")
-    p.add_argument("--nf-m", type=int, default=4, help="mask features (default 4)")
-    p.add_argument("--ks-u", type=int, default=11, help="image kernel size (default 11)")
-    p.add_argument("--ks-m", type=int, default=5, help="mask kernel size (default 5)")
-    p.add_argument("--ks", type=int, default=5, help="coupling kernel size (default 5)")
-    p.add_argument("--zero-mean-u", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--device", choices=BACKENDS, default=d["device"], help="compute backend")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
+    p.add_argument("--nf-u", type=int, default=d["nf_u"], help=f"image features (default {d['nf_u']})")
+    p.add_argument("--nf-m", type=int, default=d["nf_m"], help=f"mask features (default {d['nf_m']})")
+    p.add_argument("--ks-u", type=int, default=d["ks_u"], help=f"image kernel size (default {d['ks_u']})")
+    p.add_argument("--ks-m", type=int, default=d["ks_m"], help=f"mask kernel size (default {d['ks_m']})")
+    p.add_argument("--ks", type=int, default=d["ks"], help=f"coupling kernel size (default {d['ks']})")
+    p.add_argument("--zero-mean-u", choices=("auto", "on", "off"), default=d["zero_mean_u"],
                    help="zero-mean constraint on K^u (auto: off for scenario 1, as the article)")
-    p.add_argument("--unet-width", type=int, default=32, help="U-Net feature channels (default 32)")
-    p.add_argument("--init", default=None, metavar="MODEL",
+    p.add_argument("--unet-width", type=int, default=d["unet_width"],
+                   help=f"U-Net feature channels (default {d['unet_width']})")
+    p.add_argument("--init", default=d["init"], metavar="MODEL",
                    help="start from a trained variational network (a file or a shipped name, e.g. "
                         "scenario3): same architecture; mask channels matched by class name")
     p.add_argument("--scheduler", metavar="SPEC", default=None,
@@ -80,6 +110,10 @@ def main(argv=None):
             if scheduler and not args.quiet:
                 print(f"gradients computed on {executor.description}", flush=True)
             train(TrainOptions(**opts), executor=executor)
+    except TrainingConfigError as e:
+        line = f"error: {e.message(option_flag)}"
+        print(line, file=sys.stderr)
+        raise OptionRefused(line) from None
     except (OSError, ValueError) as e:  # OSError: unreadable input, read-only folder, full disk
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ nuclei with a distance-transform watershed (:func:`vnumba.analysis.objects.split
 *all* nuclei; it has no notion of tumour versus immune cell, which is the point of the
 comparison in ``vnumba.evaluate``.
 
-For the per-class evaluation (issue 20) its nuclei are classed by a fixed morphological prior
+For the per-class evaluation its nuclei are classed by a fixed morphological prior
 (:func:`classify_by_shape`), the rule of thumb of a pathologist, in micrometres, not fitted to
 any image: a **spindle** nucleus (minor/major axis ratio below 0.5: fibroblasts, endothelial
 and smooth-muscle cells) is ``other``; a round nucleus smaller than **8 µm** in equivalent

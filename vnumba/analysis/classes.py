@@ -1,4 +1,4 @@
-"""Per-nucleus classes from the per-class mask channels of a multi-class model (issue 20).
+"""Per-nucleus classes from the per-class mask channels of a multi-class model.
 
 A multi-class model (``model.config.n_mask == C_m > 1``, ``model.meta["mask_classes"]`` the
 channel names, in practice ``tumour, immune, other``) gives one probability-like map per

@@ -1,4 +1,4 @@
-"""Per-class evaluation of classed nuclei against class annotations (issue 20).
+"""Per-class evaluation of classed nuclei against class annotations.
 
 A method *yields classed nuclei* when each of its predicted nuclei has a class name: a
 multi-class model (:mod:`vnumba.analysis.classes`), a one-channel model counted with its

@@ -334,6 +334,24 @@ def predict_image(model, image: ImageData | np.ndarray, mpp: float | None = None
     Returns
     -------
     Prediction
+
+    Examples
+    --------
+    A tiny untrained network on a 24x32 RGB image, at the model's pixel size, in 16-px tiles:
+
+    >>> import numpy as np
+    >>> from vnumba.analysis.inference import predict_image
+    >>> from vnumba.io.models import Model
+    >>> from vnumba.vn.config import ModelConfig
+    >>> from vnumba.vn.model import init_params
+    >>> cfg = ModelConfig(n_steps=1, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    >>> model = Model("vn", cfg, init_params(cfg, np.random.default_rng(0)), {"mpp": 0.5})
+    >>> image = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    >>> pred = predict_image(model, image, mpp=0.5, tile=16)
+    >>> pred.mask.shape, pred.reconstruction.shape, pred.scale, pred.n_tiles
+    ((24, 32), (24, 32, 3), 1.0, 4)
+    >>> bool(((pred.mask >= 0) & (pred.mask <= 1)).all())
+    True
     """
     t0 = time.perf_counter()
     if isinstance(image, ImageData):
@@ -434,7 +452,7 @@ def write_prediction(out_dir, name: str, pred: Prediction, threshold: float = 0.
         Names the QuPath class of the detections.
     bit_depth : {8, 16}
         Of the reconstruction PNG (use the input's).
-    object_filter : vnumba.objclass.ObjectFilter, optional
+    object_filter : vnumba.analysis.objfilter.ObjectFilter, optional
         Drops the objects it rejects from the overlay, CSV and GeoJSON (the mask PNG stays the
         network's); needs ``filter_image`` (the colour-normalised input) and a known pixel size.
 

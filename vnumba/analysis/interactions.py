@@ -78,6 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vnumba.ops.fields import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, check_bounds
 from vnumba.scenarios import SCENARIOS
 
 __all__ = ["CLASSES", "ARTICLE_MPP", "NEIGHBOURHOOD_RULE", "NEIGHBOURHOOD_UM", "IMMUNE_RICH_RULE",
@@ -141,33 +142,21 @@ class InteractionConfig:
         Segments per quarter circle of the immune-rich discs (16: a 64-gon).
     """
 
-    radius_um: float = NEIGHBOURHOOD_UM
-    grid_um: float = 250.0
-    rich_radius_um: float = IMMUNE_RICH_RADIUS_UM
-    rich_threshold: float = IMMUNE_RICH_THRESHOLD
-    immune_nucleus_area_um2: float = IMMUNE_NUCLEUS_AREA_UM2
-    call_fraction: float = CALL_FRACTION
-    hist_bin_um: float = 10.0
-    hist_max_um: float = 200.0
-    grid_min_tissue: float = 0.1
-    tumour_region_share: float = 0.5
-    tumour_region_min: int = 10
-    disc_segments: int = 16
+    radius_um: PositiveFloat = NEIGHBOURHOOD_UM
+    grid_um: PositiveFloat = 250.0
+    rich_radius_um: PositiveFloat = IMMUNE_RICH_RADIUS_UM
+    rich_threshold: Fraction = IMMUNE_RICH_THRESHOLD
+    immune_nucleus_area_um2: PositiveFloat = IMMUNE_NUCLEUS_AREA_UM2
+    call_fraction: Fraction = CALL_FRACTION
+    hist_bin_um: PositiveFloat = 10.0
+    hist_max_um: PositiveFloat = 200.0
+    grid_min_tissue: Fraction = 0.1
+    tumour_region_share: Fraction = 0.5
+    tumour_region_min: NonNegativeInt = 10
+    disc_segments: PositiveInt = 16
 
     def __post_init__(self):
-        for f in ("radius_um", "grid_um", "rich_radius_um", "immune_nucleus_area_um2", "hist_bin_um",
-                  "hist_max_um"):
-            v = getattr(self, f)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{f} must be a positive number, got {v!r}")
-        for f in ("rich_threshold", "call_fraction", "grid_min_tissue", "tumour_region_share"):
-            v = getattr(self, f)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-                raise ValueError(f"{f} must lie in [0, 1], got {v!r}")
-        if not (isinstance(self.tumour_region_min, int) and self.tumour_region_min >= 0):
-            raise ValueError(f"tumour_region_min must be an int >= 0, got {self.tumour_region_min!r}")
-        if not (isinstance(self.disc_segments, int) and self.disc_segments >= 1):
-            raise ValueError(f"disc_segments must be an int >= 1, got {self.disc_segments!r}")
+        check_bounds(self)
         if self.hist_max_um < self.hist_bin_um:
             raise ValueError(f"hist_max_um ({self.hist_max_um}) must be >= hist_bin_um ({self.hist_bin_um})")
 

@@ -102,7 +102,7 @@ def split_touching(binary: np.ndarray, h: float = 2.0) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-#: Object extraction in micrometres (issue 12): the split depth and the smallest object are
+#: Object extraction in micrometres: the split depth and the smallest object are
 #: tissue sizes, so a 20x and a 40x image (or a 20x model's mask and a 40x image's) are cut the
 #: same way.  The values are the former pixel defaults (2 px, 20 px) at 40x, 0.25 um/px, so
 #: figures on 40x images are unchanged.

@@ -1,4 +1,4 @@
-"""Object-level classification after the mask (optional; issue 12, part 5).
+"""Object-level classification after the mask (optional).
 
 The network's pixel mask is the article's and stays as it is.  This module adds a second,
 optional look at every *object* cut from it (:func:`vnumba.analysis.objects.label_objects`): a small
@@ -22,11 +22,11 @@ Features (:data:`FEATURES`), computed at the image's pixel size ``mpp``:
 
 Command line::
 
-    python -m vnumba.objclass MODEL DATA.h5 --out MODEL_WITH_FILTER.h5 [-n 200] [--recall 0.95]
+    python -m vnumba.objfilter MODEL DATA.h5 --out MODEL_WITH_FILTER.h5 [-n 200] [--recall 0.95]
 
 writes a copy of ``MODEL`` whose ``meta["object_filter"]`` holds the standardisation, the
 coefficients and a probability threshold chosen to keep ``--recall`` of the synthetic tumour
-objects.  :func:`vnumba.evaluate.run_evaluation` then also reports ``NAME + object filter``.
+objects.  :func:`vnumba.analysis.evaluation.run_evaluation` then also reports ``NAME + object filter``.
 """
 from __future__ import annotations
 

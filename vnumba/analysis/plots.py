@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vnumba.io.trainlog import CURVE_COLUMNS
+
 __all__ = ["overlay_contours", "read_training_log", "plot_training_curves", "plot_panels",
            "plot_marked_fractions", "plot_confusion", "density_figure"]
 
@@ -82,12 +84,9 @@ def overlay_contours(image: np.ndarray, labels: np.ndarray, color=(0, 255, 0),
 
 
 # ----------------------------------------------------------------------------- curves
-_CURVE_COLUMNS = ("iter", "loss", "accuracy", "psnr")
-
-
 def read_training_log(path) -> dict:
-    """Read a training CSV (columns ``iter, loss, accuracy, psnr, seconds``; extra columns
-    are kept).
+    """Read a training CSV (:mod:`vnumba.io.trainlog`: columns ``iter, loss, accuracy, psnr``
+    required; extra columns are kept).
 
     Returns
     -------
@@ -104,7 +103,7 @@ def read_training_log(path) -> dict:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:
             raise ValueError(f"{path}: empty training log")
-        missing = [c for c in _CURVE_COLUMNS if c not in reader.fieldnames]
+        missing = [c for c in CURVE_COLUMNS if c not in reader.fieldnames]
         if missing:
             raise ValueError(f"{path}: training log lacks column(s) {missing}; has "
                              f"{reader.fieldnames}")
@@ -117,7 +116,7 @@ def read_training_log(path) -> dict:
                 except ValueError:
                     # Non-numeric columns (e.g. a phase name) are carried as NaN; the
                     # required ones must parse.
-                    if c in _CURVE_COLUMNS:
+                    if c in CURVE_COLUMNS:
                         raise ValueError(f"{path}:{line}: column {c!r} is not a number: {v!r}")
                     cols[c].append(np.nan)
     out = {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}

@@ -51,7 +51,7 @@ import numpy as np
 __all__ = ["SCHEMA_VERSION", "DATASETS", "IMAGE_DATASETS", "REQUIRED_ATTRS", "STRING_ATTRS",
            "DTYPE", "VALUE_RANGE", "MIN_CHANNELS", "MASK_CLASSES_ATTR", "DatasetError",
            "mask_classes", "open_dataset_file",
-           "validate_file", "check_sample", "SyntheticDataset", "batch_plan",
+           "validate_file", "check_sample", "create_datasets", "SyntheticDataset", "batch_plan",
            "write_dataset_arrays"]
 
 #: Version of the layout below, stored as the root attribute ``schema_version``.
@@ -264,9 +264,59 @@ def check_sample(where, i, u0, gu, gm, shape=None) -> None:
             raise DatasetError(f"{where}: sample {i} of {name} has values outside [{lo:g}, {hi:g}]")
 
 
+def create_datasets(f, where, shapes, *, data=None, compression=None, shuffle=(), **attrs) -> tuple:
+    """Create the datasets and root attributes of the contract in an open, empty HDF5 file and
+    check the result with :func:`validate_file`: the one way a dataset file is made
+    (:func:`write_dataset_arrays`, ``synth.writer.write_dataset``).
+
+    Parameters
+    ----------
+    f : h5py.File
+        Open for writing (the atomic writer's temporary file).
+    where : str or Path
+        Names the file in error messages.
+    shapes : sequence of 3 tuples
+        Shapes of ``u0``, ``gu`` and ``gm``; each dataset is stored as :data:`DTYPE`, one
+        chunk per sample.
+    data : sequence of 3 arrays, optional
+        Their contents (default: created empty, to be filled sample by sample).
+    compression : str, optional
+        h5py filter of all three datasets (``"lzf"``).
+    shuffle : tuple of str
+        The datasets that get the byte-shuffle filter.
+    **attrs
+        Root attributes besides ``schema_version`` (``scenario``, ``seed``, ``mpp``, ...);
+        ``mask_classes`` may be a list of names (stored as JSON).
+
+    Returns
+    -------
+    tuple of h5py.Dataset
+        ``u0``, ``gu``, ``gm``.
+
+    Raises
+    ------
+    DatasetError
+        The shapes or attributes break :func:`validate_file`.
+    """
+    out = []
+    for k, shape, a in zip(DATASETS, shapes, data or (None,) * len(DATASETS)):
+        shape = tuple(int(s) for s in shape)
+        one_sample = (1,) + shape[1:] if shape and 0 not in shape else None
+        out.append(f.create_dataset(k, shape, DTYPE, data=a, chunks=one_sample,
+                                    compression=compression, shuffle=k in shuffle))
+    names = attrs.pop(MASK_CLASSES_ATTR, None)
+    if names is not None:
+        f.attrs[MASK_CLASSES_ATTR] = json.dumps(list(names)) if isinstance(names, (list, tuple)) else names
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    for k, v in attrs.items():
+        f.attrs[k] = v
+    validate_file(f, where)
+    return tuple(out)
+
+
 def content_hash(f) -> str:
     """BLAKE2b of the stored bytes of ``u0``, ``gu`` and ``gm`` of an open file: what makes
-    two files the same data, beyond their attributes (``--resume`` compares it, issue 22).
+    two files the same data, beyond their attributes (``--resume`` compares it).
 
     Chunked datasets are hashed chunk by chunk on their raw (compressed) bytes with each
     chunk's offset and filter mask, without decompressing; contiguous ones by row slabs of
@@ -445,17 +495,9 @@ def write_dataset_arrays(path, u0, gu, gm, *, check_values: bool = True, **attrs
     u0 = np.asarray(u0, DTYPE)
     gu = np.asarray(gu, DTYPE)
     gm = np.asarray(gm, DTYPE)
-    if isinstance(attrs.get(MASK_CLASSES_ATTR), (list, tuple)):
-        attrs[MASK_CLASSES_ATTR] = json.dumps(list(attrs[MASK_CLASSES_ATTR]))
 
     def write(f):
-        for k, a in zip(DATASETS, (u0, gu, gm)):
-            one_sample = (1,) + a.shape[1:] if a.ndim >= 1 and a.size else None
-            f.create_dataset(k, data=a, chunks=one_sample)
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        validate_file(f, path)
+        create_datasets(f, path, [a.shape for a in (u0, gu, gm)], data=(u0, gu, gm), **attrs)
         if check_values:  # after the file rules, whose messages name the broken rule
             for i in range(u0.shape[0]):
                 check_sample(path, i, u0[i], gu[i], gm[i])

@@ -3,7 +3,7 @@
 An annotation holds ``instances`` (integer, 0 = background, one id per nucleus) and, where
 available, ``classes`` (integer class code per pixel, < 256).  It is read by ``evaluate``,
 ``synth reference`` and ``synth stats`` — files that users bring from other tools, so every
-property is checked before it costs memory (issue 22):
+property is checked before it costs memory:
 
 * the file must be a zip archive (``.npz``) whose arrays are plain ``.npy`` members: no pickled
   objects, header read first, so the declared shape and dtype are checked (against the image's

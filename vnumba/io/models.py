@@ -24,7 +24,9 @@ import numpy as np
 
 from vnumba.io.images import MPP_RANGE
 from vnumba.io.outputs import atomic_h5  # re-exported: the one atomic writer
-from vnumba.vn.config import ModelConfig, from_dict
+from vnumba.vn.backend import run_network
+from vnumba.vn.config import from_dict
+from vnumba.vn.networks import get_network
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Model", "CombinedModel", "TUMOUR_GROUP", "save_model", "load_model",
            "shipped_model_path",
@@ -43,39 +45,31 @@ from vnumba.scenarios import SCENARIOS as _SCENARIOS
 SHIPPED = tuple(_SCENARIOS)
 
 
-def _arch_api(arch):
-    if arch == "vn":
-        from vnumba.ops.projections import project_params
-        from vnumba.vn import model as api
-        return ModelConfig, api.init_params, project_params
-    if arch == "unet":
-        from vnumba.unet import network as api
-        return api.UNetConfig, api.init_params, api.project
-    raise ValueError(f"unknown architecture {arch!r} (expected 'vn' or 'unet')")
-
-
 @dataclass
 class Model:
-    """A trained network: architecture, config, parameters and metadata.
+    """What a model file holds: architecture, config, parameters and metadata.
 
     Attributes
     ----------
     arch : str
-        ``"vn"`` (coupled variational network) or ``"unet"``.
+        The network's name in :mod:`vnumba.vn.networks`: ``"vn"`` (coupled variational
+        network) or ``"unet"``.
     config : ModelConfig or UNetConfig
     params : dict of ndarray
     meta : dict
         ``scenario`` (str), ``mpp`` (µm per pixel the model was trained at, or None),
         ``reinhard_mean`` / ``reinhard_std`` (Lab statistics of the colour-normalisation
         target, lists of 3 floats, H&E only), ``channels`` (int), ``train`` (dict).
+    device : str
+        Backend :meth:`apply` runs on.
     """
 
     arch: str
     config: object
     params: dict
     meta: dict = field(default_factory=dict)
-    #: Backend :meth:`apply` runs a variational network on (``"cpu"`` or ``"cuda"``,
-    #: :func:`vnumba.vn.backend.get_backend`); the U-Net runs on the CPU only.
+    #: ``"cpu"`` or ``"cuda"`` (:func:`vnumba.vn.backend.get_backend`), one of the network's
+    #: ``devices``: the variational network runs on both, the U-Net on the CPU only.
     device: str = "cpu"
 
     @property
@@ -88,13 +82,14 @@ class Model:
         return next(iter(self.params.values())).dtype
 
     def apply(self, u0, m0=None):
-        """Run the network.
+        """Run the network on :attr:`device` (:func:`vnumba.vn.backend.run_network`, which
+        checks ``u0``); tiled prediction of whole images is
+        :func:`vnumba.analysis.inference.predict_array`.
 
         Parameters
         ----------
         u0 : ndarray, shape (N, C, H, W), values in [0, 1]
-            Converted to the parameters' dtype; C must be the model's channel count and
-            every value finite (``ValueError`` otherwise).
+        m0 : ndarray, optional
 
         Returns
         -------
@@ -102,24 +97,7 @@ class Model:
         m : ndarray, shape (N, H, W), or (N, C_m, H, W) for a model with ``C_m > 1`` mask
             channels (one per class of ``meta["mask_classes"]``)
         """
-        a = np.asarray(u0)
-        if a.ndim != 4 or 0 in a.shape:
-            raise ValueError(f"u0 must have shape (N, C, H, W) with no empty axis, got {a.shape}")
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"u0 must be a numeric array, got {a.dtype}")
-        want = getattr(self.config, "n_channels", None)
-        if want is not None and a.shape[1] != int(want):
-            raise ValueError(f"u0 has {a.shape[1]} channels, the model expects {want}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError("u0 contains NaN or inf")
-        u0 = np.ascontiguousarray(a, dtype=self.dtype)
-        if self.arch == "vn":
-            from vnumba.vn.backend import get_backend
-            return get_backend(self.device).forward(self.params, self.config, u0, m0)
-        if self.device != "cpu":
-            raise ValueError(f"the {self.arch!r} model runs on the cpu only, not {self.device!r}")
-        from vnumba.unet import network as unet
-        return unet.forward(self.params, self.config, u0)
+        return run_network(self.arch, self.config, self.params, u0, m0, device=self.device)
 
 
 #: HDF5 group of a combined model file that holds its tumour network (:class:`CombinedModel`).
@@ -229,6 +207,24 @@ def save_model(path: str | os.PathLike, model) -> Path:
     Returns
     -------
     pathlib.Path
+
+    Examples
+    --------
+    A tiny one-step network, written and read back:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from vnumba.io.models import Model, load_model, save_model
+    >>> from vnumba.vn.config import ModelConfig
+    >>> from vnumba.vn.model import init_params
+    >>> cfg = ModelConfig(n_steps=1, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    >>> model = Model("vn", cfg, init_params(cfg, np.random.default_rng(0)), {"mpp": 0.5})
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_model(Path(folder) / "tiny.h5", model)
+    ...     back = load_model(path)
+    >>> path.name, back.config == cfg, back.meta
+    ('tiny.h5', True, {'mpp': 0.5})
     """
     def write(f):
         if isinstance(model, CombinedModel):
@@ -288,9 +284,9 @@ def read_model_group(f, where) -> Model:
     if ver != FORMAT_VERSION:
         raise ValueError(f"{where}: model format version {ver}, this vnumba reads {FORMAT_VERSION}")
     arch = str(f.attrs.get("arch", "vn"))
-    cfg_cls, _, _ = _arch_api(arch)
+    net = get_network(arch)
     try:
-        cfg = from_dict(cfg_cls, json.loads(f.attrs["config"]), where=f"{where}: config")
+        cfg = from_dict(net.config, json.loads(f.attrs["config"]), where=f"{where}: config")
         meta = json.loads(f.attrs.get("meta", "{}"))
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{where}: invalid model config: {e}") from None
@@ -308,14 +304,11 @@ def read_model_group(f, where) -> Model:
     if (mc is not None or n_mask > 1) and len(mc or ()) != n_mask:
         raise ValueError(f"{where}: the model has {n_mask} mask channel(s) but meta "
                          f"'mask_classes' names {len(mc or ())}")
-    model = Model(arch=arch, config=cfg, params=params, meta=meta)
-    if arch == "vn":
-        from vnumba.vn.model import check_params
-        try:
-            check_params(params, cfg)
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{where}: {e}") from None
-    return model
+    try:
+        net.check_params(params, cfg)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    return Model(arch=arch, config=cfg, params=params, meta=meta)
 
 
 def load_model(path_or_name: str | os.PathLike) -> Model:
@@ -332,6 +325,25 @@ def load_model(path_or_name: str | os.PathLike) -> Model:
         No such file (or shipped model).
     ValueError
         A foreign, truncated or incompatible file; the message names the file.
+
+    Examples
+    --------
+    A shipped model, by its scenario's name:
+
+    >>> from vnumba.io.models import load_model
+    >>> model = load_model("scenario2")
+    >>> model.arch, model.config.n_steps, model.meta["scenario"]
+    ('vn', 10, 'scenario2')
+
+    A file written by :func:`save_model` comes back equal:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from vnumba.io.models import save_model
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     back = load_model(save_model(Path(folder) / "copy.h5", model))
+    >>> all((back.params[k] == v).all() for k, v in model.params.items())
+    True
     """
     p = Path(path_or_name)
     if not p.exists() and str(path_or_name) in SHIPPED:

@@ -23,7 +23,7 @@ first) and removes it again, while still empty, when the run fails.
 :func:`remove_stale_temporaries` deletes the ``.NAME.<pid>.tmp`` files that a killed writer
 left next to an output, when process ``pid`` no longer exists.  :func:`temp_path` sweeps the
 folder it writes into the same way before every write (any ``NAME``), so a temporary left by a
-killed run of *any* command is removed by the next command that writes there (issue 22).
+killed run of *any* command is removed by the next command that writes there.
 """
 from __future__ import annotations
 
@@ -307,7 +307,7 @@ class _GuardedFile(io.RawIOBase):
     """The file object HDF5 writes through (h5py's file-object driver) for :func:`atomic_h5`.
 
     HDF5 does not survive a failed write: after ``ENOSPC`` its close fails, h5py's object ids
-    can no longer be released, and the process ends in a segmentation fault (issue 22: a full
+    can no longer be released, and the process ends in a segmentation fault (a full
     disk during ``train`` and ``synth generate``).  So a write that fails here is *not*
     reported to HDF5: the error is kept, the bytes are held in memory (later reads see them),
     and HDF5 finishes and closes cleanly; :func:`atomic_h5` then raises the kept error and the
@@ -407,7 +407,7 @@ def disk_array(path, dtype, shape, mode="w+"):
 
     A memory map of a sparse file on a full disk ends the process with SIGBUS when a page is
     first written; with the space reserved up front, a full disk is an ``OSError`` naming the
-    file here, before any work (issue 22).  ``mode`` ``"r+"`` opens an existing one (its
+    file here, before any work.  ``mode`` ``"r+"`` opens an existing one (its
     blocks were reserved when it was made).  File systems without ``fallocate`` fall back to
     the sparse file.
     """

@@ -1,4 +1,4 @@
-"""Data-parallel training through the executor seam (``vnumba.train --scheduler``, issue 23).
+"""Data-parallel training through the executor seam (``vnumba.train --scheduler``).
 
 Every iteration, each image of the batch is a task: the worker reads its crop **from the
 dataset's path** itself (the driver sends parameters, never images), computes the image's loss

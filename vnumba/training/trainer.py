@@ -1,20 +1,19 @@
-"""Train a coupled variational network (or the U-Net baseline) on a synthetic dataset.
-
-Usage::
-
-    python -m vnumba.train DATA.h5 [--iters 1500] [--batch 8] [--lr 1e-4] [--crop 96]
-                                   [--out model.h5] [--log train.csv] [--resume] ...
+"""Train a network of :mod:`vnumba.vn.networks` (the coupled variational network or the U-Net
+baseline) on a synthetic dataset: ``train(TrainOptions(data=..., ...))``; the command line is
+``python -m vnumba.train`` (:mod:`vnumba.train`).
 
 Batches stream from the HDF5 file (one sample read at a time).  Every iteration prints the
 loss, the mask accuracy at threshold 1/2, the PSNR of ``u_T``, iterations per second and
-the ETA, and appends the same figures to the CSV log.  A checkpoint (parameters, Adam
-moments, iteration, elapsed time) is written atomically every ``--checkpoint-every``
-iterations; ``--resume`` continues from it and reproduces an uninterrupted run exactly,
-because the batch of iteration ``i`` depends only on ``(seed, i)``.
+the ETA, and appends the same figures to the training log (:mod:`vnumba.io.trainlog`).  A
+checkpoint (parameters, Adam moments, iteration, elapsed time) is written atomically every
+``checkpoint_every`` iterations; ``resume`` continues from it and reproduces an
+uninterrupted run exactly, because the batch of iteration ``i`` depends only on
+``(seed, i)``.  Options that do not fit raise :class:`TrainingConfigError`, naming the
+option by its field.
 """
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import os
 import time
@@ -26,12 +25,60 @@ import numpy as np
 
 from vnumba.io.dataset import SyntheticDataset, batch_plan
 from vnumba.io.models import Model, check_meta, read_model_group, save_model, write_model_group
-from vnumba.io.outputs import OutputLock, atomic_h5, atomic_write, check_outputs, remove_stale_temporaries
+from vnumba.io.outputs import OutputLock, atomic_h5, check_outputs, remove_stale_temporaries
+from vnumba.io.trainlog import LOG_COLUMNS, read_log_rows, write_log
 from vnumba.vn.config import ModelConfig
+from vnumba.vn.networks import get_network
 
-__all__ = ["TrainOptions", "train", "lr_at", "dataset_identity", "ADAM_EPS", "LOG_COLUMNS"]
+__all__ = ["TrainOptions", "train", "lr_at", "dataset_identity", "ADAM_EPS", "LOG_COLUMNS",
+           "TrainingConfigError", "ResumeError", "OPTION_FIELDS", "option_defaults"]
 
-LOG_COLUMNS = ["iter", "loss", "accuracy", "psnr", "seconds", "lr"]
+
+class _Names(dict):
+    """Every key missing: its name as ``namer`` words it (for ``str.format_map``)."""
+
+    def __init__(self, namer):
+        super().__init__()
+        self.namer = namer
+
+    def __missing__(self, key):
+        return self.namer(key)
+
+
+class TrainingConfigError(ValueError):
+    """A training option that is out of range or does not fit the dataset, the machine or
+    the checkpoint.
+
+    The message names options by their :class:`TrainOptions` field in braces, so that each
+    caller can word them: ``str(e)`` writes the field names (``iters must be >= 0, got -1``),
+    :meth:`message` any other names (the command line's ``--iters``).
+
+    Attributes
+    ----------
+    field : str
+        The :class:`TrainOptions` field at fault.
+    value
+        Its offending value.
+    template : str
+        The message, ``{field}`` placeholders for option names, other braces doubled.
+    """
+
+    def __init__(self, field: str, value, template: str):
+        self.field, self.value, self.template = field, value, template
+        super().__init__(self.message())
+
+    def message(self, name=str) -> str:
+        """The message, every option named by ``name(field)``."""
+        return self.template.format_map(_Names(name))
+
+
+class ResumeError(TrainingConfigError):
+    """``resume``: the checkpoint or log found belongs to another run or is incomplete."""
+
+
+def _esc(x) -> str:
+    """``x`` as text inside a :class:`TrainingConfigError` template."""
+    return str(x).replace("{", "{{").replace("}", "}}")
 
 
 #: Adam's eps.  The loss (3) is divided by batch size and pixel count, which puts the
@@ -45,11 +92,12 @@ ADAM_EPS = 1e-12
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Everything a training run needs (the fields of ``python -m vnumba.train``'s options).
+    """Everything a training run needs (the fields of ``python -m vnumba.train``'s options;
+    these defaults are the command line's).
 
-    ``data`` is the HDF5 dataset (:mod:`vnumba.io.dataset`); ``lr`` None means the
-    architecture's default; ``crop`` None trains on whole images; ``log`` and ``checkpoint``
-    None put them next to ``out``.
+    ``data`` is the HDF5 dataset (:mod:`vnumba.io.dataset`); ``arch`` a network of
+    :mod:`vnumba.vn.networks`; ``lr`` None means the network's default; ``crop`` None trains
+    on whole images; ``log`` and ``checkpoint`` None put them next to ``out``.
     """
 
     data: str
@@ -80,6 +128,18 @@ class TrainOptions:
     init: str | None = None
 
 
+#: The network config field each option of :class:`TrainOptions` sets, where the network's
+#: config has it (:func:`_model_config`).
+OPTION_FIELDS = {"steps": "n_steps", "nf_u": "nf_u", "nf_m": "nf_m", "ks_u": "ks_u",
+                 "ks_m": "ks_m", "ks": "ks", "unet_width": "width"}
+
+
+def option_defaults() -> dict:
+    """The default of every :class:`TrainOptions` field that has one."""
+    return {f.name: f.default for f in dataclasses.fields(TrainOptions)
+            if f.default is not dataclasses.MISSING}
+
+
 def lr_at(lr: float, it: int, iters: int, schedule: str) -> float:
     """Step size of iteration ``it`` (0-based): ``constant`` or ``cosine`` from ``lr`` down
     to ``lr / 20`` at the last iteration."""
@@ -87,14 +147,6 @@ def lr_at(lr: float, it: int, iters: int, schedule: str) -> float:
         return lr
     lo = lr / 20.0
     return lo + 0.5 * (lr - lo) * (1.0 + np.cos(np.pi * it / (iters - 1)))
-
-
-def _set_lr(trainer, lr: float) -> None:
-    # CPUTrainer keeps it in its Adam object, CudaTrainer on itself.
-    if hasattr(trainer, "opt"):
-        trainer.opt.lr = float(lr)
-    else:
-        trainer.lr = float(lr)
 
 
 #: Largest parameter magnitude a training may reach.  Trained filters, RBF weights and λ are
@@ -115,18 +167,20 @@ def _check_weights(params, done_it: int) -> None:
 
 
 def _model_config(args, ds):
-    if args.arch == "unet":
-        from vnumba.unet.network import UNetConfig
-        return UNetConfig(n_channels=ds.channels, n_mask=ds.mask_channels, width=args.unet_width)
-    from vnumba.scenarios import get as scenario_facts
-
-    # auto: the scenario's constraint flag (the article drops zero mean for fluorescence).
-    zm = {"on": True, "off": False}.get(args.zero_mean_u,
-                                        scenario_facts(ds.attrs.get("scenario")).zero_mean_u)
+    """The network's config from the options that it has a field for (:data:`OPTION_FIELDS`)
+    and the dataset's channels."""
+    cls = get_network(args.arch).config
+    have = {f.name for f in dataclasses.fields(cls)}
     # One mask channel per class of the dataset's target (the article's single mask: 1).
-    return ModelConfig(n_steps=args.steps, n_channels=ds.channels, n_mask=ds.mask_channels,
-                       nf_u=args.nf_u, nf_m=args.nf_m,
-                       ks_u=args.ks_u, ks_m=args.ks_m, ks=args.ks, zero_mean_u=zm)
+    kw = {"n_channels": ds.channels, "n_mask": ds.mask_channels}
+    kw.update({name: getattr(args, opt) for opt, name in OPTION_FIELDS.items() if name in have})
+    if "zero_mean_u" in have:
+        from vnumba.scenarios import get as scenario_facts
+
+        # auto: the scenario's constraint flag (the article drops zero mean for fluorescence).
+        kw["zero_mean_u"] = {"on": True, "off": False}.get(
+            args.zero_mean_u, scenario_facts(ds.attrs.get("scenario")).zero_mean_u)
+    return cls(**kw)
 
 
 def _meta(ds, args, lr):
@@ -194,7 +248,7 @@ def dataset_identity(ds) -> str:
     for k, v in sorted(ds.attrs.items()):
         ident[k] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
     # The stored arrays themselves: a file whose arrays were replaced, attributes unchanged,
-    # is other data, and --resume must not continue on it (issue 22).
+    # is other data, and a resumed run must not continue on it.
     ident["content"] = ds.content_hash()
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -279,24 +333,6 @@ def _read_checkpoint(path):
         raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or foreign file): {msg}") from None
 
 
-def _rewrite_log(path, rows):
-    def write(tmp):
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(LOG_COLUMNS)
-            w.writerows(rows)
-    atomic_write(path, write)
-
-
-def _read_log(path, upto):
-    if not Path(path).exists():
-        return []
-    with open(path, newline="") as fh:
-        r = csv.reader(fh)
-        next(r, None)
-        return [row for row in r if row and int(row[0]) <= upto]
-
-
 def train(args: TrainOptions, executor=None) -> Model:
     """Run training as configured by ``args``; return the model.
 
@@ -308,16 +344,28 @@ def train(args: TrainOptions, executor=None) -> Model:
         Where each iteration's gradients are computed (``--scheduler``; data-parallel,
         :mod:`vnumba.training.parallel`); None or in-process: here.  The model does not
         depend on it.
+
+    Raises
+    ------
+    TrainingConfigError
+        An option out of range, or one that does not fit the dataset, the machine's memory
+        or (:class:`ResumeError`) the checkpoint to resume.
+    ValueError, OSError
+        An unreadable or invalid dataset, model or checkpoint; an output that cannot be
+        written.
+    FloatingPointError
+        The training diverged.
     """
-    for name, v, lo in (("--iters", args.iters, 0), ("--batch", args.batch, 1),
-                        ("--checkpoint-every", args.checkpoint_every, 1), ("--steps", args.steps, 1),
-                        ("--seed", args.seed, 0), ("--crop", args.crop, 1)):
+    for name, v, lo in (("iters", args.iters, 0), ("batch", args.batch, 1),
+                        ("checkpoint_every", args.checkpoint_every, 1), ("steps", args.steps, 1),
+                        ("seed", args.seed, 0), ("crop", args.crop, 1)):
         if v is not None and v < lo:
-            raise SystemExit(f"error: {name} must be >= {lo}, got {v}")
+            raise TrainingConfigError(name, v, f"{{{name}}} must be >= {lo}, got {_esc(v)}")
     if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
-        raise SystemExit(f"error: --lr must be a positive number, got {args.lr}")
+        raise TrainingConfigError("lr", args.lr, f"{{lr}} must be a positive number, got {_esc(args.lr)}")
     if not (np.isfinite(args.adam_eps) and args.adam_eps > 0):
-        raise SystemExit(f"error: --adam-eps must be a positive number, got {args.adam_eps}")
+        raise TrainingConfigError("adam_eps", args.adam_eps,
+                                  f"{{adam_eps}} must be a positive number, got {_esc(args.adam_eps)}")
     out = Path(args.out)
     log_path = Path(args.log) if args.log else out.with_suffix(".csv")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt.h5")
@@ -345,17 +393,10 @@ def estimate_memory(args, cfg, channels: int, height: int, width: int, dtype) ->
     that cannot fit (``--steps 100000000``), not to predict the peak exactly.
     """
     itemsize = np.dtype(dtype).itemsize
-    if args.arch == "unet":
-        from vnumba.unet.network import param_shapes
-        per_px = 2 * (channels + int(cfg.n_mask)) + 6 * int(cfg.width)
-        steps = 2 * int(cfg.scales)
-    else:
-        from vnumba.vn.config import param_shapes
-        per_px = 2 * (channels + int(cfg.n_mask)) + 2 * (int(cfg.nf_u) + int(cfg.nf_m))
-        steps = int(cfg.n_steps)
-    n_params = sum(int(np.prod(s, dtype=np.float64)) for s in param_shapes(cfg).values())
+    net = get_network(args.arch)
+    n_params = sum(int(np.prod(s, dtype=np.float64)) for s in net.param_shapes(cfg).values())
     return int(n_params * (itemsize + 3 * 8)
-               + 2.0 * args.batch * height * width * steps * per_px * itemsize)
+               + 2.0 * args.batch * height * width * net.state_values(cfg, channels) * itemsize)
 
 
 def _physical_memory() -> int | None:
@@ -371,11 +412,12 @@ def _check_memory(args, cfg, ds, crop, dtype) -> None:
     need = estimate_memory(args, cfg, ds.channels, h, w, dtype)
     have = _physical_memory()
     if have and need > have:
-        what = (f"--unet-width {args.unet_width}" if args.arch == "unet" else
-                f"--steps {args.steps}, --nf-u {args.nf_u}, --nf-m {args.nf_m}")
-        raise SystemExit(f"error: this run would need about {need / 2**30:.3g} GiB ({what}, "
-                         f"--batch {args.batch}, {h}x{w} px); the machine has "
-                         f"{have / 2**30:.3g} GiB")
+        option = {name: opt for opt, name in OPTION_FIELDS.items()}
+        sizes = [option[f] for f in get_network(args.arch).size_fields] + ["batch"]
+        what = ", ".join(f"{{{o}}} {_esc(getattr(args, o))}" for o in sizes)
+        raise TrainingConfigError(sizes[0], getattr(args, sizes[0]),
+                                  f"this run would need about {need / 2**30:.3g} GiB ({what}, "
+                                  f"{h}x{w} px); the machine has {have / 2**30:.3g} GiB")
 
 
 #: Scale of the fresh mask filters of the class channels that a warm start adds (see
@@ -410,24 +452,26 @@ def warm_start(params: dict, cfg, model, mask_classes) -> dict:
 
     Raises
     ------
-    ValueError
-        Another architecture, another configuration, or no class in common.
+    TrainingConfigError
+        (field ``init``) Another architecture, another configuration, or no class in common.
     """
     from vnumba.ops.projections import project_params
     from vnumba.scenarios import scenario_mask_class
 
-    if model.arch != "vn":
-        raise ValueError(f"--init: a {model.arch!r} model cannot start a variational network")
+    if not isinstance(model.config, ModelConfig):
+        raise TrainingConfigError("init", model.arch, f"{{init}}: a {_esc(repr(model.arch))} model cannot "
+                                                      f"start a variational network")
     old, new = model.config.to_dict(), cfg.to_dict()
     diff = [f"{k} {old.get(k)!r} vs {new[k]!r}" for k in new if k != "n_mask" and old.get(k) != new[k]]
     if diff:
-        raise ValueError(f"--init: the model's configuration differs from this run's ({'; '.join(diff)})")
+        raise TrainingConfigError("init", model.config, f"{{init}}: the model's configuration differs "
+                                                        f"from this run's ({_esc('; '.join(diff))})")
     old_classes = list(model.meta.get("mask_classes") or [scenario_mask_class(model.meta.get("scenario"))])
     new_classes = list(mask_classes) or list(old_classes)
     common = [c for c in new_classes if c in old_classes]
     if not common:
-        raise ValueError(f"--init: the model's mask classes {old_classes} share none with the "
-                         f"dataset's {new_classes}")
+        raise TrainingConfigError("init", old_classes, f"{{init}}: the model's mask classes "
+                                  f"{_esc(old_classes)} share none with the dataset's {_esc(new_classes)}")
     dt = params["K"].dtype
     out = {k: np.array(v, dtype=dt) for k, v in model.params.items() if k != "Km"}
     km = params["Km"] * dt.type(NEW_CLASS_FILTER_SCALE)
@@ -445,26 +489,24 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
 
     ds = SyntheticDataset(args.data)
     scenario = ds.attrs.get("scenario", "")
-    lr = args.lr if args.lr is not None else (5e-5 if args.arch == "unet" else 1e-4)
+    net = get_network(args.arch)
+    lr = args.lr if args.lr is not None else net.default_lr
     cfg = _model_config(args, ds)
     crop = args.crop
     if args.batch > ds.n:
-        raise SystemExit(f"error: --batch {args.batch} is larger than the dataset {ds.path} "
-                         f"({ds.n} samples)")
+        raise TrainingConfigError("batch", args.batch, f"{{batch}} {args.batch} is larger than the dataset "
+                                                       f"{_esc(ds.path)} ({ds.n} samples)")
     if crop is not None and (crop > ds.height or crop > ds.width):
-        raise SystemExit(f"error: --crop {crop} is larger than the images ({ds.height}x{ds.width})")
+        raise TrainingConfigError("crop", crop, f"{{crop}} {crop} is larger than the images "
+                                                f"({ds.height}x{ds.width})")
     _check_memory(args, cfg, ds, crop, dtype)
     # The dataset's metadata is checked before any iteration runs, by the rules a model file
     # is loaded with: a model that could not be loaded afterwards is never trained.
     check_meta(_meta(ds, args, lr), f"{ds.path}: attributes")
-    if args.arch == "unet":
-        from vnumba.unet import network as unet
-        side = crop or min(ds.height, ds.width)
-        if side % (2 ** (cfg.scales - 1)):
-            raise SystemExit(f"error: the U-Net needs image/crop sizes divisible by {2 ** (cfg.scales - 1)}")
-        init = unet.init_params
-    else:
-        from vnumba.vn.model import init_params as init
+    side = crop or min(ds.height, ds.width)
+    multiple = int(getattr(cfg, "size_multiple", 1))
+    if side % multiple:
+        raise TrainingConfigError("crop", side, f"{net.title} needs image/crop sizes divisible by {multiple}")
     run = {"data": str(Path(args.data).resolve()), "dataset_id": dataset_identity(ds),
            "arch": args.arch, "cfg": cfg.to_dict(), "seed": args.seed, "batch": args.batch,
            "crop": crop, "lr": lr, "dtype": args.dtype, "eps": args.adam_eps,
@@ -481,26 +523,29 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
         model, opt_state, start_it, elapsed0, key, ck_rows = _read_checkpoint(ckpt_path)
         diff = _run_mismatch(key, run)
         if diff:
-            raise SystemExit(f"error: checkpoint {ckpt_path} belongs to a different run "
-                             f"({'; '.join(diff)})")
+            raise ResumeError("resume", str(ckpt_path), f"checkpoint {_esc(ckpt_path)} belongs to a "
+                                                        f"different run ({_esc('; '.join(diff))})")
         if args.iters < start_it:
-            raise SystemExit(f"error: --iters {args.iters} is below the checkpoint's iteration "
-                             f"{start_it} ({ckpt_path}); give --iters >= {start_it}")
+            raise ResumeError("iters", args.iters, f"{{iters}} {args.iters} is below the checkpoint's "
+                                                   f"iteration {start_it} ({_esc(ckpt_path)}); give "
+                                                   f"{{iters}} >= {start_it}")
         params = model.params
-        rows = ck_rows if ck_rows is not None else _read_log(log_path, start_it)
+        rows = ck_rows if ck_rows is not None else read_log_rows(log_path, start_it)
         if len(rows) != start_it or [int(r[0]) for r in rows] != list(range(1, start_it + 1)):
-            raise SystemExit(f"error: log {log_path} holds {len(rows)} of the checkpoint's "
-                             f"{start_it} iterations and the checkpoint has no copy of it; "
-                             f"restore the log or start afresh without --resume")
+            raise ResumeError("resume", str(log_path), f"log {_esc(log_path)} holds {len(rows)} of the "
+                                                       f"checkpoint's {start_it} iterations and the "
+                                                       f"checkpoint has no copy of it; restore the log "
+                                                       f"or start afresh without {{resume}}")
         print(f"resuming from {ckpt_path} at iteration {start_it}", flush=True)
     elif args.resume:
         print(f"no checkpoint at {ckpt_path}; starting from scratch", flush=True)
     if params is None:
         rng = np.random.default_rng(np.random.SeedSequence(args.seed, spawn_key=(0,)))
-        params = init(cfg, rng, dtype)
+        params = net.init_params(cfg, rng, dtype)
         if args.init:
-            if args.arch != "vn":
-                raise SystemExit("error: --init starts a variational network (--arch vn) only")
+            if not isinstance(cfg, ModelConfig):
+                raise TrainingConfigError("init", args.init, "{init} starts a variational network "
+                                                             "({arch} vn) only")
             from vnumba.io.models import load_model
             params = warm_start(params, cfg, load_model(args.init), ds.mask_classes)
             print(f"initialised from {args.init}", flush=True)
@@ -523,7 +568,7 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
     for it in range(start_it, args.iters):
         plan = batch_plan(args.seed, it, ds.n, args.batch, ds.height, ds.width, crop)
         lr_it = lr_at(lr, it, args.iters, args.lr_schedule)
-        _set_lr(trainer, lr_it)
+        trainer.lr = lr_it
         if parallel:
             # Workers read their crops and return gradients; the sum is the in-process one.
             loss, grads, met = batch_on_executor(executor, args.data, cfg, trainer.params(),
@@ -550,7 +595,7 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
             # log behind the checkpoint, which a resume rebuilds from the checkpoint's copy.
             _write_checkpoint(ckpt_path, mdl, trainer.optimizer_state(), done, elapsed, run_key,
                               rows)
-            _rewrite_log(log_path, rows)
+            write_log(log_path, rows)
             last_ckpt = done
     elapsed = elapsed0 + time.perf_counter() - t0
     meta.update(iterations=args.iters, train_seconds=round(elapsed, 2))

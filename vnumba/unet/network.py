@@ -41,6 +41,7 @@ import numba
 import numpy as np
 
 from vnumba.ops.checks import check_batch
+from vnumba.ops.fields import PositiveInt, PositiveOddInt, check_bounds
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.unet.kernels import (
     _concat_impl,
@@ -58,13 +59,9 @@ from vnumba.unet.kernels import (
 )
 
 __all__ = [
-    "ARCH", "UNetConfig", "param_shapes", "init_params", "check_params", "forward",
+    "NETWORK", "UNetConfig", "param_shapes", "init_params", "check_params", "forward",
     "loss_and_grad", "project", "param_count", "pad_to_multiple", "crop",
 ]
-
-#: Architecture tag for model files.
-ARCH = "unet"
-
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -87,20 +84,15 @@ class UNetConfig:
         Odd spatial size of the convolutions (3).
     """
 
-    n_channels: int = 3
-    n_mask: int = 1
-    width: int = 32
-    scales: int = 3
-    convs_per_scale: int = 2
-    kernel: int = 3
+    n_channels: PositiveInt = 3
+    n_mask: PositiveInt = 1
+    width: PositiveInt = 32
+    scales: PositiveInt = 3
+    convs_per_scale: PositiveInt = 2
+    kernel: PositiveOddInt = 3
 
     def __post_init__(self):
-        for name in ("n_channels", "n_mask", "width", "scales", "convs_per_scale", "kernel"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"UNetConfig.{name} must be a positive int, got {v!r}")
-        if self.kernel % 2 == 0:
-            raise ValueError(f"UNetConfig.kernel must be odd, got {self.kernel}")
+        check_bounds(self)
 
     @property
     def size_multiple(self) -> int:
@@ -473,3 +465,25 @@ def _loss_and_grad(params, cfg, u0, gu, gm):
 
     grads = {k: grads[k] for k in params}
     return float(loss), grads, u, m
+
+
+def _network_forward(params, cfg, u0, m0=None):
+    # The U-Net starts from the image alone: an initial mask has no input to go to.
+    return forward(params, cfg, u0)
+
+
+def state_values(cfg: UNetConfig, channels: int) -> int:
+    """Values per pixel of one batch image that a training step keeps for the backward pass
+    (the memory estimate): per level of the encoder and decoder, images, masks and feature
+    maps, every level counted at full resolution (a rough count)."""
+    return 2 * int(cfg.scales) * (2 * (int(channels) + int(cfg.n_mask)) + 6 * int(cfg.width))
+
+
+#: This network's record in the registry of networks (:func:`vnumba.vn.networks.get_network`):
+#: a plain mapping, because the record type lives in a layer above this one.
+NETWORK = dict(
+    name="unet", title="the U-Net", config=UNetConfig, param_shapes=param_shapes,
+    init_params=init_params, check_params=check_params, project=project,
+    loss_and_grad=loss_and_grad, forward=_network_forward, default_lr=5e-5,
+    state_values=state_values, size_fields=("width",), devices=("cpu",),
+)

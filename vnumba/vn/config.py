@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from vnumba.ops.fields import PositiveFloat, PositiveInt, PositiveOddInt, bounded, check_bounds
+
 __all__ = ["ModelConfig", "PARAM_NAMES", "param_shapes", "from_dict"]
 
 #: Parameter groups of one step, in the article's order θ_t = (K^u, w^u, K^m, w^m, K, w, λ).
@@ -47,40 +49,48 @@ class ModelConfig:
         ``K^u`` in scenario 1).
     l1_radius : float
         Radius of the l1 balls of all filters (1).
+
+    Examples
+    --------
+    A tiny two-step network (the defaults are the article's):
+
+    >>> from vnumba.vn.config import ModelConfig, param_shapes
+    >>> cfg = ModelConfig(n_steps=2, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    >>> cfg.nf, cfg.receptive_radius
+    (3, 8)
+    >>> param_shapes(cfg)["Ku"]
+    (2, 2, 3, 3, 3)
+
+    Kernel sizes must be odd:
+
+    >>> try:
+    ...     ModelConfig(ks=4)
+    ... except ValueError:
+    ...     print("refused")
+    refused
     """
 
-    n_steps: int = 10
-    n_channels: int = 3
-    n_mask: int = 1
-    nf_u: int = 20
-    nf_m: int = 4
-    ks_u: int = 11
-    ks_m: int = 5
-    ks: int = 5
-    n_w: int = 31
+    n_steps: PositiveInt = 10
+    n_channels: PositiveInt = 3
+    n_mask: PositiveInt = 1
+    nf_u: PositiveInt = 20
+    nf_m: PositiveInt = 4
+    ks_u: PositiveOddInt = 11
+    ks_m: PositiveOddInt = 5
+    ks: PositiveOddInt = 5
+    n_w: int = bounded(31, ge=2)
     rbf_min: float = -1.2
     rbf_max: float = 1.2
-    rbf_sigma_factor: float = 1.0
-    rbf_radius: int = 6
+    rbf_sigma_factor: PositiveFloat = 1.0
+    rbf_radius: PositiveInt = 6
     zero_mean_u: bool = True
     zero_mean_m: bool = True
-    l1_radius: float = 1.0
+    l1_radius: PositiveFloat = 1.0
 
     def __post_init__(self):
-        for name in ("n_steps", "n_channels", "n_mask", "nf_u", "nf_m", "n_w", "rbf_radius"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
-        for name in ("ks_u", "ks_m", "ks"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v % 2 == 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive odd int, got {v!r}")
-        if self.n_w < 2:
-            raise ValueError("ModelConfig.n_w must be >= 2")
+        check_bounds(self)
         if not self.rbf_max > self.rbf_min:
             raise ValueError("ModelConfig.rbf_max must exceed rbf_min")
-        if not self.rbf_sigma_factor > 0 or not self.l1_radius > 0:
-            raise ValueError("ModelConfig.rbf_sigma_factor and l1_radius must be > 0")
 
     @property
     def nf(self) -> int:

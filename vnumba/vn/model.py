@@ -54,6 +54,20 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator,
     -------
     dict of ndarray
         Shapes as :func:`vnumba.vn.config.param_shapes`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from vnumba.vn.config import ModelConfig
+    >>> from vnumba.vn.model import init_params
+    >>> cfg = ModelConfig(n_steps=2, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    >>> p = init_params(cfg, np.random.default_rng(0), np.float64)
+    >>> sorted(p)
+    ['K', 'Km', 'Ku', 'lam', 'w', 'wm', 'wu']
+    >>> p["Ku"].shape, p["Ku"].dtype
+    ((2, 2, 3, 3, 3), dtype('float64'))
+    >>> p["lam"]
+    array([0.05, 0.05])
     """
     from vnumba.ops.projections import project_params
 
@@ -302,6 +316,22 @@ def forward(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
     m_T : ndarray, shape (N, H, W) when ``cfg.n_mask == 1`` (and ``m0`` is None or
         (N, H, W)), else (N, C_m, H, W)
     states : list, only if ``return_states``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from vnumba.vn.config import ModelConfig
+    >>> from vnumba.vn.model import forward, init_params
+    >>> cfg = ModelConfig(n_steps=2, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    >>> p = init_params(cfg, np.random.default_rng(0), np.float64)
+    >>> u0 = np.random.default_rng(1).random((1, 3, 8, 8))
+    >>> u, m = forward(p, cfg, u0)
+    >>> u.shape, m.shape
+    ((1, 3, 8, 8), (1, 8, 8))
+    >>> bool(m.min() >= 0 and m.max() <= 1)
+    True
+    >>> len(forward(p, cfg, u0, return_states=True)[2])  # (u_0, m_0), ..., (u_T, m_T)
+    3
     """
     u0, m = _check_input(params, cfg, u0, m0)
     chunk = _check_chunk(chunk)
@@ -427,6 +457,22 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     sum over images, so the gradient of the batch is the sum of the per-chunk gradients;
     processing one image at a time keeps a batch-8 iteration at 300×300 far below 1 GB
     (``bench/README.md``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from vnumba.vn.config import ModelConfig
+    >>> from vnumba.vn.model import init_params, loss_and_grad
+    >>> cfg = ModelConfig(n_steps=2, nf_u=2, nf_m=1, ks_u=3, ks_m=3, ks=3)
+    >>> rng = np.random.default_rng(0)
+    >>> p = init_params(cfg, rng, np.float64)
+    >>> u0, gu = rng.random((2, 1, 3, 8, 8))
+    >>> gm = (rng.random((1, 8, 8)) > 0.5).astype(np.float64)
+    >>> loss, grads, u_T, m_T = loss_and_grad(p, cfg, u0, gu, gm)
+    >>> bool(loss > 0), sorted(grads) == sorted(p), grads["K"].shape == p["K"].shape
+    (True, True, True)
+    >>> m_T.shape
+    (1, 8, 8)
     """
     if m0 is None and np.ndim(gm) == 4:
         m0 = np.zeros(np.shape(gm), params["K"].dtype)

@@ -10,7 +10,9 @@ so that partial and multiple tiles are exercised.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from vnumba.ops.fields import PositiveInt, check_bounds
 
 __all__ = ["Tiling"]
 
@@ -49,26 +51,23 @@ class Tiling:
         Most blocks of an element-wise launch (grid-stride loops cover the rest).
     """
 
-    conv_bx: int = 32
-    conv_by: int = 4
-    conv_py: int = 8
-    conv_opt: int = 8
-    conv_cch: int = 4
-    kg_th: int = 8
-    kg_tw: int = 32
-    kg_to: int = 8
-    kg_cb: int = 8
-    kg_blocks: int = 528
-    red_threads: int = 256
-    red_blocks: int = 264
-    ew_threads: int = 256
-    ew_blocks: int = 4096
+    conv_bx: PositiveInt = 32
+    conv_by: PositiveInt = 4
+    conv_py: PositiveInt = 8
+    conv_opt: PositiveInt = 8
+    conv_cch: PositiveInt = 4
+    kg_th: PositiveInt = 8
+    kg_tw: PositiveInt = 32
+    kg_to: PositiveInt = 8
+    kg_cb: PositiveInt = 8
+    kg_blocks: PositiveInt = 528
+    red_threads: PositiveInt = 256
+    red_blocks: PositiveInt = 264
+    ew_threads: PositiveInt = 256
+    ew_blocks: PositiveInt = 4096
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Tiling.{f.name} must be a positive int, got {v!r}")
+        check_bounds(self)
         for name in ("red_threads", "ew_threads"):
             v = getattr(self, name)
             if v & (v - 1):
