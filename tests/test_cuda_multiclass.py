@@ -88,6 +88,8 @@ def test_loss_and_every_parameter_gradient_match_cpu(with_m0, engine):
     assert all(np.abs(gc["Km"][:, :, c]).max() > 0 for c in range(3))
 
 
+# slow under the simulator (20-30 s); the default run keeps the step and gradient checks
+@pytest.mark.slow
 def test_device_loss_sums_the_mask_term_over_the_channels(engine):
     """The device loss kernel (vnumba.vn.gpu.ops.training_loss) against the NumPy reference
     and vnumba.ops.loss with C_m = 3, and the engine's loss equals vnumba.ops.loss of its
@@ -115,6 +117,8 @@ def test_device_loss_sums_the_mask_term_over_the_channels(engine):
     assert lg == pytest.approx(loss_value_and_output_grad(u, gu, m, gm)[0], rel=1e-12)
 
 
+# slow under the simulator (20-30 s); the default run keeps the step and gradient checks
+@pytest.mark.slow
 def test_training_iterations_give_the_parameters_and_adam_state_of_the_cpu_path(engine):
     # Ku without zero mean, Km (filters over all three class channels) and K with: both
     # projections run on filters of C_m·ks_m² entries.
@@ -127,6 +131,8 @@ def test_training_iterations_give_the_parameters_and_adam_state_of_the_cpu_path(
     assert np.abs(km).sum(axis=1).max() <= cfg.l1_radius + 1e-5
 
 
+# slow under the simulator (20-30 s); the default run keeps the step and gradient checks
+@pytest.mark.slow
 def test_one_channel_model_keeps_both_mask_forms(engine):
     """n_mask = 1: the (N, H, W) form works as before and the (N, 1, H, W) form gives the
     same numbers in its own shape, as on the CPU."""
@@ -165,6 +171,8 @@ def test_wrong_mask_shapes_are_refused_with_clear_errors(engine):
         tr.step(u0, gu, gm[:, 0])
 
 
+# slow under the simulator (20-30 s); the default run keeps the step and gradient checks
+@pytest.mark.slow
 def test_training_command_on_the_cuda_backend_trains_a_multiclass_model(tmp_path):
     """``vnumba.train --device cuda`` (vnumba.training.trainer.train) on a three-class
     dataset: the CudaTrainer gives the CPU run's model."""

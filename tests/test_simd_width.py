@@ -129,6 +129,8 @@ def _probe(tmp_path, bits):
         return {k: z[k] for k in z.files}
 
 
+# slow (3 min: kernels compiled at every width in fresh processes); run with -m slow
+@pytest.mark.slow
 def test_results_are_bit_identical_at_every_vector_width(tmp_path):
     # native first (compiles, fills an empty cache), then each other forced width, then
     # native again (loads from the cache): the forced runs must compile their own kernels (lane
