@@ -5,8 +5,10 @@ Target (issue 4): 800 images in under 5 minutes on the 2-core development machin
 The reference bundle is built in memory from the PUMA tile (``../shared/data/real`` or
 ``$VNUMBA_REAL_DATA``) unless ``--reference FILE`` names one.  Prints wall and CPU seconds
 per image of :func:`synth.generator.generate_sample` in this process, where the time goes
-(CPU time of the stages of :func:`synth.scenario3.generate`), and, with ``--write N``, the
-wall time of ``synth.writer.write_dataset`` for N images with ``--workers`` processes.
+(CPU time of the stages of :func:`synth.scenario3.generate`, then the functions with the most
+own CPU time in a profiled pass over ``--profile`` more images, which names whatever the stage
+list misses), and, with ``--write N``, the wall time of ``synth.writer.write_dataset`` for N
+images with ``--workers`` processes.
 
 Usage::
 
@@ -32,7 +34,8 @@ from synth.generator import generate_sample, sample_rng  # noqa: E402
 from synth.script import load_script  # noqa: E402
 
 STAGES = ("vessel_regions", "_ribbons", "_noise_layer", "place_nuclei", "grow_cells",
-          "texture_cells", "place_immune_cells", "visible_mask", "compose")
+          "texture_cells", "place_immune_cells", "_aggregates", "_infiltrate", "visible_mask",
+          "compose", "degrade_input")
 
 
 def _real_dir() -> Path:
@@ -51,6 +54,24 @@ def _timed(name, fn, acc):
     return wrapper
 
 
+def _profile(script, bundle, k: int, top: int = 12) -> None:
+    """Own CPU time per image of the ``top`` most expensive functions over ``k`` images."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    for i in range(10_000, 10_000 + k):
+        generate_sample(script, sample_rng(0, i), bundle)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((tt, nc, f) for f, (_, nc, tt, _, _) in stats.items()), reverse=True)[:top]
+    print(f"profiled pass ({k} images; profiling slows small calls): own CPU ms/image, calls/image")
+    for tt, nc, (fname, line, func) in rows:
+        where = f"{Path(fname).name}:{line}" if line else "built-in"
+        print(f"  {tt / k * 1e3:7.1f}  {nc / k:8.1f}  {func} ({where})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=40, help="images timed in this process (default 40)")
@@ -59,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--write", type=int, default=0, metavar="N",
                    help="also time write_dataset for N images (e.g. 800)")
     p.add_argument("--workers", type=int, default=2, help="worker processes for --write")
+    p.add_argument("--profile", type=int, default=10, metavar="K",
+                   help="images in the profiled pass (0: none; default 10)")
     args = p.parse_args(argv)
 
     if args.reference is not None:
@@ -97,6 +120,8 @@ def main(argv=None) -> int:
         print(f"  {name:20s} {acc[name] / args.n * 1e3:7.1f}")
     rest = cpu - sum(acc.values())
     print(f"  {'(rest)':20s} {rest / args.n * 1e3:7.1f}")
+    if args.profile:
+        _profile(script, bundle, args.profile)
 
     if args.write:
         from synth.writer import write_dataset

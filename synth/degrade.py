@@ -78,8 +78,16 @@ def rescale(img: np.ndarray, s: float, size, order: int = 1) -> np.ndarray:
     zoom = (1.0,) * (img.ndim - 2) + (s, s)
     if abs(s - 1.0) < 1e-12:
         out = img
-    else:
+    elif img.ndim == 2:
         out = ndi.zoom(img, zoom, order=order, grid_mode=True, mode="nearest")
+    else:
+        # One 2-D zoom per channel: the same values as one zoom over (..., h, w) with factor 1
+        # on the leading axes (tests/test_scenario3_lookalikes.py), in half the time, since a
+        # 3-D spline visits twice the neighbours.
+        flat = img.reshape((-1,) + img.shape[-2:])
+        out = np.stack([ndi.zoom(c, zoom[-2:], order=order, grid_mode=True, mode="nearest")
+                        for c in flat])
+        out = out.reshape(img.shape[:-2] + out.shape[-2:])
     if out.shape[-2] < H or out.shape[-1] < W:
         pad = [(0, 0)] * (img.ndim - 2) + [(0, max(0, H - out.shape[-2])),
                                            (0, max(0, W - out.shape[-1]))]

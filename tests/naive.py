@@ -428,6 +428,28 @@ def lattice_blend(tiles, window, stride):
     return num / den[..., None]
 
 
+def warp_channels(src, channels, inv, offset, origin, shape):
+    """synth.tme._warp by scipy: each channel as float32 through
+    ``ndimage.affine_transform(order=1, mode="constant")``, scaled by float32 1/255."""
+    from scipy import ndimage as ndi
+
+    off = offset + inv @ np.asarray(origin, np.float64)
+    out = []
+    for k in range(*channels):
+        c = ndi.affine_transform(np.asarray(src[..., k], np.float32), inv, offset=off,
+                                 output_shape=tuple(shape), order=1, mode="constant", cval=0.0)
+        out.append(c * np.float32(1.0 / 255.0))
+    return np.stack(out, axis=-1)
+
+
+def rescale_stacked(img, s, order):
+    """synth.degrade.rescale's zoom as one call over all axes (factor 1 on the leading ones)."""
+    from scipy import ndimage as ndi
+
+    return ndi.zoom(img, (1.0,) * (img.ndim - 2) + (s, s), order=order, grid_mode=True,
+                    mode="nearest")
+
+
 # --- fused kernels (perf) (vnumba.ops.fused) ---
 
 

@@ -105,6 +105,47 @@ def _patch_disc(r, colour=(40, 20, 90)):
     return p
 
 
+def test_patch_warp_kernel_equals_scipy_affine_transform_bit_for_bit():
+    import naive
+
+    rng = np.random.default_rng(11)
+    cases = 0
+    for t in range(300):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        src = rng.integers(0, 256, (h, w, 4)).astype(np.uint8)
+        if t % 3 == 0:
+            src = src[:, ::-1]                      # a mirrored view, as _rotated passes it
+        angle = float(rng.choice([0.0, 90.0, 180.0, rng.uniform(0, 360)]))
+        rot = tme._rotation(h, w, angle, float(rng.uniform(0.4, 2.5)))
+        H2, W2 = rot[2]
+        o = (int(rng.integers(0, H2)), int(rng.integers(0, W2)))
+        shape = (int(rng.integers(1, H2 - o[0] + 1)), int(rng.integers(1, W2 - o[1] + 1)))
+        for ch, org, shp in (((3, 4), (0, 0), (H2, W2)), ((0, 3), o, shape)):
+            got = tme._warp(src, ch, rot, org, shp)
+            ref = naive.warp_channels(src, ch, rot[0], rot[1], org, shp)
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            np.testing.assert_array_equal(got, ref)
+            cases += 1
+    assert cases == 600
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("s", [0.8731, 1.0, 1.137])
+def test_rescale_channel_by_channel_equals_one_zoom_over_all_axes(s, order):
+    import naive
+
+    rng = np.random.default_rng(3)
+    img = rng.random((2, 3, 41, 37)).astype(np.float32)
+    if order == 0:
+        img = np.floor(img * 5).astype(np.float32)
+    size = (int(41 * s) - 1, int(37 * s) - 1)
+    got = D.rescale(img, s, size, order=order)
+    ref = naive.rescale_stacked(img, s, order)[..., :size[0], :size[1]] if s != 1.0 \
+        else img[..., :size[0], :size[1]]
+    assert got.shape == (2, 3) + size
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_paste_patches_bounds_the_overlap_and_respects_region_and_count():
     region = np.zeros((80, 80), bool)
     region[10:70, 10:70] = True
@@ -293,5 +334,23 @@ def test_scale_jitter_resamples_images_mask_and_layers_together(bundle):
     vis = nuc.footprint & ~above
     m = tumour_channel(s, smp)
     assert np.count_nonzero(m ^ vis) <= 0.1 * max(np.count_nonzero(m), 1)
+
+
+def test_resampled_layers_are_made_on_first_access_and_behave_as_a_list(bundle):
+    s = script(80, **{"scale = [0.85, 1.15]\nhed_scale": "scale = [1.3, 1.3]\nhed_scale"})
+    smp = generate_sample(s, sample_rng(3, 0), bundle)
+    lazy = smp.layers
+    assert isinstance(lazy, S3._RescaledLayers) and not lazy._done   # nothing resampled yet
+    eager = [S3._rescale_layer(l, 1.3, (80, 80)) for l in lazy._src]
+    assert len(lazy) == len(eager) and [l.name for l in lazy] == [l.name for l in eager]
+    for a, b in zip(lazy, eager):
+        np.testing.assert_array_equal(a.rgba, b.rgba)
+        assert (a.labels is None) == (b.labels is None)
+        if a.labels is not None:
+            np.testing.assert_array_equal(a.labels, b.labels)
+    assert lazy[-1] is lazy[len(lazy) - 1]                                # made once, cached
+    assert [l.name for l in lazy[1:3]] == [l.name for l in eager[1:3]]
+    with pytest.raises(IndexError):
+        lazy[len(lazy)]
 
 
