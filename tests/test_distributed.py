@@ -60,6 +60,29 @@ def test_local_cluster_runs_two_single_threaded_workers_in_order(cluster):
     assert {g[0] for g in got} == {os.environ.get("NUMBA_NUM_THREADS", "1")}
 
 
+def test_dask_workers_keep_freed_memory_instead_of_dasks_trimming(cluster):
+    def memory(shared, i):
+        import os
+
+        from vnumba.ops import memory as M
+        return M._state["applied"], os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    got = set(cluster.map(memory, range(4)))
+    if sys.platform.startswith("linux"):
+        assert got == {(True, None)}      # Dask's 65536 dropped, glibc told to keep 1 GiB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("trim, keep, expect", [("65536", "1", "True"), ("131072", "1", "False"),
+                                                ("65536", "0", "False")])
+def test_worker_setup_overrides_only_dasks_default_trim(trim, keep, expect):
+    code = "from vnumba.executor import setup_worker; print(setup_worker())"
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_=trim, VNUMBA_KEEP_MEMORY=keep)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expect       # a user's own threshold, or opting out, is kept
+
+
 def test_a_task_whose_worker_dies_is_rerun_and_nothing_is_lost(cluster, tmp_path):
     """Task 3 kills its worker process the first time it runs (a lost worker): Dask reruns it
     on a worker that lives, and every result arrives once, in order."""

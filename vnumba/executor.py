@@ -29,6 +29,15 @@ Numba in workers: every Dask worker runs one thread (``threads_per_worker=1``) a
 kernels with ``NUMBA_NUM_THREADS`` = 1 (unless set), so that N workers on N cores do not
 oversubscribe; ``NUMBA_CACHE_DIR`` is passed on so that kernels compiled once are loaded by
 every worker (docs/distributed.md).
+
+Memory in workers: before its first task a Dask worker keeps freed memory for reuse
+(:func:`vnumba.ops.memory.keep_freed_memory`), overriding the ``MALLOC_TRIM_THRESHOLD_=65536``
+that Dask's nanny sets by default (``distributed.nanny.pre-spawn-environ``).  Dask's default
+hands memory back after every task; our tasks allocate the same large arrays again, and every
+fresh page then costs a page fault: a training iteration on one worker took 8.4 s against
+6.2 s with the memory kept (bench/bench_distributed.py).  ``VNUMBA_KEEP_MEMORY=0`` in the
+workers' environment, or a ``MALLOC_TRIM_THRESHOLD_`` other than Dask's default, keeps the
+trimming.
 """
 from __future__ import annotations
 
@@ -255,7 +264,7 @@ class _DaskExecutor(Executor):
         ahead = 4 * self.workers
 
         def submit(item):
-            return self._client.submit(fn, shared_f, item, pure=False)
+            return self._client.submit(_dask_task, fn, shared_f, item, pure=False)
 
         for item in items:
             window.append(submit(item))
@@ -290,6 +299,31 @@ _END = object()
 
 def _identity(x):
     return x
+
+
+#: glibc trim threshold that Dask's nanny gives every worker unless configured otherwise
+#: (distributed.yaml: ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_``).
+DASK_TRIM_DEFAULT = "65536"
+_WORKER = {"ready": False}
+
+
+def setup_worker() -> bool:
+    """Keep freed memory in this Dask worker process (module docstring); True if in force."""
+    from vnumba.ops.memory import keep_freed_memory
+
+    if (os.environ.get("MALLOC_TRIM_THRESHOLD_") == DASK_TRIM_DEFAULT
+            and "MALLOC_MMAP_THRESHOLD_" not in os.environ):
+        # Dask's default, not the user's choice: keep_freed_memory leaves a user's alone
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+    return keep_freed_memory()
+
+
+def _dask_task(fn, shared, item):
+    """A task on a Dask worker: the worker's one-time set-up, then ``fn(shared, item)``."""
+    if not _WORKER["ready"]:
+        setup_worker()
+        _WORKER["ready"] = True
+    return fn(shared, item)
 
 
 def get_executor(spec=None) -> Executor:
