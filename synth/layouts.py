@@ -67,7 +67,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from vnumba.ops.fields import NonNegativeFloat, PositiveFloat, PositiveInt, check_bounds
+from vnumba.ops.fields import Checked, NonNegativeFloat, PositiveFloat, PositiveInt
 
 __all__ = [
     "FORMAT",
@@ -110,7 +110,7 @@ _NEAR_UM = (5.0, 10.0, 20.0, 30.0)
 
 
 @dataclass(frozen=True)
-class LayoutParams:
+class LayoutParams(Checked):
     """Parameters of :func:`layout_statistics` (lengths in µm unless named ``_px``).
 
     Attributes
@@ -144,9 +144,6 @@ class LayoutParams:
     nest_radius_um: PositiveFloat = 15.0
     nest_min_tumour: PositiveInt = 3
     border_um: PositiveFloat = 2.0
-
-    def __post_init__(self):
-        check_bounds(self)
 
     @property
     def gap_px(self) -> float:

@@ -50,7 +50,7 @@ from scipy import ndimage as ndi
 
 from vnumba.io.labels import labels_header, read_labels
 from vnumba.io.outputs import check_distinct
-from vnumba.ops.fields import NonNegativeInt, PositiveFloat, PositiveInt, bounded, check_bounds
+from vnumba.ops.fields import Checked, NonNegativeInt, PositiveFloat, PositiveInt, bounded
 
 __all__ = [
     "FORMAT",
@@ -96,7 +96,7 @@ COLOUR_CLASSES = ("background", "stroma", "vessel", "tumour_nucleus", "immune_nu
 
 
 @dataclass(frozen=True)
-class ExtractionConfig:
+class ExtractionConfig(Checked):
     """Parameters of :func:`build_reference`.
 
     Attributes
@@ -143,7 +143,7 @@ class ExtractionConfig:
     seed: NonNegativeInt = 0
 
     def __post_init__(self):
-        check_bounds(self)
+        super().__post_init__()
         for name in ("vessel_hue", "stroma_hue"):
             v = tuple(getattr(self, name))
             if len(v) != 2 or not (-180 <= v[0] < v[1] <= 180):

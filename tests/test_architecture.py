@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Layer of each top-level part of ``vnumba`` (lower = more basic).
 LAYERS = {
-    "scenarios": 0, "ops": 0, "executor": 0,
-    "unet": 1,
+    "scenarios": 0, "ops": 0,
+    "unet": 1, "executor": 1,
     "vn": 2,
     "io": 3,
     "analysis": 4, "training": 4,

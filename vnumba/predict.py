@@ -66,16 +66,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # reuse the pages of each step's arrays (vnumba.ops.memory)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    stems = {}
-    for im in args.images:
-        stems.setdefault(Path(im).stem, []).append(im)
-    dup = {k: v for k, v in stems.items() if len(v) > 1}
-    if dup:
-        print(f"error: inputs with the same name would overwrite each other's outputs: {dup}",
-              file=sys.stderr)
-        return 2
     from vnumba.analysis.objects import extraction_pixels
-    from vnumba.io.outputs import OutputConflict, check_outputs
+    from vnumba.io.outputs import OutputConflict, check_distinct_names, check_outputs
+    try:
+        check_distinct_names(args.images, lambda p: Path(p).stem)
+    except OutputConflict as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         # An output of one image must not replace another input (x.png, x_mask.png --out .).
         outs = {}

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from vnumba.analysis.inference import load_model_arg
     from vnumba.analysis.wsi import SlideOptions
-    from vnumba.io.outputs import OutputConflict, check_outputs
+    from vnumba.io.outputs import OutputConflict, check_distinct_names, check_outputs
     from vnumba.ops.memory import keep_freed_memory
 
     keep_freed_memory()
@@ -112,13 +112,10 @@ def main(argv=None) -> int:
     if not slides:
         print("error: no slide files given (folders hold none)", file=sys.stderr)
         return 2
-    names = {}
-    for s in slides:
-        names.setdefault(slide_name(s), []).append(str(s))
-    dup = {k: v for k, v in names.items() if len(v) > 1}
-    if dup:
-        print(f"error: slides with the same name would overwrite each other's outputs: {dup}",
-              file=sys.stderr)
+    try:
+        check_distinct_names(slides, slide_name, "slides")
+    except OutputConflict as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         model = load_model_arg(args.model, "scenario3")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vnumba.ops.masks import label_areas
+
 __all__ = ["NucleusClasses", "nucleus_probability", "nucleus_class_probs", "classify_nuclei",
            "class_map"]
 
@@ -105,11 +107,8 @@ def nucleus_class_probs(labels: np.ndarray, class_probs: np.ndarray, ids=None) -
         raise TypeError(f"labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
     if labels.shape != maps.shape[1:]:
         raise ValueError(f"labels {labels.shape} and class maps {maps.shape[1:]} differ in size")
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must be >= 0")
-    flat = labels.ravel().astype(np.int64)
-    n = int(flat.max()) + 1 if flat.size else 1
-    area = np.bincount(flat, minlength=n)
+    flat, area = label_areas(labels)
+    n = area.size
     if ids is None:
         ids = np.nonzero(area[1:])[0] + 1
     ids = np.asarray(ids, np.int64).ravel()

@@ -78,7 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vnumba.ops.fields import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, check_bounds
+from vnumba.ops.fields import Checked, Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 from vnumba.scenarios import SCENARIOS
 
 __all__ = ["CLASSES", "ARTICLE_MPP", "NEIGHBOURHOOD_RULE", "NEIGHBOURHOOD_UM", "IMMUNE_RICH_RULE",
@@ -115,7 +115,7 @@ CALL_FRACTION = 0.10
 
 
 @dataclass(frozen=True)
-class InteractionConfig:
+class InteractionConfig(Checked):
     """Settings of :func:`compute_interactions` (defaults: the article's rules in µm).
 
     Attributes
@@ -156,7 +156,7 @@ class InteractionConfig:
     disc_segments: PositiveInt = 16
 
     def __post_init__(self):
-        check_bounds(self)
+        super().__post_init__()
         if self.hist_max_um < self.hist_bin_um:
             raise ValueError(f"hist_max_um ({self.hist_max_um}) must be >= hist_bin_um ({self.hist_bin_um})")
 

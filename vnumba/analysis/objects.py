@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from vnumba.ops.masks import label_areas
+
 __all__ = [
     "split_touching", "label_objects", "ObjectTable", "object_table", "table_to_csv",
     "write_objects_csv", "objects_to_geojson", "write_objects_geojson", "object_polygons",
@@ -246,11 +248,8 @@ def object_table(labels: np.ndarray, prob: np.ndarray | None = None,
         _check_2d("prob", prob)
         if prob.shape != labels.shape:
             raise ValueError(f"prob has shape {prob.shape}, labels {labels.shape}")
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must be >= 0")
-    flat = labels.ravel().astype(np.int64)
-    n = int(flat.max()) + 1 if flat.size else 1
-    area = np.bincount(flat, minlength=n)
+    flat, area = label_areas(labels)
+    n = area.size
     ids = np.nonzero(area[1:])[0] + 1
     rows, cols = np.indices(labels.shape)
     sy = np.bincount(flat, weights=rows.ravel(), minlength=n)

@@ -125,39 +125,32 @@ def read_overview(reader: SlideReader, max_side: int = 2048) -> tuple[np.ndarray
     return out, level, reader.level_downsamples[level] * f
 
 
+def _small_inner_components(mask: np.ndarray, n: int) -> np.ndarray:
+    """Pixels of the connected components of ``mask`` of at most ``n`` pixels that do not touch
+    the image's edge (bool, the shape of ``mask``)."""
+    from scipy import ndimage as ndi
+    lab, k = ndi.label(mask)
+    if n < 1 or k == 0:
+        return np.zeros(mask.shape, bool)
+    size = np.bincount(lab.ravel(), minlength=k + 1)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    small = size <= n
+    small[0] = False
+    small[edge] = False
+    return small[lab]
+
+
 def _remove_small_objects(mask: np.ndarray, n: int) -> np.ndarray:
     """Remove tissue pieces of at most ``n`` pixels that lie inside the image; a piece that
     touches the image's edge may be the part of a larger section that a tile or a field of
     view cut off (a PNG of 0.003 mm² is all tissue), so it is kept whatever its size."""
-    from scipy import ndimage as ndi
-    if n < 1:
-        return mask
-    lab, k = ndi.label(mask)
-    if k == 0:
-        return mask
-    size = np.bincount(lab.ravel(), minlength=k + 1)
-    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    drop = size <= n
-    drop[0] = False
-    drop[edge] = False
-    return mask & ~drop[lab]
+    return mask & ~_small_inner_components(mask, n) if n >= 1 else mask
 
 
 def _remove_small_holes(mask: np.ndarray, n: int) -> np.ndarray:
     """Fill background regions of at most ``n`` pixels that are enclosed by tissue; background
     touching the slide's edge is glass around the section, never a hole, however small."""
-    from scipy import ndimage as ndi
-    if n < 1:
-        return mask
-    bg, k = ndi.label(~mask)
-    if k == 0:
-        return mask
-    size = np.bincount(bg.ravel(), minlength=k + 1)
-    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
-    fill = size <= n
-    fill[0] = False
-    fill[edge] = False
-    return mask | fill[bg]
+    return mask | _small_inner_components(~mask, n) if n >= 1 else mask
 
 
 def tissue_mask(reader: SlideReader, max_side: int = 2048, *, min_saturation: float = 0.05,

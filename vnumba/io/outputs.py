@@ -34,7 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["OutputConflict", "same_file", "check_outputs", "check_distinct", "temp_path", "remove_stale_temporaries",
+__all__ = ["OutputConflict", "same_file", "check_outputs", "check_distinct",
+           "check_distinct_names", "temp_path", "remove_stale_temporaries",
            "OutputLock", "output_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_h5",
            "check_h5_write", "disk_array"]
 
@@ -210,6 +211,31 @@ def check_distinct(paths, what: str = "input") -> None:
             raise ValueError(f"{what} {p}{also} is given twice: it would be counted twice; give "
                              f"each input once")
         seen[key] = p
+
+
+def check_distinct_names(paths, name, what: str = "inputs") -> None:
+    """Refuse inputs whose outputs would have the same names (``a/x.png`` and ``b/x.png``).
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+    name : callable
+        The name an input's outputs are made from (e.g. ``lambda p: Path(p).stem``).
+    what : str
+        What they are, for the message.
+
+    Raises
+    ------
+    OutputConflict
+        One line naming the inputs of each clashing name.
+    """
+    by_name = {}
+    for p in paths:
+        by_name.setdefault(name(p), []).append(str(p))
+    dup = {k: v for k, v in by_name.items() if len(v) > 1}
+    if dup:
+        raise OutputConflict(f"{what} with the same name would overwrite each other's outputs: "
+                             f"{dup}")
 
 
 def temp_path(path) -> Path:

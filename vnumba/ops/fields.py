@@ -4,22 +4,22 @@ by one function.
 A configuration dataclass gives a field a bounded type (:data:`PositiveInt`,
 :data:`PositiveOddInt`, :data:`NonNegativeInt`, :data:`PositiveFloat`,
 :data:`NonNegativeFloat`, :data:`Fraction`) or, for other ranges, declares it with
-:func:`bounded`, and checks every such field in ``__post_init__`` with :func:`check_bounds`::
+:func:`bounded`, and derives from :class:`Checked`, whose ``__post_init__`` checks every such
+field with :func:`check_bounds`::
 
     @dataclass(frozen=True)
-    class UNetConfig:
+    class UNetConfig(Checked):
         width: PositiveInt = 32
         kernel: PositiveOddInt = 3
         lightness: float = bounded(70.0, ge=0, le=100)
 
-        def __post_init__(self):
-            check_bounds(self)   # ValueError: UNetConfig.width must be >= 1, got 0
+    UNetConfig(width=0)          # ValueError: UNetConfig.width must be >= 1, got 0
 
 The scenario scripts of :mod:`synth` declare their fields with :func:`bounded` too
 (``synth.params.param``); the script parser reports a broken bound with
 :meth:`Bounds.violation` as ``FILE: KEY: must be >= 1, got 0``.  Either message names the
 field and the value.  Checks across fields (``rbf_max > rbf_min``) stay in the class's own
-``__post_init__``.
+``__post_init__``, after ``super().__post_init__()``.
 
 Imports nothing of vnumba (layer 0), so that every layer and :mod:`synth` can use it.
 """
@@ -31,7 +31,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated
 
-__all__ = ["Bounds", "bounded", "check_bounds", "numbers_in", "PositiveInt", "PositiveOddInt",
+__all__ = ["Bounds", "Checked", "bounded", "check_bounds", "numbers_in", "PositiveInt", "PositiveOddInt",
            "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Fraction"]
 
 
@@ -121,6 +121,17 @@ def _type_violation(v, base) -> str | None:
     if base is float and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
         return f"must be a finite number, got {v!r}"
     return None
+
+
+class Checked:
+    """Base of a configuration dataclass: its bounded fields are checked on construction.
+
+    A subclass with checks across fields overrides ``__post_init__`` and calls
+    ``super().__post_init__()`` first.
+    """
+
+    def __post_init__(self):
+        check_bounds(self)
 
 
 def check_bounds(obj) -> None:

@@ -1,5 +1,6 @@
 """Mask operators: the disc concentration of the density rules (scenarios 1 and 2), shared by
-the generator (``synth.masks``) and the evaluation on real annotations.
+the generator (``synth.masks``) and the evaluation on real annotations; the pixel count of
+every label of an instance map (objects and nucleus classes).
 
 Concentration rule (scenarios 1 and 2)
 --------------------------------------
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["disc_offsets", "disc_concentration"]
+__all__ = ["disc_offsets", "disc_concentration", "label_areas"]
 
 
 def disc_offsets(radius: float) -> np.ndarray:
@@ -74,3 +75,29 @@ def disc_concentration(coverage, centers, radius: float) -> np.ndarray:
         n_in = int(np.count_nonzero(win_i[dsc]))
         out[k] = np.count_nonzero(win_c[dsc]) / n_in if n_in else 0.0
     return out
+
+
+def label_areas(labels: np.ndarray):
+    """Every label's pixel count.
+
+    Parameters
+    ----------
+    labels : ndarray int (H, W)
+        0 is background.
+
+    Returns
+    -------
+    flat : ndarray int64 (H * W,)
+        The labels, flattened.
+    area : ndarray int64 (max label + 1,)
+        Pixels of each label value (``area[0]``: background).
+
+    Raises
+    ------
+    ValueError
+        For a negative label.
+    """
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be >= 0")
+    flat = labels.ravel().astype(np.int64)
+    return flat, np.bincount(flat, minlength=int(flat.max()) + 1 if flat.size else 1)

@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from vnumba.ops.checks import check_batch
-from vnumba.ops.fields import PositiveInt, PositiveOddInt, check_bounds
+from vnumba.ops.fields import Checked, PositiveInt, PositiveOddInt
 from vnumba.ops.loss import loss_value_and_output_grad
 from vnumba.unet.kernels import (
     _concat_impl,
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(Checked):
     """Architecture of the U-Net baseline.
 
     Attributes
@@ -90,9 +90,6 @@ class UNetConfig:
     scales: PositiveInt = 3
     convs_per_scale: PositiveInt = 2
     kernel: PositiveOddInt = 3
-
-    def __post_init__(self):
-        check_bounds(self)
 
     @property
     def size_multiple(self) -> int:

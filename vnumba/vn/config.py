@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-from vnumba.ops.fields import PositiveFloat, PositiveInt, PositiveOddInt, bounded, check_bounds
+from vnumba.ops.fields import Checked, PositiveFloat, PositiveInt, PositiveOddInt, bounded
 
 __all__ = ["ModelConfig", "PARAM_NAMES", "param_shapes", "from_dict"]
 
@@ -17,7 +17,7 @@ PARAM_NAMES = ("Ku", "wu", "Km", "wm", "K", "w", "lam")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """Architecture of the coupled variational network (article, section 2).
 
     Attributes
@@ -88,7 +88,7 @@ class ModelConfig:
     l1_radius: PositiveFloat = 1.0
 
     def __post_init__(self):
-        check_bounds(self)
+        super().__post_init__()
         if not self.rbf_max > self.rbf_min:
             raise ValueError("ModelConfig.rbf_max must exceed rbf_min")
 

@@ -426,18 +426,24 @@ def forward(params, cfg, u0, m0=None, *, tiling=None):
     u0, m0 = _check_batch(cfg, u0, m0)
     N, _, H, W = u0.shape
     mshape = mask_shape(cfg, N, H, W, None if m0 is None else m0.ndim)
-    cuda = _require()
-    stream = cuda.stream()
-    net = _Net(cfg, tiling, stream, train=False)
-    net.upload(params)
-    ws = net.workspace(N, H, W, train=False)
-    ws.u0.copy_to_device(u0, stream=stream)
+    stream, net, ws = _start(cfg, tiling, params, u0, train=False)
     if m0 is None:
         net.L.fill(ws.sm[0], np.float32(0.0))
     else:
         ws.sm[0].copy_to_device(_mask4(cfg, m0), stream=stream)
     u, m = net.forward(cfg.n_steps)
     return _host_state(u, m, stream, mshape)
+
+
+def _start(cfg, tiling, params, u0, train: bool):
+    """A stream, the network with ``params`` uploaded and its workspace holding ``u0``."""
+    stream = _require().stream()
+    net = _Net(cfg, tiling, stream, train=train)
+    net.upload(params)
+    N, _, H, W = u0.shape
+    ws = net.workspace(N, H, W, train=train)
+    ws.u0.copy_to_device(u0, stream=stream)
+    return stream, net, ws
 
 
 def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
@@ -471,12 +477,7 @@ def loss_and_grad(params, cfg, u0, gu, gm, m0=None, *, tiling=None):
     else:
         gm = _as_f32("gm", gm, m0.shape)  # the shape of m0, as the CPU path
     mshape = gm.shape
-    cuda = _require()
-    stream = cuda.stream()
-    net = _Net(cfg, tiling, stream, train=True)
-    net.upload(params)
-    ws = net.workspace(N, H, W, train=True)
-    ws.u0.copy_to_device(u0, stream=stream)
+    stream, net, ws = _start(cfg, tiling, params, u0, train=True)
     ws.gu.copy_to_device(gu, stream=stream)
     ws.gm.copy_to_device(_mask4(cfg, gm), stream=stream)
     if m0 is None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vnumba.ops.fields import PositiveInt, check_bounds
+from vnumba.ops.fields import Checked, PositiveInt
 
 __all__ = ["Tiling"]
 
 
 @dataclass(frozen=True)
-class Tiling:
+class Tiling(Checked):
     """Block and tile sizes.
 
     Attributes
@@ -67,7 +67,7 @@ class Tiling:
     ew_blocks: PositiveInt = 4096
 
     def __post_init__(self):
-        check_bounds(self)
+        super().__post_init__()
         for name in ("red_threads", "ew_threads"):
             v = getattr(self, name)
             if v & (v - 1):
