@@ -4,16 +4,13 @@ layout-stats,slide} ...``.
 SCRIPT arguments are a path to a TOML scenario script or the name of a shipped script
 (``scenario1``, ``scenario2``, ``scenario3``).  The library modules take typed arguments; this
 module turns the command line into their calls (``synth reference``:
-:mod:`synth.reference`; ``synth layout-stats``: :mod:`synth.layouts`).
-
-Other modules add subcommands: every module named in :data:`CLI_PLUGINS` that exists and
-defines ``add_cli(subparsers)`` is asked to add its subparsers (each with
-``set_defaults(func=callable(args) -> int)``).
+:mod:`synth.reference`; ``synth layout-stats``: :mod:`synth.layouts`; ``synth stats``:
+:mod:`synth.stats`; ``synth slide``: :mod:`synth.slide`): a new subcommand is a parser and a
+``_cmd_NAME(args) -> int`` here, over a library function.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -39,9 +36,6 @@ from vnumba.cli import (  # noqa: E402
 from . import layouts, reference  # noqa: E402
 from .preview import PREVIEW_MAX_ROWS  # noqa: E402
 from .script import SHIPPED, ScriptError, load_script, registered_kinds, shipped_path  # noqa: E402
-
-#: Optional modules that contribute subcommands (e.g. ``synth slide``).
-CLI_PLUGINS = ("synth.scenario3", "synth.slide")
 
 
 def _cmd_generate(args) -> int:
@@ -105,8 +99,41 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_stats(args) -> int:
-    from .stats import run_stats_cli
-    return run_stats_cli(args)
+    import numpy as np
+
+    from vnumba.io.outputs import atomic_write_text, check_distinct, check_outputs
+
+    from .stats import CATEGORIES, annotated_images, update_script
+
+    images = annotated_images(args.images)
+    # Before any work: the updated script must not replace an image, its labels or the
+    # reference image (it may replace the script itself: updating a script is the purpose),
+    # and an image given twice would be counted twice.
+    inputs = {}
+    for q in images:
+        lab = q.with_name(q.stem + "_labels.npz")
+        inputs[f"image {q}"], inputs[f"labels {lab}"] = q, lab
+    if args.reference is not None:
+        ref_labels = args.reference.with_name(args.reference.stem + "_labels.npz")
+        inputs["--reference"] = args.reference
+        inputs[f"labels {ref_labels}"] = ref_labels if ref_labels.exists() else None
+    check_outputs(inputs, {"--output": args.output})
+    check_distinct(images, "image")
+    script = load_script(args.script)
+    text, stats, sizes = update_script(script, images, image_mpp=args.image_mpp,
+                                       reference=args.reference, name=args.output)
+    atomic_write_text(args.output, text)
+    for c in CATEGORIES:
+        if c in stats:
+            s = stats[c]
+            print(f"{c:15s} mean {np.round(s.mean, 3)} sd {np.round(np.sqrt(np.diag(s.cov)), 3)} "
+                  f"corr {s.corr:.2f} ({s.n_objects} objects)")
+    for c, v in sorted(sizes.items()):
+        q = np.percentile(v, [10, 50, 90], axis=0)
+        print(f"class {c} nuclei (n={len(v)}): semi-axes px at {script.mpp} um/px, 10/50/90 %: "
+              f"major {np.round(q[:, 0], 1)}, minor {np.round(q[:, 1], 1)}")
+    print(f"wrote {args.output}")
+    return 0
 
 
 def _cmd_preview(args) -> int:
@@ -187,6 +214,80 @@ def _cmd_layout_stats(args) -> int:
     return 0
 
 
+def _tile_size(s):
+    v = int(s)
+    if v < 16 or v % 16:
+        raise argparse.ArgumentTypeError(f"a TIFF tile size is a positive multiple of 16, got {s}")
+    return v
+
+
+def _cmd_slide(args) -> int:
+    from vnumba.io.outputs import OutputConflict, OutputLock, check_outputs, remove_stale_temporaries
+
+    from .slide import truth_paths, write_slide
+
+    script = load_script(args.scenario)
+    csv_path, json_path = truth_paths(args.output)
+    user_script = Path(args.scenario) if Path(args.scenario).is_file() else None
+    try:
+        check_outputs({"script": user_script, "reference bundle": args.reference},
+                      {"slide": args.output, "truth CSV": csv_path, "truth JSON": json_path})
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}")
+    for p in (args.output, csv_path, json_path):
+        remove_stale_temporaries(p)
+    try:
+        with OutputLock(args.output):
+            res = write_slide(args.output, script, size=tuple(args.size), seed=args.seed,
+                              mpp=args.mpp, reference=args.reference, tile=args.tile,
+                              fmt=args.format, sample_size=args.sample_size,
+                              progress=not args.quiet)
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt as e:
+        print(f"{interrupted_word(e)}; {args.output} was not written", file=sys.stderr)
+        return interrupted_status(e)
+    f = res.facts
+    c = f["counts"]
+    print(f"wrote {res.slide} ({f['size'][0]}x{f['size'][1]} px at {f['mpp']:g} um/px, "
+          f"{len(f['levels'])} levels, {f['slide_format']}), {res.truth_csv} ({f['nuclei']} nuclei: "
+          f"{c['tumour']} tumour, {c['immune']} immune, {c['other']} other; tissue "
+          f"{f['tissue_area_mm2']:.2f} mm2) and {res.truth_json}")
+    return 0
+
+
+def _add_slide(subparsers) -> argparse.ArgumentParser:
+    """Register ``synth slide`` on an argparse ``subparsers`` object."""
+    from .slide import DEFAULT_MPP, DEFAULT_SIZE, DEFAULT_TILE
+
+    p = subparsers.add_parser(
+        "slide", help="a synthetic pyramidal whole slide with its nucleus truth",
+        description="Write a synthetic pyramidal tiled TIFF (OME-TIFF or SVS-style) of "
+                    "scenario-3 tissue on glass, with NAME_truth.csv (id,x,y,class,area_um2 of "
+                    "every visible nucleus, level-0 px) and NAME_truth.json beside it.")
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="the slide: NAME.ome.tif or NAME.svs")
+    p.add_argument("--scenario", default="scenario3", metavar="SCRIPT",
+                   help="scenario-3 script, shipped name or path (default scenario3)")
+    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
+                   default=list(DEFAULT_SIZE), help="level-0 size in px (default 8192 8192)")
+    p.add_argument("--seed", type=int, default=0, help="slide seed (default 0)")
+    p.add_argument("--mpp", type=pixel_size, default=DEFAULT_MPP,
+                   help=f"um per pixel of level 0 (default {DEFAULT_MPP})")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="scenario-3 reference bundle (default: the script's [reference].path)")
+    p.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE,
+                   help=f"TIFF tile size in px (default {DEFAULT_TILE})")
+    p.add_argument("--format", choices=("ome", "svs"), default=None,
+                   help="ome: OME-TIFF, zlib (lossless); svs: Aperio-style JPEG tiles "
+                        "(default: svs for a .svs output, else ome)")
+    p.add_argument("--sample-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="generator tile size in the script's px (default: the script's size)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_slide)
+    return p
+
+
 def _add_defaulted(p, defaults, options) -> None:
     """Options whose help ends in their default, taken from the library's ``defaults``:
     rows ``(flag, type, help, field of defaults[, dest])``."""
@@ -236,8 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Estimate colour means/covariances of object categories from "
                         "annotated real H&E images (after Reinhard normalisation) and write them "
                         "into a scenario script's generated block.")
-    from .stats import add_stats_arguments
-    add_stats_arguments(st)
+    st.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                    help="annotated H&E PNGs (NAME.png with NAME_labels.npz beside it) or folders")
+    st.add_argument("--script", required=True, help="scenario script to update (path or shipped name)")
+    st.add_argument("-o", "--output", type=Path, required=True, help="where to write the updated script")
+    st.add_argument("--image-mpp", type=pixel_size, required=True, help="micrometres per pixel of the images")
+    st.add_argument("--reference", type=Path, default=None,
+                    help="reference image for Reinhard normalisation (default: the script's "
+                    "[normalization] target, which must then be 'reinhard')")
     st.set_defaults(func=_cmd_stats)
 
     pv = sub.add_parser("preview", help="figure of layers, noisy, clean and mask (like Fig. 2)")
@@ -293,16 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
          "border_um")])
     ly.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
-    for mod in CLI_PLUGINS:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        add = getattr(m, "add_cli", None)
-        if add is not None:
-            add(sub)
+    _add_slide(sub)
     return p
 
 

@@ -68,7 +68,6 @@ appears without its truth.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -82,8 +81,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from vnumba.cli import pixel_size, positive_int
-
 from . import GENERATOR_VERSION, __version__
 from .degrade import DegradeSpec, stain_variation
 from .generator import generate_sample
@@ -93,7 +90,7 @@ __all__ = [
     "DEFAULT_MPP", "DEFAULT_TILE", "DEFAULT_SIZE", "REGION_KINDS", "REGION_OVERRIDES",
     "CLASSES", "MIN_AREA_UM2", "MIN_VISIBLE_FRACTION", "SlideResult", "truth_paths",
     "region_scripts", "tile_rng", "tissue_field", "pyramid_shapes", "write_slide",
-    "interaction_figures", "read_truth", "add_cli",
+    "interaction_figures", "read_truth",
 ]
 
 DEFAULT_MPP = 0.25
@@ -677,83 +674,3 @@ def _jsonable(o):
     if isinstance(o, float) and not math.isfinite(o):
         return None
     return o
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _tile_size(s):
-    v = int(s)
-    if v < 16 or v % 16:
-        raise argparse.ArgumentTypeError(f"a TIFF tile size is a positive multiple of 16, got {s}")
-    return v
-
-
-def _run(args) -> int:
-    from vnumba.io.outputs import OutputConflict, OutputLock, check_outputs, remove_stale_temporaries
-
-    from .script import load_script
-
-    script = load_script(args.scenario)
-    csv_path, json_path = truth_paths(args.output)
-    user_script = Path(args.scenario) if Path(args.scenario).is_file() else None
-    try:
-        check_outputs({"script": user_script, "reference bundle": args.reference},
-                      {"slide": args.output, "truth CSV": csv_path, "truth JSON": json_path})
-    except OutputConflict as e:
-        raise SystemExit(f"error: {e}")
-    for p in (args.output, csv_path, json_path):
-        remove_stale_temporaries(p)
-    try:
-        with OutputLock(args.output):
-            res = write_slide(args.output, script, size=tuple(args.size), seed=args.seed,
-                              mpp=args.mpp, reference=args.reference, tile=args.tile,
-                              fmt=args.format, sample_size=args.sample_size,
-                              progress=not args.quiet)
-    except OutputConflict as e:
-        raise SystemExit(f"error: {e}")
-    except KeyboardInterrupt as e:
-        from vnumba.cli import interrupted_status, interrupted_word
-        print(f"{interrupted_word(e)}; {args.output} was not written", file=sys.stderr)
-        return interrupted_status(e)
-    f = res.facts
-    c = f["counts"]
-    print(f"wrote {res.slide} ({f['size'][0]}x{f['size'][1]} px at {f['mpp']:g} um/px, "
-          f"{len(f['levels'])} levels, {f['slide_format']}), {res.truth_csv} ({f['nuclei']} nuclei: "
-          f"{c['tumour']} tumour, {c['immune']} immune, {c['other']} other; tissue "
-          f"{f['tissue_area_mm2']:.2f} mm2) and {res.truth_json}")
-    return 0
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register ``synth slide`` on an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
-        "slide", help="a synthetic pyramidal whole slide with its nucleus truth",
-        description="Write a synthetic pyramidal tiled TIFF (OME-TIFF or SVS-style) of "
-                    "scenario-3 tissue on glass, with NAME_truth.csv (id,x,y,class,area_um2 of "
-                    "every visible nucleus, level-0 px) and NAME_truth.json beside it.")
-    p.add_argument("-o", "--output", required=True, type=Path,
-                   help="the slide: NAME.ome.tif or NAME.svs")
-    p.add_argument("--scenario", default="scenario3", metavar="SCRIPT",
-                   help="scenario-3 script, shipped name or path (default scenario3)")
-    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
-                   default=list(DEFAULT_SIZE), help="level-0 size in px (default 8192 8192)")
-    p.add_argument("--seed", type=int, default=0, help="slide seed (default 0)")
-    p.add_argument("--mpp", type=pixel_size, default=DEFAULT_MPP,
-                   help=f"um per pixel of level 0 (default {DEFAULT_MPP})")
-    p.add_argument("--reference", type=Path, default=None,
-                   help="scenario-3 reference bundle (default: the script's [reference].path)")
-    p.add_argument("--tile", type=_tile_size, default=DEFAULT_TILE,
-                   help=f"TIFF tile size in px (default {DEFAULT_TILE})")
-    p.add_argument("--format", choices=("ome", "svs"), default=None,
-                   help="ome: OME-TIFF, zlib (lossless); svs: Aperio-style JPEG tiles "
-                        "(default: svs for a .svs output, else ome)")
-    p.add_argument("--sample-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
-                   help="generator tile size in the script's px (default: the script's size)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
-    return p
-
-
-#: Hook read by ``synth.__main__`` (its CLI_PLUGINS) to add ``synth slide``.
-add_cli = add_subparser

@@ -31,7 +31,6 @@ declares a table once).  The new script is validated before it is written.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from dataclasses import dataclass
@@ -40,15 +39,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from vnumba.cli import pixel_size
-from vnumba.io.outputs import atomic_write_text, check_distinct, check_outputs
-
 from .color import lab_stats, reinhard_normalize, rgb_to_lab
-from .script import load_script, parse_script_text
+from .script import parse_script_text
 
 __all__ = ["CATEGORIES", "CategoryStats", "load_annotated", "category_objects", "estimate",
            "format_block", "replace_block", "fit_correlation_length", "nucleus_sizes",
-           "add_stats_arguments", "run_stats_cli"]
+           "annotated_images", "update_script"]
 
 BEGIN = "# >>> synth stats"
 END = "# <<< synth stats"
@@ -357,20 +353,17 @@ def replace_block(text: str, block: str) -> str:
     return text.rstrip("\n") + "\n\n" + block
 
 
-def add_stats_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                   help="annotated H&E PNGs (NAME.png with NAME_labels.npz beside it) or folders")
-    p.add_argument("--script", required=True, help="scenario script to update (path or shipped name)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the updated script")
-    p.add_argument("--image-mpp", type=pixel_size, required=True, help="micrometres per pixel of the images")
-    p.add_argument("--reference", type=Path, default=None,
-                   help="reference image for Reinhard normalisation (default: the script's "
-                   "[normalization] target, which must then be 'reinhard')")
+def annotated_images(paths) -> list[Path]:
+    """The annotated images among ``paths``: files as given, folders' ``NAME.png`` that have
+    ``NAME_labels.npz`` beside them (sorted).
 
-
-def _expand(paths):
+    Raises
+    ------
+    ValueError
+        When there is none.
+    """
     out = []
-    for p in paths:
+    for p in map(Path, paths):
         if p.is_dir():
             out += sorted(q for q in p.glob("*.png") if q.with_name(q.stem + "_labels.npz").exists())
         else:
@@ -380,52 +373,49 @@ def _expand(paths):
     return out
 
 
-def run_stats_cli(args) -> int:
-    images = _expand(args.images)
-    # Before any work: the updated script must not replace an image, its labels or the
-    # reference image (it may replace the script itself: updating a script is the purpose),
-    # and an image given twice would be counted twice.
-    inputs = {}
-    for q in images:
-        inputs[f"image {q}"] = q
-        inputs[f"labels {q.with_name(q.stem + '_labels.npz')}"] = q.with_name(q.stem + "_labels.npz")
-    if args.reference is not None:
-        ref_labels = args.reference.with_name(args.reference.stem + "_labels.npz")
-        inputs["--reference"] = args.reference
-        inputs[f"labels {ref_labels}"] = ref_labels if ref_labels.exists() else None
-    check_outputs(inputs, {"--output": args.output})
-    check_distinct(images, "image")
-    script = load_script(args.script)
-    if args.image_mpp <= 0:
-        raise ValueError("--image-mpp must be > 0")
-    if args.reference is not None:
-        ref_img, _, _ = load_annotated(args.reference) if args.reference.with_name(
-            args.reference.stem + "_labels.npz").exists() else (None, None, None)
+def update_script(script, images, *, image_mpp: float, reference=None, name=None):
+    """A scenario script with its ``synth stats`` block estimated from annotated images.
+
+    Parameters
+    ----------
+    script : synth.script.Script
+    images : list of path
+        Annotated H&E images (:func:`annotated_images`).
+    image_mpp : float
+        Micrometres per pixel of the images.
+    reference : path, optional
+        Reference image of the Reinhard normalisation (default: the script's
+        ``[normalization]`` target, which must then be ``reinhard``).
+    name : path, optional
+        What the new text is called in a parse error (e.g. the output file).
+
+    Returns
+    -------
+    text : str
+        The script's text with the block replaced (parsed once: never an invalid script).
+    stats : dict of CategoryStats
+    sizes : dict of int to ndarray (n, 2)
+        :func:`nucleus_sizes`.
+    """
+    if not image_mpp > 0:
+        raise ValueError(f"image pixel size must be > 0, got {image_mpp}")
+    if reference is not None:
+        reference = Path(reference)
+        ref_img, _, _ = load_annotated(reference) if reference.with_name(
+            reference.stem + "_labels.npz").exists() else (None, None, None)
         if ref_img is None:
             import imageio.v3 as iio
-            ref_img = iio.imread(args.reference)[..., :3]
+            ref_img = iio.imread(reference)[..., :3]
         tm, ts = lab_stats(ref_img)
-        ref_name = _short_name(args.reference)
+        ref_name = _short_name(reference)
     else:
         n = script.normalization
         if n.method != "reinhard":
             raise ValueError(f"{script.path}: [normalization] is not 'reinhard'; give --reference")
         tm, ts, ref_name = np.array(n.target_mean), np.array(n.target_std), n.reference
-    stats = estimate(images, target_mean=tm, target_std=ts, image_mpp=args.image_mpp, mpp=script.mpp)
+    stats = estimate(images, target_mean=tm, target_std=ts, image_mpp=image_mpp, mpp=script.mpp)
     block = format_block(stats, images=images, target_mean=tm, target_std=ts, reference=ref_name,
-                         image_mpp=args.image_mpp, mpp=script.mpp)
+                         image_mpp=image_mpp, mpp=script.mpp)
     text = replace_block(script.text, block)
-    parse_script_text(text, args.output)  # never write an invalid script
-    atomic_write_text(args.output, text)
-    for c in CATEGORIES:
-        if c in stats:
-            s = stats[c]
-            print(f"{c:15s} mean {np.round(s.mean, 3)} sd {np.round(np.sqrt(np.diag(s.cov)), 3)} "
-                  f"corr {s.corr:.2f} ({s.n_objects} objects)")
-    sizes = nucleus_sizes(images, image_mpp=args.image_mpp, mpp=script.mpp)
-    for c, v in sorted(sizes.items()):
-        q = np.percentile(v, [10, 50, 90], axis=0)
-        print(f"class {c} nuclei (n={len(v)}): semi-axes px at {script.mpp} um/px, 10/50/90 %: "
-              f"major {np.round(q[:, 0], 1)}, minor {np.round(q[:, 1], 1)}")
-    print(f"wrote {args.output}")
-    return 0
+    parse_script_text(text, name if name is not None else script.path)
+    return text, stats, nucleus_sizes(images, image_mpp=image_mpp, mpp=script.mpp)

@@ -391,11 +391,11 @@ def _counting(monkeypatch, fail_at=None):
     return calls
 
 
-def _same_as_reference(out, ref):
-    assert (out / "s_cells.csv").read_bytes() == (ref / "s_cells.csv").read_bytes()
-    assert (out / "s_cells.geojson").read_bytes() == (ref / "s_cells.geojson").read_bytes()
-    assert np.array_equal(probability(out), probability(ref))
-    a, b = report(out), report(ref)
+def _same_as_reference(out, ref, name="s"):
+    for kind in ("cells.csv", "cells.geojson"):
+        assert (out / f"{name}_{kind}").read_bytes() == (ref / f"{name}_{kind}").read_bytes()
+    assert np.array_equal(probability(out, name), probability(ref, name))
+    a, b = report(out, name), report(ref, name)
     for r in (a, b):
         r.pop("seconds")
         r.pop("tiles_resumed")
@@ -649,6 +649,56 @@ def test_blocks_on_a_local_dask_cluster_give_the_same_outputs(data, ref):
     pytest.importorskip("distributed")
     out = _analyse(data, data["dir"] / "dask", "--tile", "128", "--scheduler", "local:2")
     _same_as_reference(out, ref)
+
+
+def _record_finishing_threads(monkeypatch, fail=None):
+    """Wrap vnumba.slide._finish_slide: the names of the threads it ran in; with ``fail``,
+    writing that slide's outputs raises OSError (a full disk)."""
+    import threading
+
+    import vnumba.slide as S
+
+    seen, real = [], S._finish_slide
+
+    def finish(pending):
+        seen.append(threading.current_thread().name)
+        if pending["name"] == fail:
+            pending["lock"].close()
+            raise OSError(28, "No space left on device")
+        return real(pending)
+    monkeypatch.setattr(S, "_finish_slide", finish)
+    return seen
+
+
+def test_several_slides_on_a_cluster_write_outputs_while_the_next_computes(data, pair, monkeypatch):
+    """Two slides on local:2: each slide's outputs are written by a thread of the driver (the
+    workers go on with the next slide's blocks); the outputs are those of the in-process run."""
+    pytest.importorskip("distributed")
+    threads = _record_finishing_threads(monkeypatch)
+    out = data["dir"] / "dask_pair"
+    rc = main([str(data["s"]), str(data["t"]), "--out", str(out), "--model", str(data["model"]),
+               "--tile", "512", "--scheduler", "local:2", "-q"])
+    assert rc == 0
+    assert len(threads) == 2 and all(t.startswith("slide-outputs") for t in threads)
+    for name in ("s", "t"):
+        _same_as_reference(out, pair, name)
+    with open(out / "summary.csv", newline="") as fh:
+        assert [r["name"] for r in csv.DictReader(fh)] == ["s", "t"]
+
+
+def test_a_slide_whose_outputs_fail_on_a_cluster_is_one_line_and_the_others_are_written(
+        data, pair, monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    _record_finishing_threads(monkeypatch, fail="s")
+    out = data["dir"] / "dask_pair_fail"
+    rc, err = run([data["s"], data["t"], "--out", out, "--model", data["model"], "--tile", "512",
+                   "--scheduler", "local:2"], capsys)
+    assert rc == 1
+    assert len(err) == 1 and "s.ome.tif" in err[0] and "No space left" in err[0]
+    _same_as_reference(out, pair, "t")
+    assert not (out / "s_report.json").exists() and not (out / "s_report.json.lock").exists()
+    with open(out / "summary.csv", newline="") as fh:
+        assert [r["name"] for r in csv.DictReader(fh)] == ["t"]
 
 
 def test_a_worker_lost_during_slide_analysis_changes_nothing(data, ref):

@@ -151,29 +151,70 @@ def main(argv=None) -> int:
 
 
 def _analyse_all(args, slides, model, opts, executor) -> int:
+    """Every slide, then ``summary.csv``; 1 if some slide failed.
+
+    On a cluster (``--scheduler``) a slide's outputs are written by a thread of this process
+    while the workers already compute the next slide's blocks, so that several slides keep
+    the cluster busy; in-process the slides run one after another.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     args.out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0
-    for i, path in enumerate(slides, 1):
-        try:
-            rep = analyse_slide(path, model, args.out, opts, radius_um=args.radius_um,
-                                resume=args.resume, quiet=args.quiet,
-                                label=f"[{i}/{len(slides)}] {path.name}", executor=executor)
-            rows.append(rep)
-            if not args.quiet:
-                print(f"{path}: {rep['tumour_nuclei']} tumour, {rep['immune_cells']} immune, "
-                      f"{rep['other_nuclei']} other nuclei; {rep['immune_near_tumour']} immune "
-                      f"within {rep['radius_um']:g} um of tumour; call {rep['immune_call']}; "
-                      f"{rep['seconds']:.1f} s", file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            raise
-        except (ValueError, OSError, RuntimeError, MemoryError) as e:
-            failed += 1
-            msg = " ".join(str(e).split()) or type(e).__name__
-            print(f"error: {path}: {msg}" if str(path) not in msg else f"error: {msg}",
-                  file=sys.stderr, flush=True)
+
+    def failure(path, e):
+        nonlocal failed
+        failed += 1
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {path}: {msg}" if str(path) not in msg else f"error: {msg}",
+              file=sys.stderr, flush=True)
+
+    def done(path, rep):
+        rows.append(rep)
+        if not args.quiet:
+            print(f"{path}: {rep['tumour_nuclei']} tumour, {rep['immune_cells']} immune, "
+                  f"{rep['other_nuclei']} other nuclei; {rep['immune_near_tumour']} immune "
+                  f"within {rep['radius_um']:g} um of tumour; call {rep['immune_call']}; "
+                  f"{rep['seconds']:.1f} s", file=sys.stderr, flush=True)
+
+    errors = (ValueError, OSError, RuntimeError, MemoryError)
+    overlap = not executor.in_process and len(slides) > 1
+    writer = ThreadPoolExecutor(1, thread_name_prefix="slide-outputs") if overlap else None
+    queued = []                           # (path, future) of slides whose outputs are written
+    try:
+        for i, path in enumerate(slides, 1):
+            try:
+                pending = _compute_slide(path, model, args.out, opts, radius_um=args.radius_um,
+                                         resume=args.resume, quiet=args.quiet,
+                                         label=f"[{i}/{len(slides)}] {path.name}",
+                                         executor=executor)
+                if writer is None:
+                    done(path, _finish_slide(pending))
+                else:
+                    queued.append((path, writer.submit(_finish_slide, pending)))
+            except errors as e:
+                failure(path, e)
+            while queued and queued[0][1].done():     # report finished slides in order
+                _collect(queued.pop(0), done, failure, errors)
+        while queued:
+            _collect(queued.pop(0), done, failure, errors)
+    finally:
+        if writer is not None:
+            # a slide being written is finished (its outputs are atomic), none is started
+            for _, fut in queued:
+                fut.cancel()
+            writer.shutdown(wait=True)
     if rows:
         write_summary(args.out / "summary.csv", rows)
     return 1 if failed else 0
+
+
+def _collect(entry, done, failure, errors) -> None:
+    path, fut = entry
+    try:
+        done(path, fut.result())
+    except errors as e:
+        failure(path, e)
 
 
 # ----------------------------------------------------------------------------- one slide
@@ -216,9 +257,20 @@ def _norm_stats(reader, plan, tissue, model, n_patches: int = 16, size: int = 25
 def analyse_slide(path: Path, model, out_dir: Path, opts, radius_um=None, resume=False,
                   quiet=False, label="", executor=None) -> dict:
     """Analyse one slide and write its outputs (see the module docstring); returns the report."""
-    from vnumba.analysis.inference import model_mask_classes
+    return _finish_slide(_compute_slide(path, model, out_dir, opts, radius_um=radius_um,
+                                        resume=resume, quiet=quiet, label=label,
+                                        executor=executor))
+
+
+def _compute_slide(path: Path, model, out_dir: Path, opts, radius_um=None, resume=False,
+                   quiet=False, label="", executor=None) -> dict:
+    """The part of :func:`analyse_slide` that needs the executor: the slide opened, its tissue
+    found, every block run; returns what :func:`_finish_slide` needs, with the output lock
+    still held (released by it)."""
+    from contextlib import ExitStack
+
     from vnumba.analysis.tissue import read_overview, tissue_mask
-    from vnumba.analysis.wsi import ModelGridReader, collect_nuclei, on_tissue, plan_slide, run_blocks, slide_key
+    from vnumba.analysis.wsi import ModelGridReader, plan_slide, run_blocks, slide_key
     from vnumba.io.outputs import OutputLock
     from vnumba.io.slides import open_slide
 
@@ -226,27 +278,51 @@ def analyse_slide(path: Path, model, out_dir: Path, opts, radius_um=None, resume
     name = slide_name(path)
     bar = _Progress(quiet, label)
     bar.stage("opening the slide")
-    with open_slide(path, mpp=opts.mpp) as reader, OutputLock(out_dir / f"{name}_report.json"):
-        plan = plan_slide(reader, model, opts)
-        bar.stage("tissue detection")
-        tissue = tissue_mask(reader)
-        overview, ov_level, ov_ds = read_overview(reader)
-        norm = _norm_stats(reader, plan, tissue, model)
-        grid = ModelGridReader(reader, plan, norm)
-        work = out_dir / f".{name}.work"
-        key = slide_key(path, plan, model, opts)
-        bar.start(len(plan.blocks))
-        state = run_blocks(plan, grid, model, opts, work, tissue=tissue, resume=resume, key=key,
-                           progress=bar.update, executor=executor)
-        bar.close()
+    lock = ExitStack()
+    try:
+        with open_slide(path, mpp=opts.mpp) as reader:
+            lock.enter_context(OutputLock(out_dir / f"{name}_report.json"))
+            plan = plan_slide(reader, model, opts)
+            bar.stage("tissue detection")
+            tissue = tissue_mask(reader)
+            overview, ov_level, ov_ds = read_overview(reader)
+            norm = _norm_stats(reader, plan, tissue, model)
+            grid = ModelGridReader(reader, plan, norm)
+            work = out_dir / f".{name}.work"
+            key = slide_key(path, plan, model, opts)
+            bar.start(len(plan.blocks))
+            state = run_blocks(plan, grid, model, opts, work, tissue=tissue, resume=resume,
+                               key=key, progress=bar.update, executor=executor)
+            bar.close()
+    except BaseException:
+        lock.close()
+        raise
+    return dict(path=path, name=name, out_dir=out_dir, plan=plan, tissue=tissue,
+                overview=overview, ov_ds=ov_ds, work=work, state=state, model=model, opts=opts,
+                radius_um=radius_um, t0=t0, bar=bar, lock=lock)
+
+
+def _finish_slide(pending: dict) -> dict:
+    """Nuclei, interactions and every output of a slide whose blocks are done; the report.
+
+    Reads only the work folder and what :func:`_compute_slide` kept, so that it can run
+    (in a thread of the driver) while the cluster computes the next slide's blocks.
+    """
+    from vnumba.analysis.inference import model_mask_classes
+    from vnumba.analysis.wsi import collect_nuclei, on_tissue
+
+    p = pending
+    with p["lock"]:
+        plan, tissue, model, work, state = p["plan"], p["tissue"], p["model"], p["work"], p["state"]
         names = model_mask_classes(model) or ("nucleus",)
         table = collect_nuclei(plan, work, state["done"], model_mask_classes(model))
         keep = on_tissue(tissue, table.x, table.y)
         state["off_tissue"] = int((~keep).sum())
         table = table.subset(keep)
-        bar.stage("interactions and outputs")
-        rep = write_outputs(path, name, out_dir, plan, tissue, overview, ov_ds, table, names,
-                            work, state, model, opts, radius_um, t0)
+        p["bar"].stage("interactions and outputs")
+        rep = write_outputs(p["path"], p["name"], p["out_dir"], plan, tissue, p["overview"],
+                            p["ov_ds"], table, names, work, state, model, p["opts"],
+                            p["radius_um"], p["t0"])
     shutil.rmtree(work, ignore_errors=True)
     return rep
 
