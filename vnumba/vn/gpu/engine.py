@@ -435,14 +435,15 @@ def forward(params, cfg, u0, m0=None, *, tiling=None):
     return _host_state(u, m, stream, mshape)
 
 
-def _start(cfg, tiling, params, u0, train: bool):
-    """A stream, the network with ``params`` uploaded and its workspace holding ``u0``."""
+def _start(cfg, tiling, params, u0, train: bool, into=None):
+    """A stream, the network with ``params`` uploaded and its workspace (sized by ``u0``)
+    holding ``u0`` in ``into(ws)`` (default ``ws.u0``)."""
     stream = _require().stream()
     net = _Net(cfg, tiling, stream, train=train)
     net.upload(params)
     N, _, H, W = u0.shape
     ws = net.workspace(N, H, W, train=train)
-    ws.u0.copy_to_device(u0, stream=stream)
+    (ws.u0 if into is None else into(ws)).copy_to_device(u0, stream=stream)
     return stream, net, ws
 
 
@@ -528,15 +529,10 @@ def step_forward(p, cfg, u, m, u0, *, tiling=None):
     _check_cfg(cfg)
     cfg1, params = _one_step(p, cfg)
     u, m, u0 = _step_inputs(cfg, u, m, u0)
+    stream, net, ws = _start(cfg1, tiling, params, u0, train=False)
     cuda = _require()
-    stream = cuda.stream()
-    net = _Net(cfg1, tiling, stream, train=False)
-    net.upload(params)
-    N, _, H, W = u.shape
-    ws = net.workspace(N, H, W, train=False)
     du = cuda.to_device(u, stream=stream)
     dm = cuda.to_device(_mask4(cfg, m), stream=stream)
-    ws.u0.copy_to_device(u0, stream=stream)
     net.step_forward(0, du, dm, ws.u0, ws.su[1], ws.sm[1])
     return _host_state(ws.su[1], ws.sm[1], stream, m.shape)
 
@@ -565,13 +561,8 @@ def step_backward(p, cfg, u, m, u0, ubar, mbar, *, tiling=None):
     u, m, u0 = _step_inputs(cfg, u, m, u0)
     ubar = _as_f32("ubar", ubar, u.shape)
     mbar = _as_f32("mbar", mbar, m.shape)
+    stream, net, ws = _start(cfg1, tiling, params, u0, train=True, into=lambda ws: ws.su[0])
     cuda = _require()
-    stream = cuda.stream()
-    net = _Net(cfg1, tiling, stream, train=True)
-    net.upload(params)
-    N, _, H, W = u.shape
-    ws = net.workspace(N, H, W, train=True)
-    ws.su[0].copy_to_device(u0, stream=stream)
     du = cuda.to_device(u, stream=stream)
     dm = cuda.to_device(_mask4(cfg, m), stream=stream)
     ws.ub[0].copy_to_device(ubar, stream=stream)
