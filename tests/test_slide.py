@@ -722,3 +722,28 @@ def test_a_worker_lost_during_slide_analysis_changes_nothing(data, ref):
         analyse_slide(data["s"], model, out, SlideOptions(tile=128), quiet=True, executor=ex)
     assert marker.exists()
     _same_as_reference(out, ref)
+
+
+@pytest.mark.slow
+def test_device_cuda_runs_a_slide_through_the_cuda_kernels_like_the_cpu(data, tmp_path):
+    """``--device cuda`` end to end, on the CUDA simulator (no GPU here): the same blocks, the
+    network through vnumba.vn.gpu, probabilities within 2/255 of the CPU run, the same nuclei."""
+    import os
+    import subprocess
+    import sys
+
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        out = tmp_path / dev
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1") if dev == "cuda" else None
+        r = subprocess.run([sys.executable, "-m", "vnumba.slide", str(data["s"]), "--out", str(out),
+                            "--model", str(data["model"]), "--region", "128", "128", "192", "160",
+                            "--tile", "64", "--device", dev, "-q"],
+                           env=env, capture_output=True, text=True, timeout=3000)
+        assert r.returncode == 0, r.stderr
+        outs[dev] = out
+    a, b = probability(outs["cpu"]).astype(int), probability(outs["cuda"]).astype(int)
+    assert a.shape == b.shape and a.max() > 128           # nuclei in the region
+    assert np.abs(a - b).max() <= 2                        # float32 sums in another order
+    ca, cb = nucleus_table(outs["cpu"]), nucleus_table(outs["cuda"])
+    assert len(ca) > 0 and abs(len(ca) - len(cb)) <= 1
