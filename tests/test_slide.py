@@ -724,10 +724,9 @@ def test_a_worker_lost_during_slide_analysis_changes_nothing(data, ref):
     _same_as_reference(out, ref)
 
 
-@pytest.mark.slow
-def test_device_cuda_runs_a_slide_through_the_cuda_kernels_like_the_cpu(data, tmp_path):
-    """``--device cuda`` end to end, on the CUDA simulator (no GPU here): the same blocks, the
-    network through vnumba.vn.gpu, probabilities within 2/255 of the CPU run, the same nuclei."""
+def _cpu_and_cuda_runs_agree(data, tmp_path, region, simulator):
+    """``vnumba.slide`` with ``--device cpu`` and ``--device cuda`` (each in its own process):
+    probabilities within 2/255, the same nuclei (±1)."""
     import os
     import subprocess
     import sys
@@ -735,9 +734,12 @@ def test_device_cuda_runs_a_slide_through_the_cuda_kernels_like_the_cpu(data, tm
     outs = {}
     for dev in ("cpu", "cuda"):
         out = tmp_path / dev
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1") if dev == "cuda" else None
+        env = dict(os.environ)
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+        if dev == "cuda" and simulator:
+            env["NUMBA_ENABLE_CUDASIM"] = "1"
         r = subprocess.run([sys.executable, "-m", "vnumba.slide", str(data["s"]), "--out", str(out),
-                            "--model", str(data["model"]), "--region", "128", "128", "192", "160",
+                            "--model", str(data["model"]), *map(str, region),
                             "--tile", "64", "--device", dev, "-q"],
                            env=env, capture_output=True, text=True, timeout=3000)
         assert r.returncode == 0, r.stderr
@@ -747,3 +749,26 @@ def test_device_cuda_runs_a_slide_through_the_cuda_kernels_like_the_cpu(data, tm
     assert np.abs(a - b).max() <= 2                        # float32 sums in another order
     ca, cb = nucleus_table(outs["cpu"]), nucleus_table(outs["cuda"])
     assert len(ca) > 0 and abs(len(ca) - len(cb)) <= 1
+
+
+@pytest.mark.slow
+def test_device_cuda_runs_a_slide_through_the_cuda_kernels_like_the_cpu(data, tmp_path):
+    """``--device cuda`` end to end on a small region, on the CUDA simulator (15 min on 2
+    cores): the same blocks, the network through vnumba.vn.gpu."""
+    _cpu_and_cuda_runs_agree(data, tmp_path, ("--region", 128, 128, 192, 160), simulator=True)
+
+
+@pytest.mark.gpu
+def test_device_cuda_on_a_gpu_analyses_the_whole_slide_like_the_cpu(data, tmp_path):
+    """The same on a real GPU (bench/run_gpu_checks.sh runs ``pytest -m gpu``), whole slide."""
+    import os
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", "from vnumba.vn.gpu.engine import is_available; "
+                            "ok, why = is_available(); print(why); raise SystemExit(0 if ok else 1)"],
+                           capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"})
+    if probe.returncode:
+        pytest.skip(f"no usable GPU: {probe.stdout.strip() or probe.stderr.strip()[-200:]}")
+    _cpu_and_cuda_runs_agree(data, tmp_path, (), simulator=False)
