@@ -60,6 +60,13 @@ def test_local_cluster_runs_two_single_threaded_workers_in_order(cluster):
     assert {g[0] for g in got} == {os.environ.get("NUMBA_NUM_THREADS", "1")}
 
 
+@pytest.mark.parametrize("chunk", [2, 3, 50])
+def test_items_in_chunks_come_back_in_order_whatever_the_chunk(cluster, chunk):
+    assert list(cluster.map(_square_plus, range(11), shared=1, chunk=chunk)) == \
+        [i * i + 1 for i in range(11)]
+    assert list(cluster.map(_square_plus, [], shared=1, chunk=chunk)) == []
+
+
 def test_dask_workers_keep_freed_memory_instead_of_dasks_trimming(cluster):
     def memory(shared, i):
         import os

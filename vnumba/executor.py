@@ -41,6 +41,7 @@ trimming.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -94,8 +95,12 @@ class Executor:
     #: True when tasks run in the calling process (callers may then pass live objects).
     in_process = True
 
-    def map(self, fn: Callable, items: Iterable, shared: Any = None) -> Iterator:
-        """Yield ``fn(shared, item)`` for each item, in the items' order."""
+    def map(self, fn: Callable, items: Iterable, shared: Any = None, chunk: int = 1) -> Iterator:
+        """Yield ``fn(shared, item)`` for each item, in the items' order.
+
+        ``chunk``: items per task on workers (short tasks: the per-task cost of a cluster,
+        some 50 ms, is paid once per chunk); results and their order do not depend on it.
+        """
         for item in items:
             yield fn(shared, item)
 
@@ -160,7 +165,7 @@ class _PoolExecutor(Executor):
         self.workers = n
         self.description = f"{n} local worker processes"
 
-    def map(self, fn, items, shared=None):
+    def map(self, fn, items, shared=None, chunk=1):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -168,7 +173,7 @@ class _PoolExecutor(Executor):
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_pool_init,
                                  initargs=(os.getpid(), shared)) as ex:
-            chunk = max(1, min(8, len(items) // (4 * self.workers)))
+            chunk = max(chunk, min(8, len(items) // (4 * self.workers)))
             yield from ex.map(_pool_call, [fn] * len(items), items, chunksize=chunk)
 
 
@@ -250,7 +255,7 @@ class _DaskExecutor(Executor):
             raise SchedulerError(f"{self.description}: worker {w} has vnumba {v}, this process "
                                  f"{vnumba.__version__}; install the same version everywhere")
 
-    def map(self, fn, items, shared=None):
+    def map(self, fn, items, shared=None, chunk=1):
         # The shared object as the result of a task that returns it (not a scatter): the
         # scheduler keeps it in that task's spec, so when the worker holding it dies it is
         # recomputed rather than lost with it.  Workers fetch it from one another (once each).
@@ -263,7 +268,13 @@ class _DaskExecutor(Executor):
         items = iter(items)
         ahead = 4 * self.workers
 
+        chunk = max(1, int(chunk))
+        if chunk > 1:   # tasks of up to `chunk` items; results unpacked in order below
+            items = _chunks(items, chunk)
+
         def submit(item):
+            if chunk > 1:
+                return self._client.submit(_dask_chunk, fn, shared_f, item, pure=False)
             return self._client.submit(_dask_task, fn, shared_f, item, pure=False)
 
         for item in items:
@@ -277,7 +288,10 @@ class _DaskExecutor(Executor):
             nxt = next(items, _END)
             if nxt is not _END:
                 window.append(submit(nxt))
-            yield res
+            if chunk > 1:
+                yield from res
+            else:
+                yield res
 
     def close(self):
         client, cluster = getattr(self, "_client", None), self._cluster
@@ -324,6 +338,21 @@ def _dask_task(fn, shared, item):
         setup_worker()
         _WORKER["ready"] = True
     return fn(shared, item)
+
+
+def _dask_chunk(fn, shared, items):
+    """A task of several items: their results, in order."""
+    return [_dask_task(fn, shared, item) for item in items]
+
+
+def _chunks(items, n: int):
+    """Lists of ``n`` consecutive items (the last one shorter)."""
+    it = iter(items)
+    while True:
+        part = list(itertools.islice(it, n))
+        if not part:
+            return
+        yield part
 
 
 def get_executor(spec=None) -> Executor:
