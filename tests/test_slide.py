@@ -701,6 +701,44 @@ def test_a_slide_whose_outputs_fail_on_a_cluster_is_one_line_and_the_others_are_
         assert [r["name"] for r in csv.DictReader(fh)] == ["t"]
 
 
+def test_ctrl_c_on_a_cluster_finishes_the_slide_being_written_and_releases_the_queued_one(
+        data, monkeypatch, capsys):
+    """Three slides on local:2: the first slide's outputs are being written, the second waits
+    for the writer thread, Ctrl-C lands while the third computes.  The first slide is complete,
+    the second is not started (no outputs, no lock left, its blocks kept for --resume)."""
+    pytest.importorskip("distributed")
+    import shutil
+    import threading
+
+    import vnumba.slide as S
+
+    u = data["dir"] / "u.ome.tif"
+    shutil.copyfile(data["s"], u)
+    release = threading.Event()
+    real_compute, real_finish = S._compute_slide, S._finish_slide
+
+    def compute(path, *a, **k):
+        if path.name == "u.ome.tif":
+            threading.Timer(1.0, release.set).start()   # the writer goes on after the stop
+            raise KeyboardInterrupt
+        return real_compute(path, *a, **k)
+
+    def finish(pending):
+        if pending["name"] == "s":
+            release.wait(60)                              # still writing when Ctrl-C lands
+        return real_finish(pending)
+    monkeypatch.setattr(S, "_compute_slide", compute)
+    monkeypatch.setattr(S, "_finish_slide", finish)
+    out = data["dir"] / "dask_interrupted"
+    rc, err = run([data["s"], data["t"], u, "--out", out, "--model", data["model"], "--tile", "512",
+                   "--scheduler", "local:2"], capsys)
+    assert rc == 130 and len(err) == 1 and "interrupted" in err[0]
+    assert (out / "s_report.json").is_file() and (out / "s_cells.geojson").is_file()
+    assert not (out / "t_report.json").exists() and not (out / "t_cells.csv").exists()
+    assert sorted(p.name for p in out.glob("*.lock")) == []
+    assert (out / ".t.work").is_dir()                     # for --resume
+
+
 def test_a_worker_lost_during_slide_analysis_changes_nothing(data, ref):
     """The first block each worker runs kills its process once (a lost worker): Dask reruns
     those blocks elsewhere; every block arrives once and the outputs equal the reference."""

@@ -191,7 +191,7 @@ def _analyse_all(args, slides, model, opts, executor) -> int:
                 if writer is None:
                     done(path, _finish_slide(pending))
                 else:
-                    queued.append((path, writer.submit(_finish_slide, pending)))
+                    queued.append((path, writer.submit(_finish_slide, pending), pending))
             except errors as e:
                 failure(path, e)
             while queued and queued[0][1].done():     # report finished slides in order
@@ -200,9 +200,11 @@ def _analyse_all(args, slides, model, opts, executor) -> int:
             _collect(queued.pop(0), done, failure, errors)
     finally:
         if writer is not None:
-            # a slide being written is finished (its outputs are atomic), none is started
-            for _, fut in queued:
-                fut.cancel()
+            # a slide being written is finished (its outputs are atomic), none is started; a
+            # slide that never starts releases its output lock (its blocks stay for --resume)
+            for _, fut, pending in queued:
+                if fut.cancel():
+                    pending["lock"].close()
             writer.shutdown(wait=True)
     if rows:
         write_summary(args.out / "summary.csv", rows)
@@ -210,7 +212,7 @@ def _analyse_all(args, slides, model, opts, executor) -> int:
 
 
 def _collect(entry, done, failure, errors) -> None:
-    path, fut = entry
+    path, fut, _ = entry
     try:
         done(path, fut.result())
     except errors as e:
