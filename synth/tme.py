@@ -213,7 +213,7 @@ def _warp(src: np.ndarray, channels, rot, origin=(0, 0), shape=None) -> np.ndarr
     Notes
     -----
     Equal bit for bit to ``ndimage.affine_transform`` of each channel as float32 with
-    ``order=1, mode="constant"`` scaled by float32 1/255 (``tests/naive.py::warp_channel``).
+    ``order=1, mode="constant"`` scaled by float32 1/255 (``tests/naive.py::warp_channels``).
     One compiled call for all channels replaces one scipy call per channel, whose fixed
     Python overhead was most of the cost for these small patches (bench/bench_scenario3.py).
     """

@@ -268,14 +268,11 @@ class _DaskExecutor(Executor):
         items = iter(items)
         ahead = 4 * self.workers
 
-        chunk = max(1, int(chunk))
-        if chunk > 1:   # tasks of up to `chunk` items; results unpacked in order below
-            items = _chunks(items, chunk)
+        # tasks of up to `chunk` items (one by default); their results unpacked in order below
+        items = _chunks(items, max(1, int(chunk)))
 
-        def submit(item):
-            if chunk > 1:
-                return self._client.submit(_dask_chunk, fn, shared_f, item, pure=False)
-            return self._client.submit(_dask_task, fn, shared_f, item, pure=False)
+        def submit(part):
+            return self._client.submit(_dask_task, fn, shared_f, part, pure=False)
 
         for item in items:
             window.append(submit(item))
@@ -288,10 +285,7 @@ class _DaskExecutor(Executor):
             nxt = next(items, _END)
             if nxt is not _END:
                 window.append(submit(nxt))
-            if chunk > 1:
-                yield from res
-            else:
-                yield res
+            yield from res
 
     def close(self):
         client, cluster = getattr(self, "_client", None), self._cluster
@@ -332,17 +326,13 @@ def setup_worker() -> bool:
     return keep_freed_memory()
 
 
-def _dask_task(fn, shared, item):
-    """A task on a Dask worker: the worker's one-time set-up, then ``fn(shared, item)``."""
+def _dask_task(fn, shared, items):
+    """A task on a Dask worker: the worker's one-time set-up, then ``fn(shared, item)`` for
+    each item, the results in order."""
     if not _WORKER["ready"]:
         setup_worker()
         _WORKER["ready"] = True
-    return fn(shared, item)
-
-
-def _dask_chunk(fn, shared, items):
-    """A task of several items: their results, in order."""
-    return [_dask_task(fn, shared, item) for item in items]
+    return [fn(shared, item) for item in items]
 
 
 def _chunks(items, n: int):
