@@ -216,8 +216,10 @@ class AggregateSpec:
     grown by fast marching from a uniform seed up to travel time ``radius`` over the velocity
     field ``speed`` (:func:`synth.tme.grow_region`), filled with the ``[colors.aggregate]``
     matrix and packed with real immune-nucleus patches at uniform centres until they cover
-    ``packing`` of it, each overlapping earlier ones by at most ``max_overlap``.  Tumour nuclei
-    are not centred inside an aggregate (``exclude_tumour``).
+    ``packing`` of it (counted at the mean patch area times the mean of ``scale²``), each
+    overlapping earlier ones by at most ``max_overlap`` and centred at least ``min_distance``
+    px from the others (:func:`synth.tme.paste_patches`).  Tumour nuclei are not centred
+    inside an aggregate (``exclude_tumour``).
     """
 
     probability: float = param(0.0, ge=0.0, le=1.0)
@@ -229,6 +231,8 @@ class AggregateSpec:
     scale: tuple[float, float] = param((0.85, 1.15), gt=0.0, le=10.0)
     density: tuple[float, float] = param((1.0, 1.0), gt=0.0, le=5.0)
     tries: int = param(8, ge=1, le=1000, doc="candidate centres per wanted nucleus")
+    min_distance: float = param(0.0, ge=0.0, le=1000.0,
+                                doc="smallest centre distance (px) of two aggregate nuclei")
     exclude_tumour: bool = True
     abut: float = param(0.0, ge=0.0, le=1.0,
                         doc="probability that an aggregate gets a border band into the tumour")
@@ -1194,6 +1198,12 @@ def _centres_uniform(rng, region, n):
     return np.column_stack([ys[k] + rng.uniform(size=k.size), xs[k] + rng.uniform(size=k.size)])
 
 
+def _mean_square(scale) -> float:
+    """Mean of ``s²`` for ``s`` uniform in ``scale = (a, b)``: a patch's mean area factor."""
+    a, b = (float(v) for v in scale)
+    return (a * a + a * b + b * b) / 3.0
+
+
 def _mean_area(patches, base_scale) -> float:
     if not patches:
         return 1.0
@@ -1217,7 +1227,7 @@ def _aggregates(rng, shape, spec: AggregateSpec, ref: "PreparedReference"):
     if not (rng.random() < spec.probability):
         return region, labels, rgb, 0, regions
     patches = _need(ref.immune_nuclei, "immune")
-    area1 = _mean_area(patches, ref.base_scale)
+    area1 = _mean_area(patches, ref.base_scale) * _mean_square(spec.scale)
     n_done = 0
     for _ in range(int(rng.integers(spec.count[0], spec.count[1] + 1))):
         seed = (rng.uniform(0, H), rng.uniform(0, W))
@@ -1231,7 +1241,7 @@ def _aggregates(rng, shape, spec: AggregateSpec, ref: "PreparedReference"):
         labels, rgb, acc = tme.paste_patches(
             rng, (H, W), patches, cand, max_overlap=spec.max_overlap, scale=spec.scale,
             base_scale=ref.base_scale, density=spec.density, region=reg, labels=labels,
-            rgb=rgb, id_offset=n_done, max_count=want)
+            rgb=rgb, id_offset=n_done, max_count=want, min_distance=spec.min_distance)
         n_done = before + acc.shape[0]
     return region, labels, rgb, n_done, regions
 

@@ -432,3 +432,27 @@ def test_shipped_script_with_the_puma_bundle(real_data_dir, tmp_path):
         assert 0.05 < smp.mask.mean() < 0.5
     # nucleus size in µm matches the real tile (random scale 0.8..1.25, mostly uncovered)
     assert 0.7 < np.median(areas) / (real_median * ratio) < 1.4
+
+
+def test_shipped_script_packs_immune_nuclei_like_the_real_layouts(real_data_dir):
+    """Generated immune nuclei, measured by synth.layouts exactly as the 203 real PUMA layouts
+    were (committed statistics), have the real size and aggregate spacing within 25 %.  The
+    script before issue 21's fix gave half the real area and half the spacing (ratios ~0.5)."""
+    import json
+    from pathlib import Path
+
+    from synth import layouts as L
+
+    bundle = R.build_reference([real_data_dir], mpp=0.24, ref_image=(
+        real_data_dir / "he_melanoma_puma" / "puma_metastatic_roi094_top.png"))
+    s = load_script("scenario3")
+    rois = [S3.sample_layout(generate_sample(s, sample_rng(7, i), bundle), f"s{i}")
+            for i in range(24)]
+    gen = L.roi_statistics(rois, mpp=s.mpp, window=150)
+    real = json.loads((Path(S3.__file__).parent / "scenarios" /
+                       "puma_layout_stats.json").read_text())
+    area = [d["nuclei"]["coarse"]["immune"]["area"]["um2"]["q50"] for d in (gen, real)]
+    nn = [d["aggregates"]["ge5"]["nn_centre_distance"]["um"]["q50"] for d in (gen, real)]
+    assert gen["aggregates"]["ge5"]["packing_fraction"]["n"] >= 10
+    assert 0.75 < area[0] / area[1] < 1.25, area
+    assert 0.75 < nn[0] / nn[1] < 1.25, nn

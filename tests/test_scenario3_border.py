@@ -140,7 +140,7 @@ def test_band_lies_outside_the_aggregate_and_others_keep_a_tumour_free_margin(bu
     s = script(128, **BORDER_ON, **NO_SCALE)
     spec = s["aggregates"]
     found = 0
-    for i, smp in samples(s, bundle, 9, 3):
+    for i, smp in samples(s, bundle, 9, 6):
         agg = layer(smp, "aggregates")
         if agg is None or "band_ids" not in agg.info:
             continue

@@ -174,6 +174,27 @@ def test_paste_patches_bounds_the_overlap_and_respects_region_and_count():
     assert few.shape[0] == 5
 
 
+def test_paste_patches_keeps_the_hard_core_distance_between_accepted_centres():
+    from scipy.spatial.distance import pdist
+
+    cand = np.random.default_rng(0).uniform(0, 80, (600, 2))
+    for d in (0.0, 9.0):
+        _, _, acc = tme.paste_patches(np.random.default_rng(1), (80, 80), [_patch_disc(3)],
+                                      cand, max_overlap=1.0, min_distance=d)
+        gaps = pdist(acc)
+        if d:
+            assert acc.shape[0] > 30 and gaps.min() >= d
+        else:                          # without it, random placement puts centres closer
+            assert gaps.min() < 3.0
+    # the existing nuclei passed in (labels) do not count: only this call's centres
+    lab = np.zeros((80, 80), np.int32)
+    lab[30:50, 30:50] = 1
+    _, _, acc = tme.paste_patches(np.random.default_rng(1), (80, 80), [_patch_disc(3)],
+                                  np.array([[40.0, 40.0], [44.0, 40.0]]), max_overlap=1.0,
+                                  labels=lab, id_offset=1, min_distance=5.0)
+    np.testing.assert_array_equal(acc, [[40.0, 40.0]])
+
+
 def test_density_jitter_keeps_white_and_scales_optical_density():
     c = np.array([[1.0, 0.5, 0.25]], np.float32)
     np.testing.assert_allclose(tme.density_jitter(c, 1.0), c, rtol=1e-6)
