@@ -570,3 +570,11 @@ def step_input_terms(f1, f2, d, g, dg):
 
 def scaled_concat(a1, da, b1, db):
     return np.concatenate([a1 * da, b1 * db], axis=1)
+
+
+def conv_rbf(x, k, w, mu0, h, sigma, n_w, radius):
+    """phi, phi', phi'' of the symmetric-padded "same" correlation ``K x``
+    (vnumba.ops.rbf.conv_rbf_apply): the plain references composed, float64."""
+    ks = k.shape[2]
+    a = corr_valid(pad_symmetric(np.asarray(x, np.float64), ks // 2), np.asarray(k, np.float64))
+    return (a,) + rbf_window(a, w, mu0, h, sigma, n_w, radius)

@@ -76,3 +76,36 @@ def test_public_functions_reject_bad_input():
         conv.conv_forward(np.zeros((1, 3, 8, 16))[..., ::2], k)
     with pytest.raises(ValueError, match="pad width"):
         conv.conv_forward(np.zeros((1, 3, 3, 3)), np.zeros((2, 3, 11, 11)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scaled_adjoint_equals_adjoint_of_the_product_bit_for_bit(dtype):
+    # the network's K^T(φ'(a) ⊙ g[:, :F]): g is a channel slice of a larger array (a strided
+    # view for N > 1), the product formed while the adjoint pads it
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal((2, 7, 9, 13)).astype(dtype)
+    s = rng.standard_normal((2, 4, 9, 13)).astype(dtype)
+    k = rng.standard_normal((4, 3, 5, 5)).astype(dtype)
+    y = g[:, 2:6]
+    assert not y.flags.c_contiguous
+    np.testing.assert_array_equal(conv.conv_adjoint(y, k, scale=s), conv.conv_adjoint(s * y, k))
+    # and it is the adjoint of the forward operator followed by the same scaling
+    x = rng.standard_normal((2, 3, 9, 13))
+    w = rng.standard_normal((2, 4, 9, 13))
+    s64 = s.astype(np.float64)
+    lhs = np.vdot(s64 * conv.conv_forward(x, k.astype(np.float64)), w)
+    rhs = np.vdot(x, conv.conv_adjoint(w, k.astype(np.float64), scale=s64))
+    assert lhs == pytest.approx(rhs, rel=1e-10)
+
+
+def test_scaled_adjoint_checks_its_arguments():
+    k = np.zeros((4, 3, 3, 3), np.float32)
+    s = np.zeros((1, 4, 6, 6), np.float32)
+    with pytest.raises(ValueError, match="shape and dtype"):
+        conv.conv_adjoint(np.zeros((1, 4, 6, 5), np.float32), k, scale=s)
+    with pytest.raises(ValueError, match="shape and dtype"):
+        conv.conv_adjoint(np.zeros((1, 4, 6, 6)), k, scale=s)
+    with pytest.raises(ValueError, match="channels"):
+        conv.conv_adjoint(s[:, :3], k, scale=np.ascontiguousarray(s[:, :3]))
+    with pytest.raises(TypeError):
+        conv.conv_adjoint(s, k.astype(np.float64), scale=s)

@@ -410,3 +410,69 @@ def test_rbf_with_too_many_centres_for_the_register_table_uses_the_scalar_reads(
     ref = naive.rbf_window(x, w, grid.mu0, grid.h, grid.sigma, grid.n_w, grid.radius)
     for g, r in zip(rbf_apply(x, w, grid, order=2), ref):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+# --------------------------------------------------------------------------- conv + activation
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("O, W", [(3, 11), (4, 70), (5, 300)])
+def test_convolution_with_activation_epilogue_matches_reference(order, O, W):
+    from vnumba.ops.rbf import conv_rbf_apply
+
+    cfg = ModelConfig(nf_u=2)
+    grid = RBFGrid(cfg)
+    rng = np.random.default_rng(O + W)
+    x = rng.uniform(0, 1, size=(2, 2, 4, W))
+    k = rng.standard_normal((O, 2, 3, 3)) * 0.4
+    w = rng.standard_normal((O, cfg.n_w))
+    ref = naive.conv_rbf(x, k, w, grid.mu0, grid.h, grid.sigma, grid.n_w, grid.radius)
+    got = conv_rbf_apply(x, k, w, grid, order=order, keep_conv=True)
+    assert len(got) == order + 2
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("W", [3, 8, 17, 33, 70, 129, 300])
+def test_fused_activation_equals_convolution_then_activation_bit_for_bit(dtype, W):
+    # every row-end code path of the tiled convolution (widths below one vector up to many
+    # tiles) and a channel count that leaves a padding row in the last block of three
+    from vnumba.ops.conv import conv_forward
+    from vnumba.ops.rbf import conv_rbf_apply
+
+    cfg = ModelConfig()
+    grid = RBFGrid(cfg)
+    rng = np.random.default_rng(W)
+    x = rng.uniform(0, 1, size=(2, 3, 5, W)).astype(dtype)
+    k = (rng.standard_normal((7, 3, 5, 5)) * 0.2).astype(dtype)
+    w = rng.standard_normal((7, cfg.n_w)).astype(dtype)
+    a = conv_forward(x, k)
+    for order in (0, 1, 2):
+        ref = rbf_apply(a, w, grid, order=order)
+        got = conv_rbf_apply(x, k, w, grid, order=order)
+        for g, r in zip(got, ref):
+            np.testing.assert_array_equal(g, r)
+        out = np.full((2, 11, 5, W), 9, dtype)       # into a wider feature array, at offset 3
+        kept, phi, *rest = conv_rbf_apply(x, k, w, grid, order=order, out=out, offset=3,
+                                          keep_conv=True)
+        np.testing.assert_array_equal(kept, a)
+        np.testing.assert_array_equal(out[:, 3:10], ref[0])
+        assert np.all(out[:, :3] == 9) and np.all(out[:, 10:] == 9)
+        for g, r in zip(rest, ref[1:]):
+            np.testing.assert_array_equal(g, r)
+
+
+def test_fused_activation_checks_its_arguments():
+    from vnumba.ops.rbf import conv_rbf_apply
+
+    grid = RBFGrid(ModelConfig())
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    k = np.zeros((3, 2, 3, 3), np.float32)
+    w = np.zeros((3, grid.n_w), np.float32)
+    with pytest.raises(ValueError, match="weights shape"):
+        conv_rbf_apply(x, k, w[:2], grid)
+    with pytest.raises(TypeError):
+        conv_rbf_apply(x, k.astype(np.float64), w, grid)
+    with pytest.raises(ValueError, match="order"):
+        conv_rbf_apply(x, k, w, grid, order=3)
+    with pytest.raises(ValueError, match="cannot take"):
+        conv_rbf_apply(x, k, w, grid, out=np.zeros((1, 4, 6, 6), np.float32), offset=2)

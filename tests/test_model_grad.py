@@ -163,3 +163,38 @@ def test_loss_and_grad_checks_its_input_like_forward():
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         model.loss_and_grad(p, CFG, bad, gu, gm, m0)
+
+
+def _unfused_step(p, cfg, u, m, u0, order=1):
+    """One step as the separate operators compute it (before the activations were fused
+    into the convolutions' epilogues and φ'(a) ⊙ g into the adjoint's padding); ``order``
+    2 as the backward pass's forward evaluates φ' (with φ'', rounded differently)."""
+    from vnumba.ops.conv import conv_adjoint, conv_forward
+    from vnumba.ops.rbf import RBFGrid, rbf_apply
+
+    grid, Fu = RBFGrid(cfg), cfg.nf_u
+    m4 = m if m.ndim == 4 else m[:, None]
+    f = np.empty((u.shape[0], cfg.nf) + u.shape[2:], u.dtype)
+    _, fa1, *_ = rbf_apply(conv_forward(u, p["Ku"]), p["wu"], grid, order=order, out=f, offset=0)
+    _, fb1, *_ = rbf_apply(conv_forward(m4, p["Km"]), p["wm"], grid, order=order, out=f,
+                           offset=Fu)
+    (r,) = rbf_apply(conv_forward(f, p["K"]), p["w"], grid, order=0)
+    g = conv_adjoint(r, p["K"])
+    grad_u = conv_adjoint(fa1 * g[:, :Fu], p["Ku"])
+    grad_u += p["lam"] * (u - u0)
+    grad_m = conv_adjoint(fb1 * g[:, Fu:], p["Km"])
+    grad_m = grad_m if m.ndim == 4 else grad_m[:, 0]
+    return np.clip(u - grad_u, 0.0, 1.0), np.clip(m - grad_m, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("keep", [False, "record", True])
+def test_fused_step_equals_the_separate_operators_bit_for_bit(dtype, keep):
+    cfg = ModelConfig(n_steps=1, nf_u=5, nf_m=2, ks_u=5, ks_m=3, ks=3)   # 7: a padding row
+    rng, p, u0, u, m, _, _ = one_step(cfg, 4, 0)
+    p = {k: np.asarray(v, dtype) for k, v in p.items()}
+    u0, u, m = (np.ascontiguousarray(v, dtype) for v in (u0, u, m))
+    ref = _unfused_step(p, cfg, u, m, u0, order=2 if keep is True else 1)
+    got = model.step_forward(p, cfg, u, m, u0, keep=keep)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

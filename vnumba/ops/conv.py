@@ -222,20 +222,38 @@ def conv_forward(x, k):
     return corr_valid(pad_symmetric(x, ks // 2), k)
 
 
-def conv_adjoint(y, k):
-    """``K^T y``, the exact adjoint of :func:`conv_forward` including the border.
+def conv_adjoint(y, k, scale=None):
+    """``K^T y``, the exact adjoint of :func:`conv_forward` including the border; with
+    ``scale``, ``K^T (scale ⊙ y)``.
 
     Parameters
     ----------
     y : ndarray, shape (N, O, H, W)
+        C-contiguous; with ``scale`` any strided view (e.g. a channel slice of a larger
+        array): it is only read, multiplied by ``scale`` while it is padded.
     k : ndarray, shape (O, C, ks, ks), same dtype
+    scale : ndarray, shape (N, O, H, W), same dtype, C-contiguous, optional
+        Pointwise factor (the network's ``φ'(a) ⊙ g``): the product is formed in the
+        adjoint's padding pass, the same values as ``conv_adjoint(scale * y, k)`` bit for bit
+        without the product's array.
 
     Returns
     -------
     ndarray, shape (N, C, H, W)
     """
-    _, _, ks = _check_kernel(k)
-    return pad_symmetric_adjoint(corr_valid_adjoint(y, k), ks // 2)
+    O, _, ks = _check_kernel(k)
+    if scale is None:
+        return pad_symmetric_adjoint(corr_valid_adjoint(y, k), ks // 2)
+    _check_array("scale", scale, 4)
+    _check_array("kernel", k, 4, scale.dtype)
+    if not isinstance(y, np.ndarray) or y.shape != scale.shape or y.dtype != scale.dtype:
+        raise ValueError(f"y must be an ndarray of the shape and dtype of scale "
+                         f"{scale.shape} {scale.dtype}, got {getattr(y, 'shape', type(y))} "
+                         f"{getattr(y, 'dtype', '')}")
+    if scale.shape[1] != O:
+        raise ValueError(f"y has {scale.shape[1]} channels but the kernel has {O} outputs")
+    return pad_symmetric_adjoint(np.ascontiguousarray(corr_valid_adjoint_fast(y, k, scale)),
+                                 ks // 2)
 
 
 def conv_kernel_grad(y, x, ks):

@@ -225,6 +225,47 @@ def _pixel3(x, base, offs, w, r0, r1, r2, q):
     r2[q] = a2
 
 
+@jit(inline="always")
+def _conv_row(x, base, offs, w, L, r0, r1, r2, W, vecs):
+    """One output row of three channels (``r0, r1, r2``) of :func:`_corr_valid_tiled`: its
+    register tiles, then the rest of the row as the smallest tile that covers it."""
+    T = 4 * L
+    if vecs == 8 and W >= 2 * T:
+        q = 0
+        while q + 2 * T <= W:
+            _tile3x8(x, base + q, offs, w, L, r0, r1, r2, q)
+            q += 2 * T
+        # the rest, overlapping the pixels already written: the smallest tile that covers it
+        if q < W and W - q <= 2 * L:
+            _tile3x2(x, base + W - 2 * L, offs, w, L, r0, r1, r2, W - 2 * L)
+        elif q < W and W - q <= T:
+            _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
+        elif q < W:
+            _tile3x8(x, base + W - 2 * T, offs, w, L, r0, r1, r2, W - 2 * T)
+    elif W >= T:
+        q = 0
+        while q + T <= W:
+            _tile3x4(x, base + q, offs, w, L, r0, r1, r2, q)
+            q += T
+        # the rest of the row: half a tile or less as two vectors, more as a full
+        # tile, both overlapping the pixels already written (300 = 9·32 + 12: the
+        # two-vector end costs half of a full tile)
+        if q < W and W - q <= 2 * L:
+            _tile3x2(x, base + W - 2 * L, offs, w, L, r0, r1, r2, W - 2 * L)
+        elif q < W:
+            _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
+    elif W >= L:
+        q = 0
+        while q + L <= W:
+            _tile3x1(x, base + q, offs, w, r0, r1, r2, q)
+            q += L
+        if q < W:
+            _tile3x1(x, base + W - L, offs, w, r0, r1, r2, W - L)
+    else:
+        for q in range(W):
+            _pixel3(x, base + q, offs, w, r0, r1, r2, q)
+
+
 @jit(parallel=True)
 def _corr_valid_tiled(xf, Wp, offs, kt, orow, vecs, out):
     """out[n, orow[3b + t], p, q] = sum_m kt[b, 3m + t] xf[n, p Wp + q + offs[m]].
@@ -241,53 +282,63 @@ def _corr_valid_tiled(xf, Wp, offs, kt, orow, vecs, out):
     H = out.shape[2]
     W = out.shape[3]
     L = lanes(xf)
-    T = 4 * L
     # channel block innermost: consecutive jobs (one thread's share) reuse the same input
     # rows from L1/L2
     for job in prange(N * H * nb):
         n = job // (H * nb)
         p = (job // nb) % H
         b = job % nb
-        x = xf[n]
-        w = kt[b]
-        r0 = out[n, orow[3 * b], p]
-        r1 = out[n, orow[3 * b + 1], p]
-        r2 = out[n, orow[3 * b + 2], p]
-        base = p * Wp
-        if vecs == 8 and W >= 2 * T:
-            q = 0
-            while q + 2 * T <= W:
-                _tile3x8(x, base + q, offs, w, L, r0, r1, r2, q)
-                q += 2 * T
-            # the rest, overlapping the pixels already written: the smallest tile that covers it
-            if q < W and W - q <= 2 * L:
-                _tile3x2(x, base + W - 2 * L, offs, w, L, r0, r1, r2, W - 2 * L)
-            elif q < W and W - q <= T:
-                _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
-            elif q < W:
-                _tile3x8(x, base + W - 2 * T, offs, w, L, r0, r1, r2, W - 2 * T)
-        elif W >= T:
-            q = 0
-            while q + T <= W:
-                _tile3x4(x, base + q, offs, w, L, r0, r1, r2, q)
-                q += T
-            # the rest of the row: half a tile or less as two vectors, more as a full
-            # tile, both overlapping the pixels already written (300 = 9·32 + 12: the
-            # two-vector end costs half of a full tile)
-            if q < W and W - q <= 2 * L:
-                _tile3x2(x, base + W - 2 * L, offs, w, L, r0, r1, r2, W - 2 * L)
-            elif q < W:
-                _tile3x4(x, base + W - T, offs, w, L, r0, r1, r2, W - T)
-        elif W >= L:
-            q = 0
-            while q + L <= W:
-                _tile3x1(x, base + q, offs, w, r0, r1, r2, q)
-                q += L
-            if q < W:
-                _tile3x1(x, base + W - L, offs, w, r0, r1, r2, W - L)
+        _conv_row(xf[n], p * Wp, offs, kt[b], L, out[n, orow[3 * b], p],
+                  out[n, orow[3 * b + 1], p], out[n, orow[3 * b + 2], p], W, vecs)
+
+
+@jit(parallel=True)
+def _corr_rbf_tiled(xf, Wp, offs, kt, orow, vecs, conv, keep_conv, tab, ptab, cst, squarings,
+                    radius, order, v0, off, v1, v2):
+    """:func:`_corr_valid_tiled` with the RBF of :func:`_rbf_apply_rows` as its epilogue.
+
+    Each job computes one output row of three channels, then evaluates the activation of
+    each of them while the row is still in L1: phi into channel ``c + off`` of ``v0``, phi'
+    and phi'' (``order`` >= 1, 2) into channel ``c`` of ``v1``, ``v2``.  The convolution's
+    output goes to ``conv`` (N, O, H, W) only with ``keep_conv``; otherwise to a row buffer
+    of the job, and ``conv`` is a placeholder of any shape whose dims 2 and 3 give H and W.
+    The same functions on the same float values as the two kernels one after the other, so
+    the results are bit for bit theirs (tests/test_fused.py).
+    """
+    N = xf.shape[0]
+    nb = kt.shape[0]
+    H = conv.shape[2]
+    W = conv.shape[3]
+    L = lanes(xf)
+    for job in prange(N * H * nb):
+        n = job // (H * nb)
+        p = (job // nb) % H
+        b = job % nb
+        c0, c1, c2 = orow[3 * b], orow[3 * b + 1], orow[3 * b + 2]
+        rows = np.empty((3, W), xf.dtype)
+        if keep_conv:
+            r0, r1, r2 = conv[n, c0, p], conv[n, c1, p], conv[n, c2, p]
         else:
-            for q in range(W):
-                _pixel3(x, base + q, offs, w, r0, r1, r2, q)
+            r0, r1, r2 = rows[0], rows[1], rows[2]
+        _conv_row(xf[n], p * Wp, offs, kt[b], L, r0, r1, r2, W, vecs)
+        jb = np.empty(W, np.int32)
+        buf = np.empty((7, W), xf.dtype)
+        for t in range(3):
+            c = orow[3 * b + t]
+            if t > 0 and c == orow[3 * b + t - 1]:
+                continue  # a padding row of the last block: its channel is done
+            row = r0 if t == 0 else (r1 if t == 1 else r2)
+            _rbf_setup_row(row, cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
+            o0 = v0[n, c + off, p]
+            if order == 0:
+                _rbf_eval_row(tab[c], ptab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2],
+                              buf[3], buf[4], buf[5], buf[6], o0, o0, o0)
+            elif order == 1:
+                _rbf_eval_row(tab[c], ptab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2],
+                              buf[3], buf[4], buf[5], buf[6], o0, v1[n, c, p], v1[n, c, p])
+            else:
+                _rbf_eval_row(tab[c], ptab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2],
+                              buf[3], buf[4], buf[5], buf[6], o0, v1[n, c, p], v2[n, c, p])
 
 
 OB = 3  # output channels per register tile of _corr_valid_tiled
@@ -350,14 +401,38 @@ def _zero_pad(y, r, out):
             out[n, o, r + p, r + W:] = 0
 
 
-def corr_valid_adjoint_fast(y, k):
+@jit(parallel=True)
+def _zero_pad_mul(y, s, r, out):
+    """:func:`_zero_pad` of the product ``y * s`` (one rounding, as NumPy's), so that the
+    product is never a separate array; ``y`` may be a strided view."""
+    N, O, H, W = s.shape
+    for no in prange(N * O):
+        n = no // O
+        o = no % O
+        out[n, o, :r] = 0
+        out[n, o, r + H:] = 0
+        for p in range(H):
+            out[n, o, r + p, :r] = 0
+            yr = y[n, o, p]
+            sr = s[n, o, p]
+            dst = out[n, o, r + p]
+            for q in range(W):
+                dst[r + q] = yr[q] * sr[q]
+            out[n, o, r + p, r + W:] = 0
+
+
+def corr_valid_adjoint_fast(y, k, scale=None):
     """``C_valid^T y`` = valid correlation of ``y`` zero-padded by ``ks - 1`` with the flipped,
-    channel-transposed filter bank."""
+    channel-transposed filter bank; with ``scale``, of ``y * scale`` (the product formed
+    while padding)."""
     N, O, H, W = y.shape
     _, C, ks, _ = k.shape
     kt = np.ascontiguousarray(k[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     yp = np.empty((N, O, H + 2 * (ks - 1), W + 2 * (ks - 1)), dtype=y.dtype)
-    _zero_pad(y, ks - 1, yp)
+    if scale is None:
+        _zero_pad(y, ks - 1, yp)
+    else:
+        _zero_pad_mul(y, scale, ks - 1, yp)
     return corr_valid_fast(yp, kt)
 
 

@@ -29,9 +29,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from vnumba.ops.fused import _rbf_apply_rows, _rbf_wgrad_rows, rbf_constants, rbf_lookup_tables, rbf_tables
+from vnumba.ops.fused import (
+    CONV_VECS,
+    _corr_rbf_tiled,
+    _rbf_apply_rows,
+    _rbf_wgrad_rows,
+    pack_filters,
+    rbf_constants,
+    rbf_lookup_tables,
+    rbf_tables,
+    tap_offsets,
+)
 
-__all__ = ["RBFGrid", "rbf_apply", "rbf_weight_grad", "rbf_basis"]
+__all__ = ["RBFGrid", "rbf_apply", "conv_rbf_apply", "rbf_weight_grad", "rbf_basis"]
 
 
 class RBFGrid:
@@ -89,29 +99,91 @@ def rbf_apply(x, w, grid, order=2, out=None, offset=0):
         raise ValueError(f"weights shape {w.shape} != (channels {x.shape[1]}, n_w {grid.n_w})")
     if order not in (0, 1, 2):
         raise ValueError("order must be 0, 1 or 2")
-    N, F, H, W = x.shape
+    v0, phi, offset, v1, v2 = _outputs(x.shape, x.dtype, order, out, offset)
+    tab, ptab, cst, m = _tables(w, grid, x.dtype)
+    _rbf_apply_rows(x, tab, ptab, cst, m, grid.radius, order, v0, offset, v1, v2)
+    return (phi, v1, v2)[: order + 1]
+
+
+def _tables(w, grid, dtype):
+    """Horner and look-up tables and constants of the kernels for weights ``w`` (F, n_w)."""
+    cst, m = rbf_constants(grid, dtype)
+    tab = rbf_tables(w, grid, dtype)
+    ptab = rbf_lookup_tables(tab, grid.radius)
+    if ptab is None:
+        ptab = np.zeros((w.shape[0], 1), dtype)  # no look-up tables: the scalar chains
+    return tab.reshape(w.shape[0], -1), ptab, cst, m
+
+
+def _outputs(shape, dtype, order, out, offset):
+    """``v0, phi, offset, v1, v2`` of the kernels for values of ``shape`` (N, F, H, W)."""
+    N, F, H, W = shape
     if out is None:
-        v0 = np.empty_like(x)
+        v0 = np.empty(shape, dtype)
         offset = 0
         phi = v0
     else:
-        _check("out", out, 4, x.dtype)
+        _check("out", out, 4, dtype)
         offset = int(offset)
         if (out.shape[0], out.shape[2], out.shape[3]) != (N, H, W) or offset < 0 \
                 or offset + F > out.shape[1]:
-            raise ValueError(f"out of shape {out.shape} cannot take {F} channels of {x.shape} "
+            raise ValueError(f"out of shape {out.shape} cannot take {F} channels of {tuple(shape)} "
                              f"at offset {offset}")
         v0 = out
         phi = out[:, offset:offset + F]
-    v1 = np.empty_like(x) if order >= 1 else x
-    v2 = np.empty_like(x) if order >= 2 else x
-    cst, m = rbf_constants(grid, x.dtype)
-    tab = rbf_tables(w, grid, x.dtype)
-    ptab = rbf_lookup_tables(tab, grid.radius)
-    if ptab is None:
-        ptab = np.zeros((F, 1), x.dtype)  # no look-up tables: the scalar chains
-    _rbf_apply_rows(x, tab.reshape(F, -1), ptab, cst, m, grid.radius, order, v0, offset, v1, v2)
-    return (phi, v1, v2)[: order + 1]
+    # unused outputs are placeholders the kernels never write
+    v1 = np.empty(shape, dtype) if order >= 1 else v0[:0]
+    v2 = np.empty(shape, dtype) if order >= 2 else v0[:0]
+    return v0, phi, offset, v1, v2
+
+
+def conv_rbf_apply(x, k, w, grid, order=1, out=None, offset=0, keep_conv=False):
+    """``phi(K x)`` and its derivatives, the activation fused into the convolution.
+
+    The same values as ``rbf_apply(conv_forward(x, k), w, grid, order, out, offset)``, bit
+    for bit (the same kernels' arithmetic), but every output row of ``K x`` is taken
+    through the activation while it is still in L1: ``K x`` is never written to memory and
+    read back (it is written only with ``keep_conv``, for a backward pass that needs it).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32/float64, C-contiguous
+    k : ndarray, shape (F, C, ks, ks), same dtype, ks odd (symmetric padding, "same" size)
+    w : ndarray, shape (F, n_w), same dtype
+    grid : RBFGrid
+    order : {0, 1, 2}
+    out, offset
+        As :func:`rbf_apply`: ``phi`` into channels ``offset .. offset + F - 1`` of ``out``.
+    keep_conv : bool
+        Also return ``K x`` (first).
+
+    Returns
+    -------
+    tuple of ndarray, shape (N, F, H, W) each
+        ``([K x,] phi[, phi'[, phi'']])``.
+    """
+    from vnumba.ops.conv import _check_array, _check_kernel, pad_symmetric
+
+    _check_array("x", x, 4)
+    F, C, ks = _check_kernel(k, x.shape[1])
+    _check_array("kernel", k, 4, x.dtype)
+    _check("w", w, 2, x.dtype)
+    if w.shape != (F, grid.n_w):
+        raise ValueError(f"weights shape {w.shape} != (channels {F}, n_w {grid.n_w})")
+    if order not in (0, 1, 2):
+        raise ValueError("order must be 0, 1 or 2")
+    N, _, H, W = x.shape
+    v0, phi, offset, v1, v2 = _outputs((N, F, H, W), x.dtype, order, out, offset)
+    tab, ptab, cst, m = _tables(w, grid, x.dtype)
+    xp = pad_symmetric(x, ks // 2)
+    Hp, Wp = xp.shape[2:]
+    kt, orow = pack_filters(k)
+    conv = np.empty((N, F, H, W) if keep_conv else (0, 0, H, W), x.dtype)
+    _corr_rbf_tiled(xp.reshape(N, C * Hp * Wp), Wp, tap_offsets(C, Hp, Wp, ks), kt, orow,
+                    CONV_VECS, conv, bool(keep_conv), tab, ptab, cst, m, grid.radius, order,
+                    v0, offset, v1, v2)
+    res = (phi, v1, v2)[: order + 1]
+    return (conv,) + res if keep_conv else res
 
 
 def rbf_weight_grad(x, c0, c1, grid):

@@ -24,7 +24,7 @@ from numpy.typing import DTypeLike
 from vnumba.ops.checks import check_batch
 from vnumba.ops.conv import conv_adjoint, conv_forward, conv_kernel_grad
 from vnumba.ops.loss import loss_value_and_output_grad
-from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+from vnumba.ops.rbf import RBFGrid, conv_rbf_apply, rbf_apply, rbf_weight_grad
 from vnumba.vn.config import PARAM_NAMES, ModelConfig, param_shapes
 from vnumba.vn.pointwise import scaled_concat, step_input_terms
 
@@ -126,6 +126,11 @@ def _mask4(m):
     return np.ascontiguousarray(m), False
 
 
+def _fused(res, kept):
+    """``conv_rbf_apply``'s result with ``None`` in front where the convolution was not kept."""
+    return res if kept else (None,) + res
+
+
 def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     """One projected gradient step (article eq. 1).
 
@@ -152,24 +157,29 @@ def step_forward(p: dict, cfg: ModelConfig, u, m, u0, keep=False):
     Fu = cfg.nf_u
     full = keep is True
     m4, squeeze = _mask4(m)
-    a = conv_forward(u, p["Ku"])
-    b = conv_forward(m4, p["Km"])
+    # Each activation is evaluated in its convolution's epilogue (conv_rbf_apply: the same
+    # values as conv_forward then rbf_apply, bit for bit): the convolution outputs a, b, z
+    # are written to memory only when the backward pass keeps them.
+    kc = bool(keep)
     # f = (φ^u(a), φ^m(b)) is written in place; second derivatives only for the backward pass
     order = 2 if full else 1
     N, _, H, W = u.shape
     f = np.empty((N, cfg.nf, H, W), u.dtype)
-    _, fa1, *fa2 = rbf_apply(a, p["wu"], grid, order=order, out=f, offset=0)
-    _, fb1, *fb2 = rbf_apply(b, p["wm"], grid, order=order, out=f, offset=Fu)
+    a, _, fa1, *fa2 = _fused(conv_rbf_apply(u, p["Ku"], p["wu"], grid, order=order, out=f,
+                                            offset=0, keep_conv=kc), kc)
+    b, _, fb1, *fb2 = _fused(conv_rbf_apply(m4, p["Km"], p["wm"], grid, order=order, out=f,
+                                            offset=Fu, keep_conv=kc), kc)
     fa2 = fa2[0] if fa2 else None
     fb2 = fb2[0] if fb2 else None
-    z = conv_forward(f, p["K"])
     # ψ' is needed only by the backward pass.
-    r, *r1 = rbf_apply(z, p["w"], grid, order=1 if full else 0)
+    z, r, *r1 = _fused(conv_rbf_apply(f, p["K"], p["w"], grid, order=1 if full else 0,
+                                      keep_conv=kc), kc)
     r1 = r1[0] if r1 else None
     g = conv_adjoint(r, p["K"])
-    grad_u = conv_adjoint(fa1 * g[:, :Fu], p["Ku"])
+    # φ'(a) ⊙ g is formed while the adjoint pads it (no array of its own)
+    grad_u = conv_adjoint(g[:, :Fu], p["Ku"], scale=fa1)
     grad_u += p["lam"] * (u - u0)
-    grad_m = conv_adjoint(fb1 * g[:, Fu:], p["Km"])
+    grad_m = conv_adjoint(g[:, Fu:], p["Km"], scale=fb1)
     if squeeze:
         grad_m = grad_m[:, 0]
     un = u - grad_u
