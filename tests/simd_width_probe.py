@@ -11,8 +11,8 @@ import numpy as np
 from numba.core.registry import CPUDispatcher
 
 from vnumba.ops import fused, simd
-from vnumba.ops.conv import corr_valid, corr_valid_adjoint, corr_valid_kernel_grad
-from vnumba.ops.rbf import RBFGrid, rbf_apply, rbf_weight_grad
+from vnumba.ops.conv import conv_adjoint, corr_valid, corr_valid_adjoint, corr_valid_kernel_grad
+from vnumba.ops.rbf import RBFGrid, conv_rbf_apply, rbf_apply, rbf_weight_grad
 from vnumba.vn.config import ModelConfig
 from vnumba.vn.model import forward, init_params, loss_and_grad
 
@@ -44,6 +44,14 @@ def main(path):
             for order in (0, 1, 2):
                 for j, a in enumerate(rbf_apply(v, w, grid, order=order)):
                     out[f"{tag}/rbf{order}.{j}/{W}"] = a
+            # the activation in the convolution's epilogue, the product in the adjoint's padding
+            xs = np.ascontiguousarray(xp[:, :, 2:-2, 2:-2])
+            ws = rng.standard_normal((5, grid.n_w)).astype(dtype)
+            for order in (0, 1, 2):
+                for j, a in enumerate(conv_rbf_apply(xs, k * 0.2, ws, grid, order=order,
+                                                     keep_conv=True)):
+                    out[f"{tag}/convrbf{order}.{j}/{W}"] = a
+            out[f"{tag}/scaled_adjoint/{W}"] = conv_adjoint(y[:, 1:4], k[1:4], scale=y[:, :3] * 0.5)
             c0 = rng.standard_normal(v.shape).astype(dtype)
             out[f"{tag}/rbf_wgrad/{W}"] = rbf_weight_grad(np.nan_to_num(v), c0, c0 * 0.5, grid)
     # a whole small network: forward pass, loss and the gradient of every parameter

@@ -292,6 +292,9 @@ def _corr_valid_tiled(xf, Wp, offs, kt, orow, vecs, out):
                   out[n, orow[3 * b + 1], p], out[n, orow[3 * b + 2], p], W, vecs)
 
 
+_CONV_RBF_ROWS = 4  # output rows per job of _corr_rbf_tiled (its buffers are allocated per job)
+
+
 @jit(parallel=True)
 def _corr_rbf_tiled(xf, Wp, offs, kt, orow, vecs, conv, keep_conv, tab, ptab, cst, squarings,
                     radius, order, v0, off, v1, v2):
@@ -310,35 +313,46 @@ def _corr_rbf_tiled(xf, Wp, offs, kt, orow, vecs, conv, keep_conv, tab, ptab, cs
     H = conv.shape[2]
     W = conv.shape[3]
     L = lanes(xf)
-    for job in prange(N * H * nb):
-        n = job // (H * nb)
-        p = (job // nb) % H
+    R = _CONV_RBF_ROWS
+    nr = (H + R - 1) // R
+    for job in prange(N * nr * nb):
+        n = job // (nr * nb)
+        pr = (job // nb) % nr
         b = job % nb
         c0, c1, c2 = orow[3 * b], orow[3 * b + 1], orow[3 * b + 2]
         rows = np.empty((3, W), xf.dtype)
-        if keep_conv:
-            r0, r1, r2 = conv[n, c0, p], conv[n, c1, p], conv[n, c2, p]
-        else:
-            r0, r1, r2 = rows[0], rows[1], rows[2]
-        _conv_row(xf[n], p * Wp, offs, kt[b], L, r0, r1, r2, W, vecs)
         jb = np.empty(W, np.int32)
         buf = np.empty((7, W), xf.dtype)
-        for t in range(3):
-            c = orow[3 * b + t]
-            if t > 0 and c == orow[3 * b + t - 1]:
-                continue  # a padding row of the last block: its channel is done
-            row = r0 if t == 0 else (r1 if t == 1 else r2)
-            _rbf_setup_row(row, cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
-            o0 = v0[n, c + off, p]
-            if order == 0:
-                _rbf_eval_row(tab[c], ptab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2],
-                              buf[3], buf[4], buf[5], buf[6], o0, o0, o0)
-            elif order == 1:
-                _rbf_eval_row(tab[c], ptab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2],
-                              buf[3], buf[4], buf[5], buf[6], o0, v1[n, c, p], v1[n, c, p])
+        for p in range(pr * R, min(H, pr * R + R)):
+            if keep_conv:
+                r0, r1, r2 = conv[n, c0, p], conv[n, c1, p], conv[n, c2, p]
             else:
-                _rbf_eval_row(tab[c], ptab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2],
-                              buf[3], buf[4], buf[5], buf[6], o0, v1[n, c, p], v2[n, c, p])
+                r0, r1, r2 = rows[0], rows[1], rows[2]
+            _conv_row(xf[n], p * Wp, offs, kt[b], L, r0, r1, r2, W, vecs)
+            _rbf_rows3(r0, r1, r2, orow, b, n, p, jb, buf, tab, ptab, cst, squarings, radius,
+                       order, v0, off, v1, v2)
+
+
+@jit(inline="always")
+def _rbf_rows3(r0, r1, r2, orow, b, n, p, jb, buf, tab, ptab, cst, squarings, radius, order,
+               v0, off, v1, v2):
+    """The activation of the three rows of block ``b`` (a repeated padding channel once)."""
+    for t in range(3):
+        c = orow[3 * b + t]
+        if t > 0 and c == orow[3 * b + t - 1]:
+            continue  # a padding row of the last block: its channel is done
+        row = r0 if t == 0 else (r1 if t == 1 else r2)
+        _rbf_setup_row(row, cst, squarings, radius, jb, buf[0], buf[1], buf[2], buf[3])
+        o0 = v0[n, c + off, p]
+        if order == 0:
+            _rbf_eval_row(tab[c], ptab[c], radius, 0, cst, jb, buf[0], buf[1], buf[2],
+                          buf[3], buf[4], buf[5], buf[6], o0, o0, o0)
+        elif order == 1:
+            _rbf_eval_row(tab[c], ptab[c], radius, 1, cst, jb, buf[0], buf[1], buf[2],
+                          buf[3], buf[4], buf[5], buf[6], o0, v1[n, c, p], v1[n, c, p])
+        else:
+            _rbf_eval_row(tab[c], ptab[c], radius, 2, cst, jb, buf[0], buf[1], buf[2],
+                          buf[3], buf[4], buf[5], buf[6], o0, v1[n, c, p], v2[n, c, p])
 
 
 OB = 3  # output channels per register tile of _corr_valid_tiled
