@@ -17,6 +17,13 @@ operations at every width (``tests/test_simd_width.py``).
   pixels, three broadcasts and three fused multiply-adds per load: the loop runs at the FMA
   units' rate instead of being bound by accumulator loads and stores.  Parallel over
   ``batch × row × channel-block``, so a batch of one keeps both cores busy.
+* **Activation in the epilogue** — ``_corr_rbf_tiled``: the convolution's jobs (four output
+  rows of three channels) take each finished row through the RBF (``_rbf_setup_row``,
+  ``_rbf_eval_row``) while it is in L1, so ``K x`` is written to memory only when the
+  backward pass keeps it; bit for bit the values of the two kernels in turn.  Measured as
+  fast as the separate pair on the Zen 5 host (bench/README.md, issue 25), with a third less
+  memory in the forward pass.  ``_zero_pad_mul`` forms the adjoint's input product
+  ``φ'(a) ⊙ g`` in its padding pass.
 * **Adjoint** — ``C_valid^T y`` ("full" convolution) equals the valid correlation of the
   zero-padded ``y`` with the flipped, channel-transposed filter bank, so the adjoint reuses
   the same gather kernel (no scattered writes, no races).
