@@ -45,13 +45,15 @@ def main(path):
                 for j, a in enumerate(rbf_apply(v, w, grid, order=order)):
                     out[f"{tag}/rbf{order}.{j}/{W}"] = a
             # the activation in the convolution's epilogue, the product in the adjoint's padding
-            xs = np.ascontiguousarray(xp[:, :, 2:-2, 2:-2])
+            xs = xp  # rows of width W + 4 (symmetric padding needs W >= 2 here)
             ws = rng.standard_normal((5, grid.n_w)).astype(dtype)
             for order in (0, 1, 2):
-                for j, a in enumerate(conv_rbf_apply(xs, k * 0.2, ws, grid, order=order,
-                                                     keep_conv=True)):
+                res = conv_rbf_apply(xs, k * 0.2, ws, grid, order=order, keep_conv=True)
+                for j, a in enumerate(res):
                     out[f"{tag}/convrbf{order}.{j}/{W}"] = a
-            out[f"{tag}/scaled_adjoint/{W}"] = conv_adjoint(y[:, 1:4], k[1:4], scale=y[:, :3] * 0.5)
+            ys = res[0]                          # (2, 5, H + 4, W + 4)
+            out[f"{tag}/scaled_adjoint/{W}"] = conv_adjoint(ys[:, 1:4], k[1:4],
+                                                            scale=ys[:, :3] * 0.5)
             c0 = rng.standard_normal(v.shape).astype(dtype)
             out[f"{tag}/rbf_wgrad/{W}"] = rbf_weight_grad(np.nan_to_num(v), c0, c0 * 0.5, grid)
     # a whole small network: forward pass, loss and the gradient of every parameter
