@@ -468,6 +468,46 @@ def test_disk_array_on_a_full_disk_is_an_oserror_not_a_sigbus(tmp_path, monkeypa
     assert not (tmp_path / "big.u8").exists()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_disk_array_reads_and_writes_like_a_numpy_array(tmp_path, dtype):
+    """The probability map is read and written with pread/pwrite (no memory map, whose pages
+    would count in the process's RSS): every selection of integers and slices, fewer keys
+    than axes, values broadcast, as NumPy does; a read-only view sees the writes."""
+    from vnumba.io.outputs import disk_array
+
+    rng = np.random.default_rng(0)
+    ref = np.zeros((3, 17, 23), dtype)
+    a = disk_array(tmp_path / "a.bin", dtype, ref.shape)
+    ro = disk_array(tmp_path / "a.bin", dtype, ref.shape, "r")
+    for _ in range(200):
+        key = []
+        for n in ref.shape:
+            if rng.random() < 0.2:
+                key.append(int(rng.integers(-n, n)))
+            else:
+                lo, hi = sorted(rng.integers(0, n + 1, 2))
+                key.append(slice(int(lo), int(hi)))
+        key = tuple(key[:int(rng.integers(1, 4))])
+        v = rng.integers(0, 200, ref[key].shape).astype(dtype)
+        ref[key] = v
+        a[key] = v
+        lo, hi = sorted(rng.integers(0, 17 + 1, 2))
+        np.testing.assert_array_equal(ro[:, lo:hi], ref[:, lo:hi])
+        np.testing.assert_array_equal(a[key], ref[key])
+    a[1] = 5                                             # a scalar broadcast
+    ref[1] = 5
+    np.testing.assert_array_equal(ro[:], ref)
+    assert ro[2, -1, -1] == ref[2, -1, -1]
+    with pytest.raises(IndexError):
+        a[0, ::2]
+    with pytest.raises(IndexError):
+        a[3]
+    with pytest.raises(OSError):
+        ro[0, 0, 0] = 1                                  # opened read-only
+    a.close()
+    ro.close()
+
+
 def test_a_slide_declaring_more_than_a_million_px_a_side_is_refused(tmp_path):
     import tifffile
 

@@ -484,7 +484,8 @@ def write_probability_tiff(path, work, plan, names) -> None:
 
     Hm, Wm = plan.grid
     C = len(names)
-    src = np.memmap(Path(work) / "probs.u8", np.uint8, "r", shape=(C, Hm, Wm))
+    # read and written with pread/pwrite, not mapped: the process holds one band at a time
+    src = disk_array(Path(work) / "probs.u8", np.uint8, (C, Hm, Wm), "r")
     levels = [src]
     tmp_files = []
     while max(levels[-1].shape[1:]) > 1024:
@@ -509,9 +510,10 @@ def write_probability_tiff(path, work, plan, names) -> None:
     def tiles(a):
         for c in range(a.shape[0]):
             for r in range(0, a.shape[1], 256):
+                band = a[c, r:r + 256]          # one read per band of tiles
                 for q in range(0, a.shape[2], 256):
                     t = np.zeros((256, 256), np.uint8)
-                    blk = a[c, r:r + 256, q:q + 256]
+                    blk = band[:, q:q + 256]
                     t[:blk.shape[0], :blk.shape[1]] = blk
                     yield t
 
@@ -531,7 +533,9 @@ def write_probability_tiff(path, work, plan, names) -> None:
     try:
         atomic_write(path, write)
     finally:
-        levels.clear()     # release the memory maps before their files are removed
+        for lv in levels:
+            lv.close()     # close the files before they are removed
+        levels.clear()
         for fn in tmp_files:
             fn.unlink(missing_ok=True)
 

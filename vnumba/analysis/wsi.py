@@ -591,14 +591,13 @@ def run_blocks(plan: SlidePlan, grid_reader: ModelGridReader, model, opts: Slide
             kk, res = next(results)   # in the blocks' order, whoever computed them
             assert kk == k
             r0, r1, c0, c1 = plan.blocks[k][0]
-            probs[:, r0:r1, c0:c1] = res.probs
-            probs.flush()
+            probs[:, r0:r1, c0:c1] = res.probs   # pwrite: the map is never in memory
             res.save(work / f"block_{k}.npz")
             processed += 1
             done.append(k)
         if progress is not None:
             progress(k + 1, total, skipped)
-    del probs
+    probs.close()
     return {"processed": processed, "skipped": skipped, "reused": reused, "done": done}
 
 

@@ -427,23 +427,153 @@ class _GuardedFile(io.RawIOBase):
 _GUARDS = {}
 
 
+class DiskArray:
+    """A C-ordered array in a file, read and written with ``pread`` / ``pwrite``.
+
+    Not a memory map on purpose: the pages of a mapped file that a process has written or
+    read count in its resident set until they are unmapped, so a slide's probability map
+    (hundreds of MB at 16384², GB for a real slide) made the process's peak RSS grow with the
+    slide (bench/README.md, issue 21).  Read and written here, the data goes through the page
+    cache, which the kernel reclaims, and the process holds only the pieces in use.
+
+    Indexing: ``a[i, j, k]`` with integers or step-1 slices on every axis (fewer keys: the
+    rest whole), reading an ndarray (integer axes dropped) or writing an array broadcast to
+    the selection.  Rows that span the whole width are read or written in one call.
+    """
+
+    def __init__(self, path, dtype, shape, writable=True):
+        import numpy as np
+
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(v) for v in shape)
+        self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _ranges(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) > self.ndim:
+            raise IndexError(f"{len(key)} indices for a {self.ndim}-d array")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        out = []
+        for k, n in zip(key, self.shape):
+            if isinstance(k, slice):
+                a, b, st = k.indices(n)
+                if st != 1:
+                    raise IndexError("DiskArray takes step-1 slices only")
+                out.append((a, max(a, b), False))
+            else:
+                i = int(k)
+                i = i + n if i < 0 else i
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} out of range for an axis of {n}")
+                out.append((i, i + 1, True))
+        return out
+
+    def _runs(self, rng):
+        """``(length, offsets)``: the selection as runs of contiguous elements, each
+        ``length`` elements long, starting at the byte offsets yielded, in C order."""
+        import itertools
+
+        n = self.ndim
+        strides = [1] * n
+        for d in range(n - 2, -1, -1):
+            strides[d] = strides[d + 1] * self.shape[d + 1]
+        # the trailing axes taken whole merge with the one before them into one run
+        m = n - 1
+        while m > 0 and rng[m][0] == 0 and rng[m][1] == self.shape[m]:
+            m -= 1
+        length = (rng[m][1] - rng[m][0]) * strides[m]
+        item = self.dtype.itemsize
+
+        def offsets():
+            for idx in itertools.product(*[range(a, b) for a, b, _ in rng[:m]]):
+                yield (sum(i * st for i, st in zip(idx, strides)) + rng[m][0] * strides[m]) * item
+        return length, offsets()
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        rng = self._ranges(key)
+        shape = tuple(b - a for a, b, _ in rng)
+        out = np.empty(shape, self.dtype)
+        if out.size:
+            length, offs = self._runs(rng)
+            flat = out.reshape(-1)
+            for n, off in enumerate(offs):
+                buf = _pread_all(self._fd, length * self.dtype.itemsize, off, self.path)
+                flat[n * length:(n + 1) * length] = np.frombuffer(buf, self.dtype)
+        return out[tuple(0 if d else slice(None) for _, _, d in rng)]
+
+    def __setitem__(self, key, value):
+        import numpy as np
+
+        rng = self._ranges(key)
+        shape = tuple(b - a for a, b, _ in rng)
+        kept = tuple(b - a for a, b, d in rng if not d)   # the selection's NumPy shape
+        val = np.ascontiguousarray(np.broadcast_to(np.asarray(value, self.dtype), kept))
+        val = val.reshape(shape)
+        if not val.size:
+            return
+        length, offs = self._runs(rng)
+        flat = memoryview(val.reshape(-1)).cast("B")
+        nb = length * self.dtype.itemsize
+        for n, off in enumerate(offs):
+            _pwrite_all(self._fd, flat[n * nb:(n + 1) * nb], off, self.path)
+
+    def flush(self) -> None:
+        """Nothing is buffered here (each write is a ``pwrite``); kept for the memmap API."""
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:   # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _pread_all(fd, n, off, path):
+    parts, got = [], 0
+    while got < n:
+        b = os.pread(fd, n - got, off + got)
+        if not b:
+            raise OSError(f"{path}: file ends at byte {off + got}, expected {off + n}")
+        parts.append(b)
+        got += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pwrite_all(fd, mv, off, path):
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:], off + done)
+
+
 def disk_array(path, dtype, shape, mode="w+"):
-    """A disk-backed array (``numpy.memmap``) whose blocks are reserved on disk when it is
+    """A disk-backed array (:class:`DiskArray`) whose blocks are reserved on disk when it is
     made (``posix_fallocate``).
 
-    A memory map of a sparse file on a full disk ends the process with SIGBUS when a page is
-    first written; with the space reserved up front, a full disk is an ``OSError`` naming the
-    file here, before any work.  ``mode`` ``"r+"`` opens an existing one (its
-    blocks were reserved when it was made).  File systems without ``fallocate`` fall back to
-    the sparse file.
+    With the space reserved up front, a full disk is an ``OSError`` naming the file here,
+    before any work (a sparse file would fail on a later write, and a memory map of one ends
+    the process with SIGBUS).  ``mode`` ``"r+"`` opens an existing one (its blocks were
+    reserved when it was made), ``"r"`` read-only.  File systems without ``fallocate`` fall
+    back to the sparse file.
     """
     import errno
 
     import numpy as np
 
     path = Path(path)
-    if mode == "r+":
-        return np.memmap(path, dtype, "r+", shape=tuple(shape))
+    if mode in ("r+", "r"):
+        return DiskArray(path, dtype, shape, writable=mode == "r+")
     nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
@@ -455,8 +585,9 @@ def disk_array(path, dtype, shape, mode="w+"):
             path.unlink(missing_ok=True)
             raise OSError(e.errno, f"{path}: cannot reserve {nbytes / 2 ** 20:.0f} MiB on disk: "
                                    f"{e.strerror}") from None
+        os.ftruncate(fd, nbytes)   # no fallocate: a sparse file of the full size
     os.close(fd)
-    return np.memmap(path, dtype, "r+", shape=tuple(shape))
+    return DiskArray(path, dtype, shape)
 
 
 def check_h5_write(f) -> None:
