@@ -281,6 +281,29 @@ def test_a_failing_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_pa
     assert _only_entries(tmp_path) == ["out.bin"]
 
 
+def test_an_interrupt_right_after_the_temporary_is_made_leaves_no_temporary(tmp_path,
+                                                                            monkeypatch):
+    # SIGTERM arrives as KeyboardInterrupt at any bytecode; seen in CI: landing just after
+    # the temporary file was made, before the write's cleanup was in force, it left
+    # .NAME.<pid>.tmp behind.  Made deterministic: the interrupt fires as the file appears.
+    from vnumba.io import outputs
+
+    target = tmp_path / "a.txt"
+    target.write_text("before")
+    made = outputs._create_empty
+
+    def create_then_interrupt(tmp):
+        made(tmp)
+        assert tmp.exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "_create_empty", create_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.atomic_write_text(target, "after")
+    assert target.read_text() == "before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
 def test_atomic_writes_replace_the_file_with_ordinary_permissions(tmp_path):
     import h5py
 

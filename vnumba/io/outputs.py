@@ -245,6 +245,14 @@ def temp_path(path) -> Path:
     (:func:`remove_stale_temporaries`); created with the permissions a plain ``open()`` gives
     (0666 less the umask), not mkstemp's 0600.
     """
+    tmp = _temp_name(path)
+    _create_empty(tmp)
+    return tmp
+
+
+def _temp_name(path) -> Path:
+    """The name :func:`temp_path` uses (no file made): the folder is created, stale
+    temporaries swept and this process's own leftover of that name removed."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,8 +262,11 @@ def temp_path(path) -> Path:
         tmp.unlink()  # this process's own leftover of an earlier failed write
     except FileNotFoundError:
         pass
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     return tmp
+
+
+def _create_empty(tmp) -> None:
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
 
 
 def _fsync(path, directory=False) -> None:
@@ -297,8 +308,12 @@ def atomic_write(path, write_fn):
         What ``write_fn`` returned.
     """
     path = Path(path)
-    tmp = temp_path(path)
+    # The file is made inside the try: a signal (Ctrl-C, SIGTERM as KeyboardInterrupt) that
+    # lands right after it exists must still remove it (seen in CI: SIGTERM during
+    # vnumba.predict left a .NAME.<pid>.tmp when the file had been made before the try).
+    tmp = _temp_name(path)
     try:
+        _create_empty(tmp)
         result = write_fn(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
