@@ -406,20 +406,26 @@ def corr_valid_fast(xp, k):
     return out
 
 
+@jit(inline="always")
+def _zero_frame(out, n, o, r, H, W):
+    """Zero the border of width ``r`` around the H x W interior of plane ``out[n, o]`` (each
+    value written once: zeroing the whole plane first wrote the interior twice)."""
+    out[n, o, :r] = 0
+    out[n, o, r + H:] = 0
+    for p in range(H):
+        out[n, o, r + p, :r] = 0
+        out[n, o, r + p, r + W:] = 0
+
+
 @jit(parallel=True)
 def _zero_pad(y, r, out):
     N, O, H, W = y.shape
     for no in prange(N * O):
         n = no // O
         o = no % O
-        # each value written once: the zero border, then the interior rows (zeroing the
-        # whole plane first wrote the interior twice)
-        out[n, o, :r] = 0
-        out[n, o, r + H:] = 0
+        _zero_frame(out, n, o, r, H, W)
         for p in range(H):
-            out[n, o, r + p, :r] = 0
             out[n, o, r + p, r:r + W] = y[n, o, p]
-            out[n, o, r + p, r + W:] = 0
 
 
 @jit(parallel=True)
@@ -430,16 +436,13 @@ def _zero_pad_mul(y, s, r, out):
     for no in prange(N * O):
         n = no // O
         o = no % O
-        out[n, o, :r] = 0
-        out[n, o, r + H:] = 0
+        _zero_frame(out, n, o, r, H, W)
         for p in range(H):
-            out[n, o, r + p, :r] = 0
             yr = y[n, o, p]
             sr = s[n, o, p]
             dst = out[n, o, r + p]
             for q in range(W):
                 dst[r + q] = yr[q] * sr[q]
-            out[n, o, r + p, r + W:] = 0
 
 
 def corr_valid_adjoint_fast(y, k, scale=None):
