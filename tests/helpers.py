@@ -129,12 +129,12 @@ def assert_step_param_gradient(p, cfg, u, m, u0, ubar, mbar, name, rng, eps=1e-6
     assert rel(fd, an) < 1e-6, (name, fd, an)
 
 
-def assert_unrolled_loss_gradient(p, cfg, batch, name, rng, n_dirs=1, eps=1e-6):
-    """The whole unrolled loss is positive and its gradient in ``name`` equals central
-    differences along ``n_dirs`` random directions to 1e-6, no perturbed network crossing a
-    clip kink; returns ``m_T``."""
+def assert_unrolled_loss_gradient(p, cfg, batch, name, rng, n_dirs=1, eps=1e-6, mask_weights=None):
+    """The whole unrolled loss (with class weights ``mask_weights``, if given) is positive and
+    its gradient in ``name`` equals central differences along ``n_dirs`` random directions to
+    1e-6, no perturbed network crossing a clip kink; returns ``m_T``."""
     u0, gu, gm, m0 = batch
-    loss, grads, _, m_T = model.loss_and_grad(p, cfg, u0, gu, gm, m0)
+    loss, grads, _, m_T = model.loss_and_grad(p, cfg, u0, gu, gm, m0, mask_weights=mask_weights)
     assert loss > 0
     for _ in range(n_dirs):
         d = rng.standard_normal(p[name].shape)
@@ -144,7 +144,7 @@ def assert_unrolled_loss_gradient(p, cfg, batch, name, rng, n_dirs=1, eps=1e-6):
             q[name] = p[name] + s * eps * d
             _, _, states = model.forward(q, cfg, u0, m0, return_states=True)
             assert interior(states)  # no clip kink crossed by the perturbation
-            vals.append(model.loss_and_grad(q, cfg, u0, gu, gm, m0)[0])
+            vals.append(model.loss_and_grad(q, cfg, u0, gu, gm, m0, mask_weights=mask_weights)[0])
         fd = (vals[0] - vals[1]) / (2 * eps)
         an = float(np.sum(grads[name] * d))
         assert rel(fd, an) < 1e-6, (name, fd, an)

@@ -544,10 +544,11 @@ def gpu_training_loss(u_T, gu, m_T, gm):
 # --- training loss (3) reference (vnumba.ops.loss) ---
 
 
-def training_loss(u_T, gu, m_T, gm, batch_size=None):
-    """Loss (3) image by image in float64: ``Σ_s [1/6 ‖u_s − gu_s‖² + 1/2 ‖m_s − gm_s‖²]``
-    divided by ``batch_size · H · W`` (default: the N images given), and its gradients
-    ``∂/∂u = 2/6 (u − gu) / (batch_size H W)``, ``∂/∂m = 2/2 (m − gm) / (batch_size H W)``."""
+def training_loss(u_T, gu, m_T, gm, batch_size=None, mask_weights=None):
+    """Loss (3) image by image in float64: ``Σ_s [1/6 ‖u_s − gu_s‖² + 1/2 Σ_c w_c ‖m_s,c − gm_s,c‖²]``
+    divided by ``batch_size · H · W`` (default: the N images given; ``w_c`` = 1 unless
+    ``mask_weights`` gives one per channel of an (N, C_m, H, W) mask), and its gradients
+    ``∂/∂u = 2/6 (u − gu) / (batch_size H W)``, ``∂/∂m_c = 2/2 w_c (m_c − gm_c) / (batch_size H W)``."""
     N, _, H, W = u_T.shape
     n = N if batch_size is None else batch_size
     total = 0.0
@@ -556,9 +557,11 @@ def training_loss(u_T, gu, m_T, gm, batch_size=None):
     for s in range(N):
         eu = u_T[s].astype(np.float64) - gu[s].astype(np.float64)
         em = m_T[s].astype(np.float64) - gm[s].astype(np.float64)
-        total += (eu ** 2).sum() / 6 + (em ** 2).sum() / 2
+        w = np.ones(1) if mask_weights is None else np.asarray(mask_weights, np.float64)
+        w = w.reshape((-1,) + (1,) * (em.ndim - 1)) if em.ndim == 3 else w[0]
+        total += (eu ** 2).sum() / 6 + (w * em ** 2).sum() / 2
         du[s] = 2 * eu / 6 / (n * H * W)
-        dm[s] = 2 * em / 2 / (n * H * W)
+        dm[s] = 2 * w * em / 2 / (n * H * W)
     return total / (n * H * W), du, dm
 
 

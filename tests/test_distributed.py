@@ -203,17 +203,17 @@ def test_workers_and_scheduler_together_are_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _train(tmp_path, name, executor, dtype):
-    from test_train import _toy_dataset
+def _train(tmp_path, name, executor, dtype, class_weights=None):
+    from test_train import _three_class_dataset, _toy_dataset
 
     from vnumba.io.models import load_model
     from vnumba.training.trainer import TrainOptions, train
-    data = tmp_path / "D.h5"
+    data = tmp_path / ("D.h5" if class_weights is None else "D3.h5")
     if not data.exists():
-        _toy_dataset(data, n=6)
+        (_toy_dataset if class_weights is None else _three_class_dataset)(data, n=6)
     opts = TrainOptions(data=str(data), steps=2, nf_u=4, nf_m=2, ks_u=5, ks_m=3, ks=3, iters=3,
                         batch=3, crop=12, dtype=dtype, out=str(tmp_path / f"{name}.h5"),
-                        checkpoint_every=2, quiet=True)
+                        checkpoint_every=2, quiet=True, class_weights=class_weights)
     train(opts, executor=executor)
     import csv
     with open(tmp_path / f"{name}.csv", newline="") as fh:
@@ -232,6 +232,17 @@ def test_data_parallel_training_gives_the_in_process_model_bit_for_bit(cluster, 
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert log_a == log_b
+
+
+def test_data_parallel_training_with_class_weights_gives_the_in_process_model(cluster, tmp_path):
+    """The workers weigh the classes of the loss as in-process training does."""
+    a, log_a = _train(tmp_path, "here", None, "float64", (1.0, 1.0, 5.0))
+    b, log_b = _train(tmp_path, "dask", cluster, "float64", (1.0, 1.0, 5.0))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert log_a == log_b
+    c, _ = _train(tmp_path, "plain", None, "float64", (1.0, 1.0, 1.0))  # the article's loss
+    assert a["Km"].shape == c["Km"].shape and not np.array_equal(a["Km"], c["Km"])
 
 
 def test_train_with_a_dataset_the_workers_cannot_read_is_one_line(tmp_path):

@@ -177,3 +177,73 @@ def test_both_networks_report_this_loss_of_their_outputs():
     u0, gu, _, gm = _data(rng, N=2, H=4, W=6)
     loss, _, u, m = unet.loss_and_grad(q, ucfg, u0, gu, gm)
     assert loss == L.loss_value_and_output_grad(u, gu, m, gm)[0]
+
+
+# --------------------------------------------------------------------------- class weights
+def _classes(rng, N=2, Cm=3, H=4, W=5, dtype=np.float64):
+    u, gu, _, _ = _data(rng, N=N, H=H, W=W, dtype=dtype)
+    m = rng.random((N, Cm, H, W)).astype(dtype)
+    gm = rng.random((N, Cm, H, W)).astype(dtype)
+    return u, gu, m, gm
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_class_weights_scale_each_mask_channel_term_and_its_gradient_as_the_reference(batch_size):
+    u, gu, m, gm = _classes(np.random.default_rng(7))
+    w = (1.0, 2.5, 0.5)
+    loss, du, dm = L.loss_value_and_output_grad(u, gu, m, gm, batch_size=batch_size, mask_weights=w)
+    lr, dur, dmr = naive.training_loss(u, gu, m, gm, batch_size, mask_weights=w)
+    assert loss == pytest.approx(lr, rel=1e-14)
+    np.testing.assert_allclose(du, dur, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(dm, dmr, rtol=1e-14, atol=0)
+    # The weighted loss is the unweighted one plus (w_c - 1) times each channel's term.
+    l1, _, dm1 = L.loss_value_and_output_grad(u, gu, m, gm, batch_size=batch_size)
+    n = (batch_size or 2) * 4 * 5
+    per_channel = np.sum((m - gm) ** 2, axis=(0, 2, 3)) / 2 / n
+    assert loss == pytest.approx(l1 + np.dot(np.subtract(w, 1.0), per_channel), rel=1e-13)
+    np.testing.assert_allclose(dm, dm1 * np.reshape(w, (1, 3, 1, 1)), rtol=1e-15)
+
+
+def test_unit_class_weights_are_the_article_loss_bit_for_bit():
+    for dtype in (np.float32, np.float64):
+        u, gu, m, gm = _classes(np.random.default_rng(8), dtype=dtype)
+        a = L.loss_value_and_output_grad(u, gu, m, gm)
+        b = L.loss_value_and_output_grad(u, gu, m, gm, mask_weights=[1, 1, 1])
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_central_differences_of_the_weighted_loss_equal_its_output_gradient():
+    u, gu, m, gm = _classes(np.random.default_rng(9), H=3, W=3)
+    w = (0.5, 1.0, 4.0)
+    _, _, dm = L.loss_value_and_output_grad(u, gu, m, gm, mask_weights=w)
+    eps = 1e-6
+    for idx in [(0, 0, 1, 2), (1, 2, 0, 0), (1, 1, 2, 1)]:
+        mp, mm = m.copy(), m.copy()
+        mp[idx] += eps
+        mm[idx] -= eps
+        fd = (L.loss_value_and_output_grad(u, gu, mp, gm, mask_weights=w)[0]
+              - L.loss_value_and_output_grad(u, gu, mm, gm, mask_weights=w)[0]) / (2 * eps)
+        assert fd == pytest.approx(dm[idx], rel=1e-7)
+
+
+@pytest.mark.parametrize("weights, match", [
+    ((1.0, 2.0), "2 class weights for 3 mask channel"),
+    ((1.0, 0.0, 1.0), "positive and finite"),
+    ((1.0, float("nan"), 1.0), "positive and finite"),
+    ((1.0, -2.0, 1.0), "positive and finite"),
+    (("a", 1, 1), "must be numbers"),
+])
+def test_bad_class_weights_are_refused_in_one_line(weights, match):
+    u, gu, m, gm = _classes(np.random.default_rng(10))
+    with pytest.raises(ValueError, match=match):
+        L.loss_value_and_output_grad(u, gu, m, gm, mask_weights=weights)
+
+
+def test_a_one_channel_mask_takes_one_class_weight():
+    u, gu, m, gm = _data(np.random.default_rng(11))
+    loss, _, dm = L.loss_value_and_output_grad(u, gu, m, gm, mask_weights=[3.0])
+    l1, _, dm1 = L.loss_value_and_output_grad(u, gu, m, gm)
+    np.testing.assert_allclose(dm, 3.0 * dm1, rtol=1e-15)
+    assert loss > l1
+    assert L.check_mask_weights(None, 3) is None and L.check_mask_weights([2], 1) == (2.0,)

@@ -66,6 +66,19 @@ def test_whole_unrolled_multiclass_loss_gradient_matches_finite_differences(name
     assert m_T.shape == batch[2].shape
 
 
+@pytest.mark.parametrize("name", ["Km", "wm", "K"])
+def test_whole_unrolled_loss_with_class_weights_matches_finite_differences(name):
+    """The class weights of the loss's mask term (``--class-weights``) reach every step's
+    parameters through the same backward pass."""
+    rng = np.random.default_rng(6)
+    p = _params(rng)
+    batch = _data(rng)
+    helpers.assert_unrolled_loss_gradient(p, CFG, batch, name, rng, mask_weights=(1.0, 2.0, 5.0))
+    lw, gw = model.loss_and_grad(p, CFG, *batch[:3], batch[3], mask_weights=(1.0, 2.0, 5.0))[:2]
+    l1, g1 = model.loss_and_grad(p, CFG, *batch[:3], batch[3])[:2]
+    assert lw > l1 and not np.allclose(gw[name], g1[name])
+
+
 def test_multiclass_loss_sums_the_mask_term_over_the_channels():
     rng = np.random.default_rng(5)
     u = rng.random((2, 3, 4, 5))

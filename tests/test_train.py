@@ -295,3 +295,65 @@ def test_the_command_line_defaults_are_the_train_options_defaults():
     parsed = vars(train.build_parser().parse_args(["D.h5"]))
     parsed.pop("scheduler")
     assert parsed == {"data": "D.h5", **defaults}
+
+
+def _three_class_dataset(path, n=4, size=16, seed=0):
+    """The toy discs, the mask split into three class channels (left, middle, right third)."""
+    _toy_dataset(path.with_name("one.h5"), n=n, size=size, seed=seed)
+    with h5py.File(path.with_name("one.h5"), "r") as f:
+        u0, gu, gm1 = f["u0"][:], f["gu"][:], f["gm"][:]
+    gm = np.zeros((n, 3, size, size), np.float32)
+    for c in range(3):
+        gm[:, c, :, c * size // 3:(c + 1) * size // 3] = gm1[:, :, c * size // 3:(c + 1) * size // 3]
+    write_dataset_arrays(path, u0, gu, gm, scenario="toy", seed=seed, mpp=0.5,
+                         mask_classes=["tumour", "immune", "other"])
+    return path
+
+
+def test_class_weights_train_are_recorded_and_belong_to_the_run(tmp_path, capsys):
+    data = _three_class_dataset(tmp_path / "three.h5")
+    common = [str(data), *TINY, "--batch", "2", "--crop", "12", "--checkpoint-every", "1",
+              "--lr", "1e-3", "--quiet"]
+    assert train.main([*common, "--iters", "2", "--out", str(tmp_path / "w.h5"),
+                       "--class-weights", "1", "1", "5"]) == 0
+    assert train.main([*common, "--iters", "2", "--out", str(tmp_path / "p.h5")]) == 0
+    w, p = modelio.load_model(tmp_path / "w.h5"), modelio.load_model(tmp_path / "p.h5")
+    assert w.meta["train"]["class_weights"] == [1.0, 1.0, 5.0]
+    assert "class_weights" not in p.meta["train"]
+    # the weights change the training (the same seed and batches otherwise)
+    assert not np.array_equal(w.params["Km"], p.params["Km"])
+    # all ones is the article's loss: the same model bit for bit
+    assert train.main([*common, "--iters", "2", "--out", str(tmp_path / "o.h5"),
+                       "--class-weights", "1", "1", "1"]) == 0
+    o = modelio.load_model(tmp_path / "o.h5")
+    for k in p.params:
+        np.testing.assert_array_equal(o.params[k], p.params[k])
+    # resuming with other weights is another run
+    with pytest.raises(SystemExit, match="different run"):
+        train.main([*common, "--iters", "3", "--resume", "--out", str(tmp_path / "w.h5"),
+                    "--class-weights", "1", "1", "2"])
+
+
+@pytest.mark.parametrize("weights, match", [(["1", "2"], "2 class weights for 3 mask channel"),
+                                            (["1", "0", "1"], "positive and finite")])
+def test_bad_class_weights_are_one_line_naming_the_option_and_the_classes(tmp_path, capsys,
+                                                                          weights, match):
+    data = _three_class_dataset(tmp_path / "three.h5")
+    out = tmp_path / "x.h5"
+    with pytest.raises(SystemExit) as e:
+        train.main([str(data), *TINY, "--iters", "1", "--batch", "2", "--crop", "12",
+                    "--out", str(out), "--class-weights", *weights])
+    msg = str(e.value) + capsys.readouterr().err
+    assert "--class-weights" in msg and match in msg and "other" in msg
+    assert not out.exists()
+
+
+def test_class_weights_on_the_gpu_backend_are_refused_before_anything_runs(tmp_path):
+    data = _three_class_dataset(tmp_path / "three.h5")
+    opts = trainer.TrainOptions(data=str(data), steps=2, nf_u=4, nf_m=2, ks_u=5, ks_m=3, ks=3,
+                                iters=1, batch=2, crop=12, device="cuda",
+                                class_weights=(1.0, 1.0, 5.0), out=str(tmp_path / "g.h5"))
+    with pytest.raises(trainer.TrainingConfigError, match="cpu only") as e:
+        trainer.train(opts)
+    assert e.value.field == "class_weights"
+    assert not (tmp_path / "g.h5").exists()

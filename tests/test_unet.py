@@ -237,6 +237,15 @@ def test_whole_network_gradient_matches_finite_differences(cfg):
     """Central differences in float64 along random directions: all parameters at once and
     each parameter array alone (one layer at a time through the whole network).  Draws whose
     kinks (ReLU, max-pool ties, clip) come within 1e-4 of the difference step are redrawn."""
+    _assert_whole_network_fd(cfg)
+
+
+def test_whole_network_gradient_with_class_weights_matches_finite_differences():
+    """The loss's class weights (``--class-weights``) pass through the U-Net's backward pass."""
+    _assert_whole_network_fd(unet.UNetConfig(width=3, scales=2, n_mask=3), (1.0, 2.0, 5.0))
+
+
+def _assert_whole_network_fd(cfg, mask_weights=None):
     eps = 1e-5
     for seed in range(100, 140):
         rng = np.random.default_rng(seed)
@@ -247,11 +256,11 @@ def test_whole_network_gradient_matches_finite_differences(cfg):
             break
     else:
         pytest.fail("no draw kept the kinks away from the difference step")
-    _, grads, _, _ = unet.loss_and_grad(p, cfg, u0, gu, gm)
+    _, grads, _, _ = unet.loss_and_grad(p, cfg, u0, gu, gm, mask_weights=mask_weights)
 
     def L(t, keys):
         q = {k: p[k] + t * d[k] if k in keys else p[k] for k in p}
-        return unet.loss_and_grad(q, cfg, u0, gu, gm)[0]
+        return unet.loss_and_grad(q, cfg, u0, gu, gm, mask_weights=mask_weights)[0]
 
     groups = [list(p)] + [[k] for k in p]
     for keys in groups:

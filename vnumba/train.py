@@ -85,6 +85,10 @@ def build_parser():
     p.add_argument("--init", default=d["init"], metavar="MODEL",
                    help="start from a trained variational network (a file or a shipped name, e.g. "
                         "scenario3): same architecture; mask channels matched by class name")
+    p.add_argument("--class-weights", type=float, nargs="+", default=d["class_weights"], metavar="W",
+                   help="weight of each class's mask term in the loss, one per class of the "
+                        "dataset in its order (e.g. 1 1 5 for tumour, immune, other: a rare class "
+                        "gets a larger share of the gradient); default: the article's loss, all 1")
     p.add_argument("--scheduler", metavar="SPEC", default=None,
                    help="data-parallel training: local:N (a Dask LocalCluster of N worker "
                         "processes) or a Dask scheduler address; each image of a batch is a task "
@@ -102,6 +106,8 @@ def main(argv=None):
     from vnumba.executor import get_executor
     opts = vars(args)
     scheduler = opts.pop("scheduler")
+    if opts["class_weights"] is not None:
+        opts["class_weights"] = tuple(opts["class_weights"])
     try:
         if scheduler and (args.arch != "vn" or args.device != "cpu"):
             raise ValueError("--scheduler trains the variational network on CPU workers "

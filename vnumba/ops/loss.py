@@ -21,7 +21,7 @@ from vnumba.ops.checks import check_array
 
 __all__ = [
     "IMAGE_DIVISOR", "MASK_DIVISOR", "loss_scale", "output_grad_factors", "loss_from_sums",
-    "loss_value_and_output_grad",
+    "loss_value_and_output_grad", "check_mask_weights",
 ]
 
 #: The image term of loss (3) is ``‖u_T − g_u‖² / IMAGE_DIVISOR`` (the article's 1/6, which
@@ -89,7 +89,40 @@ def loss_from_sums(sum_u, sum_m, scale) -> float:
     return float(scale * (sum_u / IMAGE_DIVISOR + sum_m / MASK_DIVISOR))
 
 
-def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
+def check_mask_weights(weights, n_mask: int):
+    """Validate per-class weights of the mask term (``None``: the article's loss).
+
+    Parameters
+    ----------
+    weights : sequence of float or None
+        One positive, finite weight per mask channel.
+    n_mask : int
+        Mask channels ``C_m`` of the network.
+
+    Returns
+    -------
+    tuple of float or None
+        ``None`` when ``weights`` is None or all ones (the article's loss, the same bits).
+
+    Raises
+    ------
+    ValueError
+        A count other than ``n_mask``, or a weight that is not a positive finite number.
+    """
+    if weights is None:
+        return None
+    try:
+        w = tuple(float(x) for x in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"class weights must be numbers, got {weights!r}") from None
+    if len(w) != int(n_mask):
+        raise ValueError(f"{len(w)} class weights for {int(n_mask)} mask channel(s); give one per class")
+    if not all(np.isfinite(x) and x > 0 for x in w):
+        raise ValueError(f"class weights must be positive and finite, got {list(w)}")
+    return None if all(x == 1.0 for x in w) else w
+
+
+def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None, mask_weights=None):
     """Training loss (3) and its gradient with respect to the network outputs.
 
     Parameters
@@ -106,6 +139,10 @@ def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
         Number of images the normalisation counts, ``>= N``: the whole batch's when these
         ``N`` images are a chunk of it, so that the chunks' losses and gradients add up to the
         batch's.  Default ``N``.
+    mask_weights : sequence of float, optional
+        Weight ``w_c`` of each mask channel's term (:func:`check_mask_weights`): the mask term
+        becomes ``1/2 Σ_c w_c ‖m_c − gm_c‖²`` and ``∂loss/∂m_c`` is multiplied by ``w_c``.
+        Default: all ones, the article's loss.
 
     Returns
     -------
@@ -135,6 +172,13 @@ def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
     (``docs/gradients.md`` §6): every class weighs like the article's single mask.  The differences and the gradients
     are formed in the inputs' dtype; NaN or inf in the inputs give a non-finite loss (not
     an error), which training checks for.
+
+    Class weights (``mask_weights``) are not in the article, whose mask has one channel.  With
+    several classes of very different pixel shares (scenario 3: other nuclei cover 1 % of the
+    pixels, tumour 20 %) the rare class contributes almost nothing to the gradient; a weight
+    ``w_c`` scales its term and its output gradient (``docs/gradients.md`` §7).  Every
+    channel's per-pixel minimiser is still ``E[g_m,c | input]``: weights move the network's
+    capacity, not the target.
     """
     check_array("u", u, 4)
     dt = u.dtype
@@ -153,11 +197,20 @@ def loss_value_and_output_grad(u, gu, m, gm, *, batch_size=None):
         batch_size = N
     elif int(batch_size) != batch_size or int(batch_size) < N:
         raise ValueError(f"batch_size must be an integer >= N = {N}, got {batch_size}")
+    n_mask = 1 if mdim == 3 else m.shape[1]
+    weights = check_mask_weights(mask_weights, n_mask)
     scale = loss_scale(batch_size, H, W)
     f_u, f_m = output_grad_factors(scale)
     du = u - gu
     dm = m - gm
-    loss = loss_from_sums(np.sum(du.astype(np.float64) ** 2), np.sum(dm.astype(np.float64) ** 2), scale)
+    if weights is None:
+        sum_m = np.sum(dm.astype(np.float64) ** 2)
+    else:
+        per_channel = np.sum(dm.reshape(N, n_mask, H * W).astype(np.float64) ** 2, axis=(0, 2))
+        sum_m = float(np.dot(per_channel, weights))
+    loss = loss_from_sums(np.sum(du.astype(np.float64) ** 2), sum_m, scale)
     du *= f_u  # in the inputs' dtype, as ``du * f_u``
     dm *= f_m
+    if weights is not None:
+        dm *= np.asarray(weights, dm.dtype).reshape((1, n_mask) + (1,) * (dm.ndim - 2))
     return loss, du, dm

@@ -44,17 +44,18 @@ def _image_task(shared, item):
     """Loss, gradient and monitoring figures of one image of the batch (runs on a worker)."""
     from vnumba.vn.model import loss_and_grad
 
-    path, cfg, params, dtype, batch = shared
+    path, cfg, params, dtype, batch, mask_weights = shared
     i, y, x, size = item
     u0, gu, gm = (np.ascontiguousarray(a[None], dtype=dtype)
                   for a in _dataset(path).read(i, y, x, size))
-    loss, grads, u_T, m_T = loss_and_grad(params, cfg, u0, gu, gm, batch_size=batch)
+    loss, grads, u_T, m_T = loss_and_grad(params, cfg, u0, gu, gm, batch_size=batch,
+                                          mask_weights=mask_weights)
     correct = int(np.count_nonzero((m_T > 0.5) == (gm > 0.5)))
     mse = float(np.mean((u_T.astype(np.float64) - gu) ** 2, axis=(1, 2, 3))[0])
     return loss, grads, correct, int(m_T.size), mse
 
 
-def batch_on_executor(executor, data_path, cfg, params, plan, dtype):
+def batch_on_executor(executor, data_path, cfg, params, plan, dtype, mask_weights=None):
     """The batch's loss, summed gradient and monitoring figures, computed on ``executor``.
 
     Parameters
@@ -68,6 +69,8 @@ def batch_on_executor(executor, data_path, cfg, params, plan, dtype):
     plan : tuple
         :func:`vnumba.io.dataset.batch_plan` ``(indices, ys, xs, size)``.
     dtype : numpy dtype
+    mask_weights : tuple of float, optional
+        Class weights of the loss's mask term (default: the article's loss).
 
     Returns
     -------
@@ -80,7 +83,7 @@ def batch_on_executor(executor, data_path, cfg, params, plan, dtype):
     idx, ys, xs, size = plan
     items = [(int(i), int(y), int(x), size) for i, y, x in zip(idx, ys, xs)]
     shared = (str(Path(data_path).resolve()), cfg, {k: np.array(v) for k, v in params.items()},
-              np.dtype(dtype), len(items))
+              np.dtype(dtype), len(items), mask_weights)
     loss = 0.0
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     correct = total = 0

@@ -27,6 +27,7 @@ from vnumba.io.dataset import SyntheticDataset, batch_plan
 from vnumba.io.models import Model, check_meta, read_model_group, save_model, write_model_group
 from vnumba.io.outputs import OutputLock, atomic_h5, check_outputs, remove_stale_temporaries
 from vnumba.io.trainlog import LOG_COLUMNS, read_log_rows, write_log
+from vnumba.ops.loss import check_mask_weights
 from vnumba.vn.config import ModelConfig
 from vnumba.vn.networks import get_network
 
@@ -126,6 +127,7 @@ class TrainOptions:
     unet_width: int = 32
     quiet: bool = False
     init: str | None = None
+    class_weights: tuple | None = None
 
 
 #: The network config field each option of :class:`TrainOptions` sets, where the network's
@@ -200,6 +202,10 @@ def _meta(ds, args, lr):
     meta["train"] = {"iters": args.iters, "batch": args.batch, "lr": lr, "crop": args.crop,
                      "lr_schedule": args.lr_schedule, "adam_eps": args.adam_eps,
                      "seed": args.seed, "device": args.device, "dtype": args.dtype}
+    if args.class_weights is not None:
+        meta["train"]["class_weights"] = [float(w) for w in args.class_weights]
+    if args.init:
+        meta["train"]["init"] = str(args.init)
     return meta
 
 
@@ -500,6 +506,15 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
         raise TrainingConfigError("crop", crop, f"{{crop}} {crop} is larger than the images "
                                                 f"({ds.height}x{ds.width})")
     _check_memory(args, cfg, ds, crop, dtype)
+    try:
+        weights = check_mask_weights(args.class_weights, getattr(cfg, "n_mask", 1))
+    except ValueError as e:
+        raise TrainingConfigError("class_weights", args.class_weights,
+                                  f"{{class_weights}}: {_esc(e)} (the dataset {_esc(ds.path)} has "
+                                  f"classes {_esc(list(ds.mask_classes) or ['one mask'])})") from None
+    if weights is not None and args.device != "cpu":
+        raise TrainingConfigError("class_weights", args.class_weights,
+                                  "{class_weights} is implemented for --device cpu only")
     # The dataset's metadata is checked before any iteration runs, by the rules a model file
     # is loaded with: a model that could not be loaded afterwards is never trained.
     check_meta(_meta(ds, args, lr), f"{ds.path}: attributes")
@@ -512,6 +527,7 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
            "crop": crop, "lr": lr, "dtype": args.dtype, "eps": args.adam_eps,
            "schedule": args.lr_schedule,
            **({"iters": args.iters} if args.lr_schedule != "constant" else {}),
+           **({"class_weights": list(weights)} if weights is not None else {}),
            **({"init": str(Path(args.init).resolve()) if Path(args.init).exists() else args.init}
               if args.init else {})}
     run_key = json.dumps(run, sort_keys=True)
@@ -549,7 +565,8 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
             from vnumba.io.models import load_model
             params = warm_start(params, cfg, load_model(args.init), ds.mask_classes)
             print(f"initialised from {args.init}", flush=True)
-    trainer = backend.trainer(args.arch, cfg, params, lr, eps=args.adam_eps)
+    trainer = backend.trainer(args.arch, cfg, params, lr, eps=args.adam_eps,
+                              **({"mask_weights": weights} if weights is not None else {}))
     if opt_state is not None:
         trainer.load_optimizer_state(opt_state)
     # The log is only (re)written together with a checkpoint, so a run that fails before its
@@ -572,7 +589,7 @@ def _train_locked(args, out, log_path, ckpt_path, dtype, executor=None):
         if parallel:
             # Workers read their crops and return gradients; the sum is the in-process one.
             loss, grads, met = batch_on_executor(executor, args.data, cfg, trainer.params(),
-                                                 plan, dtype)
+                                                 plan, dtype, weights)
             trainer.update(loss, grads)
         else:
             u0, gu, gm = ds.batch(plan, dtype)

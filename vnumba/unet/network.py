@@ -388,7 +388,7 @@ def _backward_conv(params, name, ks, x, out, dout, grads, need_input_grad=True):
     return _conv2d_input_adjoint_impl(dpre, params[name + "_w"])
 
 
-def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
+def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm, mask_weights=None):
     """Training loss and its exact gradient with respect to every parameter.
 
     Parameters
@@ -399,6 +399,8 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
         Input and clean target image.
     gm : ndarray, shape (N, H, W), or (N, C_m, H, W) with ``cfg.n_mask = C_m > 1``
         Target mask.
+    mask_weights : sequence of float, optional
+        One weight per mask channel in the loss's mask term (default: the article's loss).
 
     Returns
     -------
@@ -417,15 +419,15 @@ def loss_and_grad(params: dict, cfg: UNetConfig, u0, gu, gm):
     mshape = (N, H, W) if cfg.n_mask == 1 else (N, cfg.n_mask, H, W)
     check_batch("gm", gm, len(mshape), dt, mshape)
     with _threads_for(cfg, u0.shape):
-        return _loss_and_grad(params, cfg, u0, gu, gm)
+        return _loss_and_grad(params, cfg, u0, gu, gm, mask_weights)
 
 
-def _loss_and_grad(params, cfg, u0, gu, gm):
+def _loss_and_grad(params, cfg, u0, gu, gm, mask_weights=None):
     u, m, cache = _forward(params, cfg, u0, keep=True)
 
     loss, ubar, mbar = loss_value_and_output_grad(
         np.ascontiguousarray(u), np.ascontiguousarray(gu), np.ascontiguousarray(m),
-        np.ascontiguousarray(gm))
+        np.ascontiguousarray(gm), mask_weights=mask_weights)
 
     S, K, ks = cfg.scales, cfg.convs_per_scale, cfg.kernel
     grads = {}

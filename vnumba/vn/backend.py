@@ -66,12 +66,17 @@ class CPUTrainer:
         Updated in place.
     lr, beta1, beta2, eps : float
         Adam settings.
+    mask_weights : sequence of float, optional
+        Class weights of the loss's mask term (:func:`vnumba.ops.loss.check_mask_weights`);
+        default the article's loss.
     """
 
-    def __init__(self, arch, cfg, params, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    def __init__(self, arch, cfg, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, mask_weights=None):
+        from vnumba.ops.loss import check_mask_weights
         from vnumba.ops.optim import Adam
         net = get_network(arch)
         self.arch, self.cfg, self._params = arch, cfg, params
+        self.mask_weights = check_mask_weights(mask_weights, getattr(cfg, "n_mask", 1))
         self._loss_and_grad = net.loss_and_grad
         self.opt = Adam(lr, beta1, beta2, eps, project=lambda p: net.project(p, cfg))
 
@@ -85,7 +90,8 @@ class CPUTrainer:
 
     def step(self, u0, gu, gm):
         """Returns ``(loss, u_T, m_T)`` before the update; updates the parameters."""
-        loss, grads, u_T, m_T = self._loss_and_grad(self._params, self.cfg, u0, gu, gm)
+        kw = {} if self.mask_weights is None else {"mask_weights": self.mask_weights}
+        loss, grads, u_T, m_T = self._loss_and_grad(self._params, self.cfg, u0, gu, gm, **kw)
         self.update(loss, grads)
         return loss, u_T, m_T
 

@@ -418,7 +418,8 @@ def _run_steps(params, cfg, u0, m0, keep_states=True, record=False):
 
 def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarray,
                   gu: np.ndarray, gm: np.ndarray, m0: np.ndarray | None = None,
-                  chunk: int = 1, store: str = "convs", batch_size: int | None = None) -> tuple:
+                  chunk: int = 1, store: str = "convs", batch_size: int | None = None,
+                  mask_weights=None) -> tuple:
     """Training loss and its exact gradient for every parameter of every step.
 
     Parameters
@@ -447,6 +448,9 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
         The batch size the loss is normalised by (default ``N``): a shard of a larger batch
         (data-parallel training, :mod:`vnumba.training.parallel`) gives exactly its share of
         the batch's loss and gradient.
+    mask_weights : sequence of float, optional
+        One weight per mask channel in the loss's mask term (default: the article's loss;
+        :func:`vnumba.ops.loss.loss_value_and_output_grad`).
 
     Returns
     -------
@@ -508,18 +512,20 @@ def loss_and_grad(params: dict[str, np.ndarray], cfg: ModelConfig, u0: np.ndarra
     for s0 in range(0, N, chunk):
         sl = slice(s0, min(N, s0 + chunk))
         loss += _loss_and_grad_chunk(params, cfg, u0[sl], gu[sl], gm[sl], m0[sl], int(batch_size), grads,
-                                     u_T[sl], m_T[sl], store)
+                                     u_T[sl], m_T[sl], store, mask_weights)
     return float(loss), grads, u_T, m_T
 
 
-def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, batch_size, grads, u_out, m_out, store):
+def _loss_and_grad_chunk(params, cfg, u0, gu, gm, m0, batch_size, grads, u_out, m_out, store,
+                         mask_weights=None):
     """Loss contribution of some images (checked, contiguous inputs; normalised by the
     ``batch_size`` images of the whole batch); adds their parameter gradients to ``grads``
     and writes their final states to ``u_out``, ``m_out``."""
     (u_T, m_T, states), records = _run_steps(params, cfg, u0, m0, record=store == "convs")
     if not records:
         records = [None] * cfg.n_steps
-    loss, ubar, mbar = loss_value_and_output_grad(u_T, gu, m_T, gm, batch_size=batch_size)
+    loss, ubar, mbar = loss_value_and_output_grad(u_T, gu, m_T, gm, batch_size=batch_size,
+                                                  mask_weights=mask_weights)
     u_out[...] = u_T
     m_out[...] = m_T
     for t in range(cfg.n_steps - 1, -1, -1):
