@@ -57,11 +57,13 @@ Randomness: streams ``SeedSequence(seed, spawn_key=(stream, index))`` — stream
 1 the tissue, 2 the region variants, 3 the stain, 4 the glass noise (per grid cell); the
 same seed gives the same pixels and the same truth.
 
-Memory: level 0 is assembled tile by tile in a disk-backed ``numpy.memmap`` in a temporary
+Memory: level 0 is assembled tile by tile in a disk-backed array
+(:func:`vnumba.io.outputs.disk_array`: read and written with ``pread``/``pwrite``, its blocks
+reserved when it is made, so a full disk fails at once with the file named) in a temporary
 folder ``.NAME.<pid>.work`` beside the output (removed afterwards, or by the next run when a
 killed run left it), each lower level is averaged from it in row
-bands into its own memmap, and the TIFF is written from tile iterators over them; the RAM used
-is a few generator tiles and one band, whatever the slide's size.  The TIFF is written to a
+bands into its own file, and the TIFF is written from tile iterators over bands of them; the
+RAM used is a few generator tiles and one band, whatever the slide's size.  The TIFF is written to a
 temporary file, then the truth files (each atomically), then the TIFF is moved into place
 (:func:`vnumba.io.outputs.atomic_write`): a failed TIFF writes nothing, and a slide never
 appears without its truth.
@@ -296,8 +298,9 @@ def _halve(src, dst, band: int = 512) -> None:
 
 def _tiles(arr, t: int):
     for r in range(0, arr.shape[0], t):
+        band = arr[r: r + t]  # one read of whole rows (a DiskArray reads them in one call)
         for c in range(0, arr.shape[1], t):
-            yield np.ascontiguousarray(arr[r: r + t, c: c + t])
+            yield np.ascontiguousarray(band[:, c: c + t])
 
 
 def _bar(total, desc, enabled, unit="tile"):
@@ -434,7 +437,7 @@ def _write_svs(path, levels, mpp, tile, name, bar):
                       metadata=None, resolution=(1e4 / (mpp * 2 ** k),) * 2,
                       resolutionunit="CENTIMETER", **jpeg)
             if k == 0:
-                thumb = np.asarray(levels[-1])
+                thumb = levels[-1][:]
                 f = max(1, math.ceil(max(thumb.shape[:2]) / 768))
                 thumb = np.ascontiguousarray(thumb[::f, ::f])
                 th, tw = thumb.shape[:2]
@@ -523,7 +526,7 @@ def write_slide(path, script="scenario3", *, size=DEFAULT_SIZE, seed: int = 0,
     -------
     SlideResult
     """
-    from vnumba.io.outputs import atomic_write, atomic_write_text
+    from vnumba.io.outputs import atomic_write, atomic_write_text, disk_array
 
     from .scenario3 import sample_layout
     from .script import Script, load_script
@@ -564,8 +567,11 @@ def write_slide(path, script="scenario3", *, size=DEFAULT_SIZE, seed: int = 0,
     shutil.rmtree(work, ignore_errors=True)  # this process's own leftover
     work.mkdir(parents=True)
     try:
-        levels = [np.lib.format.open_memmap(work / f"level{k}.npy", mode="w+", dtype=np.uint8,
-                                            shape=(*s, 3)) for k, s in enumerate(shapes)]
+        # read and written with pread/pwrite, not memory-mapped: mapped pages that were
+        # written stay in the process's resident set (vnumba.io.outputs.DiskArray), and the
+        # blocks are reserved up front, so a full disk is one error here, not a SIGBUS later
+        levels = [disk_array(work / f"level{k}.raw", np.uint8, (*s, 3))
+                  for k, s in enumerate(shapes)]
         out = levels[0]
         parts, tiles_info = [], []
         tissue_px = 0
@@ -656,7 +662,9 @@ def write_slide(path, script="scenario3", *, size=DEFAULT_SIZE, seed: int = 0,
         n_tiff = sum(math.ceil(s[0] / tile) * math.ceil(s[1] / tile) for s in shapes)
         with _bar(n_tiff, f"synth slide: {path.name}", progress) as bar:
             atomic_write(path, write_all)
-        del levels, out  # close the memmaps before their folder is removed
+        for a in levels:  # close the files before their folder is removed
+            a.close()
+        del levels, out
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return SlideResult(path, csv_path, json_path, facts)
