@@ -226,6 +226,27 @@ def test_a_failed_write_leaves_nothing(tmp_path, bundle, monkeypatch):  # noqa: 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_is_one_line_before_any_tile_and_leaves_nothing(tmp_path, bundle, capsys,  # noqa: F811
+                                                                     monkeypatch):
+    """The levels' blocks are reserved when they are made (pread/pwrite disk arrays, not a
+    memory map that would die of SIGBUS on a full disk): one line naming the work file."""
+    import errno
+    import os
+
+    made = []
+    monkeypatch.setattr(S, "generate_sample", lambda *a, **k: made.append(1))
+
+    def full(fd, off, n):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    rc = main(["slide", "--size", "96", "96", "-o", str(tmp_path / "x.ome.tif"), "--mpp", "0.48",
+               "--reference", str(bundle), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
+    assert "level0.raw: cannot reserve" in err and "No space left" in err
+    assert made == [] and list(tmp_path.iterdir()) == []
+
+
 def test_command_line_refusals(tmp_path, bundle, capsys):  # noqa: F811
     assert main(["slide", "--scenario", "scenario2", "--size", "64", "64", "-o",
                  str(tmp_path / "s.ome.tif"), "-q"]) == 2
