@@ -55,6 +55,43 @@ def test_combined_model_file_round_trip_holds_both_networks(tmp_path):
     assert r.base.device == r.tumour.device == "cpu"
 
 
+def test_class_gains_move_the_class_decision_and_keep_every_nucleus_pixel_bit_for_bit(tmp_path):
+    """m''_k = g_k m'_k max_j m'_j / max_j g_j m'_j: the maximum over the maps (the nucleus
+    probability) is unchanged bit for bit, the class with the largest g_k m'_k holds it, and
+    the gains travel in the model file."""
+    base, tum = three_class(), tiny_model(mpp=0.48, seed=3)
+    plain = CombinedModel(base, tum)
+    gained = CombinedModel(base, tum, gains={"other": 4.0})
+    assert "class_gains" not in (base.meta or {})                       # the base is not modified
+    x = u0(shape=(2, 3, 24, 20), seed=6)
+    u, m = plain.apply(x)
+    ug, mg = gained.apply(x)
+    np.testing.assert_array_equal(ug, u)
+    np.testing.assert_array_equal(mg.max(axis=1), m.max(axis=1))
+    g = np.array([1.0, 1.0, 4.0], np.float32).reshape(1, 3, 1, 1)
+    win = np.argmax(m * g, axis=1)
+    np.testing.assert_array_equal(np.argmax(mg, axis=1)[m.max(axis=1) > 0],
+                                  win[m.max(axis=1) > 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.nan_to_num(m * g * (m.max(axis=1, keepdims=True) / (m * g).max(axis=1, keepdims=True)))
+    np.testing.assert_allclose(mg, ref, rtol=1e-6, atol=1e-7)
+    assert (np.argmax(mg, axis=1) == 2).sum() > (np.argmax(m, axis=1) == 2).sum()
+    assert gained.meta["combine"]["gains"] == {"tumour": 1.0, "immune": 1.0, "other": 4.0}
+    r = load_model(save_model(tmp_path / "g.h5", gained))
+    assert r.base.meta["class_gains"] == {"other": 4.0}
+    np.testing.assert_array_equal(r.apply(x)[1], mg)
+    # all gains 1 is the plain combination
+    np.testing.assert_array_equal(CombinedModel(base, tum, gains={"other": 1.0}).apply(x)[1], m)
+
+
+@pytest.mark.parametrize("gains, match", [({"other": 0.0}, "gains in"), ({"other": float("nan")}, "gains in"),
+                                          ({"stroma": 2.0}, "not classes of the model"),
+                                          (["other"], "must map class names")])
+def test_bad_class_gains_are_refused_naming_the_key(gains, match):
+    with pytest.raises(ValueError, match=f"class_gains.*{match}"):
+        CombinedModel(three_class(), tiny_model(mpp=0.48, seed=3), gains=gains)
+
+
 def test_combined_model_refuses_mismatched_networks():
     with pytest.raises(ValueError, match="tumour"):
         CombinedModel(tiny_model(mpp=0.48), tiny_model(mpp=0.48))          # base has no classes

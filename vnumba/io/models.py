@@ -120,15 +120,35 @@ class CombinedModel:
     better than the three-class network, which alone gives the immune and other classes
     (``data/models/README.md`` has the comparison).
 
+    **Class gains** (optional, ``gains`` or ``base.meta["class_gains"]``, a gain ``g_k > 0`` per
+    class name, 1 for the others): after the combination every pixel's maps are rebalanced as
+
+        m''_k = g_k m'_k · max_j m'_j / max_j (g_j m'_j)
+
+    which leaves the maximum over the maps — the nucleus probability, hence the nucleus mask and
+    every object — exactly as it was, and moves only the class decision (the largest mean of a
+    nucleus' maps) towards the classes with a gain above 1.  Why: a class that covers few
+    training pixels (scenario 3's other nuclei, 1 %) gets maps that stay below the frequent
+    class's even where it is the likelier one by its look; the gain is fitted on synthetic
+    slides with known classes (``bench/fit_class_gains.py``), never on real annotations.
+
     Parameters
     ----------
     base : Model
         Multi-class network (``meta["mask_classes"]`` names a ``"tumour"`` channel).
     tumour : Model
         One-channel tumour network at the same pixel size and colour normalisation.
+    gains : dict of str to float, optional
+        Class gains (default ``base.meta["class_gains"]``, else none); stored in the base
+        network's meta when the model is saved.
     """
 
-    def __init__(self, base: Model, tumour: Model):
+    def __init__(self, base: Model, tumour: Model, gains: dict | None = None):
+        if gains is not None:
+            base = Model(base.arch, base.config, base.params,
+                         {**(base.meta or {}),
+                          "class_gains": dict(gains) if isinstance(gains, dict) else gains})
+        check_meta(base.meta or {}, "combined model")
         names = list((base.meta or {}).get("mask_classes") or [])
         if "tumour" not in names:
             raise ValueError("a combined model's multi-class network needs a 'tumour' channel")
@@ -145,6 +165,13 @@ class CombinedModel:
         self.meta["combine"] = {"tumour_channel": "tumour", "tumour_arch": tumour.arch,
                                 "rule": "m_tumour = t; m_k = m_k (1 - t) for the other classes"}
         self._ti = names.index("tumour")
+        g = (base.meta or {}).get("class_gains") or {}
+        self._gains = (np.array([float(g.get(n, 1.0)) for n in names], np.float32)
+                       if any(float(v) != 1.0 for v in g.values()) else None)
+        if self._gains is not None:
+            self.meta["combine"]["gains"] = {n: float(v) for n, v in zip(names, self._gains)}
+            self.meta["combine"]["rule"] += ("; then m_k = g_k m_k max_j m_j / max_j g_j m_j "
+                                             "(the maximum over the maps unchanged)")
 
     @property
     def device(self) -> str:
@@ -178,6 +205,17 @@ class CombinedModel:
         keep = np.float32(1.0) - t
         for k in range(m.shape[1]):
             m[:, k] = t if k == self._ti else m[:, k] * keep
+        if self._gains is not None:
+            top = m.max(axis=1, keepdims=True)
+            m *= self._gains.reshape(1, -1, 1, 1)
+            win = m.argmax(axis=1)[:, None]
+            scale = np.take_along_axis(m, win, axis=1)
+            np.divide(top, scale, out=scale, where=scale > 0)   # 0 where every map is 0
+            m *= scale
+            # the class of the largest g_k m_k holds the pixel's maximum exactly, and rounding
+            # lifts no other class above it: the maximum over the maps is unchanged, bit for bit
+            np.put_along_axis(m, win, top, axis=1)
+            np.minimum(m, top, out=m)
         return u, m
 
 
@@ -272,6 +310,18 @@ def check_meta(meta, where) -> None:
                            or not all(isinstance(c, str) and c for c in mc)):
         raise ValueError(f"{where}: meta 'mask_classes' must be a list of distinct class names, "
                          f"got {mc!r}")
+    cg = meta.get("class_gains")
+    if cg is not None:
+        ok = isinstance(cg, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+            and 0 < v <= 1e3 for v in cg.values())
+        if not ok:
+            raise ValueError(f"{where}: meta 'class_gains' must map class names to gains in "
+                             f"(0, 1000], got {cg!r}")
+        unknown = sorted(set(cg) - set(mc or ()))
+        if unknown:
+            raise ValueError(f"{where}: meta 'class_gains' names {unknown}, not classes of the "
+                             f"model ({mc})")
 
 
 def read_model_group(f, where) -> Model:
