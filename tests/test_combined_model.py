@@ -92,6 +92,14 @@ def test_bad_class_gains_are_refused_naming_the_key(gains, match):
         CombinedModel(three_class(), tiny_model(mpp=0.48, seed=3), gains=gains)
 
 
+def test_a_plain_model_file_with_class_gains_is_refused_naming_the_key(tmp_path):
+    m = three_class()
+    m.meta = {**m.meta, "class_gains": {"other": 2.0}}
+    p = save_model(tmp_path / "plain.h5", m)
+    with pytest.raises(ValueError, match="plain.h5: meta 'class_gains' belongs to a combined model"):
+        load_model(p)
+
+
 def test_combined_model_refuses_mismatched_networks():
     with pytest.raises(ValueError, match="tumour"):
         CombinedModel(tiny_model(mpp=0.48), tiny_model(mpp=0.48))          # base has no classes

@@ -414,6 +414,10 @@ def load_model(path_or_name: str | os.PathLike) -> Model:
             model = read_model_group(f, str(p))
             if TUMOUR_GROUP in f:
                 model = CombinedModel(model, read_model_group(f[TUMOUR_GROUP], f"{p}:{TUMOUR_GROUP}"))
+            elif "class_gains" in model.meta:
+                # only the combination rule applies gains: a plain network would ignore them
+                raise ValueError(f"{p}: meta 'class_gains' belongs to a combined model, and this "
+                                 f"file has no {TUMOUR_GROUP!r} group")
             return model
         except (OSError, KeyError) as e:
             raise ValueError(f"{p}: damaged model file: {e}") from None
