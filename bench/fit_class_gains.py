@@ -67,7 +67,19 @@ def main(argv=None) -> int:
     ap.add_argument("--gains", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
     ap.add_argument("--match-um", type=float, default=4.0)
     a = ap.parse_args(argv)
-    model = load_model(a.model)
+    from vnumba.io.outputs import OutputConflict, check_outputs
+    inputs = {"model": a.model if Path(a.model).exists() else None}
+    for i, s in enumerate(a.slides):
+        name = s.name.split(".")[0]
+        inputs.update({f"slide {i + 1}": s, f"truth {i + 1}": s.with_name(f"{name}_truth.csv")})
+    try:   # the fitted copy must not land on the model, a slide or a truth file
+        check_outputs(inputs, {"--out": a.out})
+    except OutputConflict as e:
+        ap.exit(2, f"error: {e}\n")
+    try:
+        model = load_model(a.model)
+    except (ValueError, OSError) as e:
+        ap.exit(2, f"error: {e}\n")
     if not isinstance(model, CombinedModel):
         ap.error(f"{a.model}: not a combined model")
     base = model.base
@@ -107,4 +119,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:   # the temporary runs are removed; --out is written only at the end
+        sys.exit("interrupted: nothing written")
